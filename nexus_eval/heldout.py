@@ -48,7 +48,9 @@ class HeldOut:
         manifest = load_manifest(data_dir)
         self.weights = {s: w / sum(sources.values()) for s, w in sources.items()}
         self.val = {s: heldout_windows(open_tokens(data_dir, "val", s), context, windows) for s in sorted(sources)}
-        self.ood = {d: heldout_windows(open_tokens(data_dir, "ood", d), context, windows) for d in sorted(manifest["ood"])}
+        self.ood = {
+            d: heldout_windows(open_tokens(data_dir, "ood", d), context, windows) for d in sorted(manifest["ood"])
+        }
 
     def mixture_loss(self, model: Any) -> tuple[float, dict[str, float]]:
         per_source = {s: mean_token_loss(model, w) for s, w in self.val.items()}

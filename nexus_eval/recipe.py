@@ -54,6 +54,7 @@ class TrainSpec:
     checkpoint_interval: int = 50
     target_losses: tuple[float, ...] = ()  # checkpoint when the held-out mixture loss first drops below each
     target_watch: float = 0.1  # within this many nats of a target, measure held-out loss every step
+    keep_state: str = "latest"  # optimizer state beside the newest checkpoint only, or "all" (resume from any)
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,8 @@ def check(recipe: Recipe, where: str) -> None:
             raise NexusError(f"{where}: {key} must be positive, got {value}")
     if o.schedule not in SCHEDULES:
         raise NexusError(f"{where}: optim.schedule must be one of {', '.join(SCHEDULES)}, got {o.schedule!r}")
+    if t.keep_state not in ("latest", "all"):
+        raise NexusError(f"{where}: train.keep_state must be 'latest' or 'all', got {t.keep_state!r}")
     if not recipe.data.mixture or sum(recipe.data.mixture.values()) <= 0:
         raise NexusError(f"{where}: data.mixture needs at least one source with positive weight")
     if not 0 <= o.decay_fraction <= 1 or not 0 <= o.min_lr_ratio <= 1:

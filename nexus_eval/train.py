@@ -39,7 +39,11 @@ from nexus_eval.recipe import OPTIMIZERS, Recipe, load_recipe, lr_at
 def code_version() -> str:
     try:
         sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=5
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            timeout=5,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         sha = ""
@@ -82,6 +86,9 @@ class RunState:
     tokens: int = 0
     targets_left: list[float] = field(default_factory=list)
     last_val: float = math.inf
+
+
+COSINE_WINDOW_STEPS = 4
 
 
 class Trainer:
@@ -130,6 +137,7 @@ class Trainer:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = build_optimizer(self.model, recipe, optimizer)
         self.state = RunState(targets_left=list(recipe.train.target_losses))
+        self.cosine_grads: dict[str, torch.Tensor] = {}
         self.run_id = run_dir.name
         self.meta_common = {
             "run_id": self.run_id,
@@ -150,7 +158,9 @@ class Trainer:
         return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
 
     def flat_grad(self) -> torch.Tensor:
-        return torch.cat([p.grad.flatten() if p.grad is not None else torch.zeros_like(p).flatten() for p in self.params])
+        return torch.cat(
+            [p.grad.flatten() if p.grad is not None else torch.zeros_like(p).flatten() for p in self.params]
+        )
 
     def train_step(self, record_grads: bool) -> tuple[float, dict[str, torch.Tensor]]:
         """One outer step on K micro-batches. With record_grads, also the summed micro-batch gradient per source
@@ -170,7 +180,7 @@ class Trainer:
                     f"step {step}: training loss is {float(loss)} on a {mb.source} micro-batch; stopped, last good "
                     f"checkpoint kept in {self.run_dir} (lower optim.lr in {self.recipe.path}?)"
                 )
-            losses.append(float(loss))
+            losses.append(loss.item())
             if isinstance(self.opt, Nexus):
                 loss.backward()
                 if record_grads:
@@ -207,6 +217,7 @@ class Trainer:
             "optimizer_name": self.optimizer_name,
             "total_steps": self.total_steps,
             "torch_rng": torch.get_rng_state(),
+            "cosine_grads": self.cosine_grads,
         }
 
     def save(self, measured: dict[str, Any], target: float | None) -> Path:
@@ -223,7 +234,7 @@ class Trainer:
             self.run_dir / checkpoint_name(self.state.step), self.model, self.tokenizer, meta, self.trainer_state()
         )
         # Optimizer state only beside the newest checkpoint: resuming needs no more, and it is 2-3x the weights.
-        for older in list_checkpoints(self.run_dir):
+        for older in list_checkpoints(self.run_dir) if self.recipe.train.keep_state == "latest" else []:
             if older != ckpt and (older / STATE_FILE).exists():
                 shutil.rmtree((older / STATE_FILE).parent)
         return ckpt
@@ -244,6 +255,7 @@ class Trainer:
         self.state = RunState(state["step"], state["tokens"], list(state["targets_left"]), state["last_val"])
         self.total_steps = state["total_steps"]
         torch.set_rng_state(state["torch_rng"])
+        self.cosine_grads = state["cosine_grads"]
         self.truncate_metrics(self.state.step)
 
     def truncate_metrics(self, step: int) -> None:
@@ -275,14 +287,20 @@ class Trainer:
         t = self.recipe.train
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(
-            self.run_dir / "run.json", {**self.meta_common, "total_steps": self.total_steps, "data_dir": str(self.data_dir)}
+            self.run_dir / "run.json",
+            {**self.meta_common, "total_steps": self.total_steps, "data_dir": str(self.data_dir)},
         )
         window_start, window_tokens = time.perf_counter(), 0
         with training_progress(self.run_id, self.total_steps, self.state.step, enabled=progress) as bar:
             while self.state.step < self.total_steps:
                 step = self.state.step + 1  # the step about to finish, 1-based
                 is_eval = step % t.eval_interval == 0 or step == self.total_steps
-                train_loss, grads = self.train_step(record_grads=is_eval)
+                # The gradient-cosine log sums each source's micro-batch gradients over the last few steps before an
+                # eval, so that every source is represented even when one step's K draws miss a source.
+                until_eval = min(-step % t.eval_interval, self.total_steps - step)
+                train_loss, grads = self.train_step(record_grads=until_eval < COSINE_WINDOW_STEPS)
+                for source, grad in grads.items():
+                    self.cosine_grads[source] = self.cosine_grads.get(source, 0) + grad
                 window_tokens += self.recipe.tokens_per_step()
                 measured: dict[str, Any] | None = None
                 crossed: list[float] = []
@@ -311,10 +329,11 @@ class Trainer:
                         "tokens_per_s": window_tokens / elapsed,
                         **measured,
                     }
-                    if len(grads) > 1:
+                    if len(self.cosine_grads) > 1:
                         from nexus_eval.geometry import cosine_matrix
 
-                        row["grad_cosine"] = cosine_matrix(grads)
+                        row["grad_cosine"] = cosine_matrix(self.cosine_grads)
+                    self.cosine_grads = {}
                     self.log(row)
                     window_start, window_tokens = time.perf_counter(), 0
                 if measured is not None and (crossed or step % t.checkpoint_interval == 0 or step == self.total_steps):
@@ -343,11 +362,11 @@ def train(
         raise NexusError(f"--steps must be positive, got {steps}")
     run_dir = run_dir_for(out, recipe, optimizer, seed)
     trainer = Trainer(recipe, optimizer, seed, run_dir, data_dir or Path(recipe.data.dir), steps)
-    if resume:
+    if list_checkpoints(run_dir):
+        if not resume:
+            raise NexusError(f"{run_dir} already has checkpoints: pass --resume to continue it, or remove it")
         trainer.resume()
-    elif list_checkpoints(run_dir):
-        raise NexusError(f"{run_dir} already has checkpoints: pass --resume to continue it, or remove it")
-    else:
+    else:  # nothing to resume from (or a run killed before its first checkpoint): start clean
         shutil.rmtree(run_dir, ignore_errors=True)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     return trainer.run(progress=progress)
