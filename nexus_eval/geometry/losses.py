@@ -1,0 +1,69 @@
+"""What the geometry measurements differentiate: a loss of one (inputs, targets) micro-batch, and gradient helpers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+BatchesBySource = dict[str, list[Batch]]
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+Advance = Callable[[], None]
+
+
+def causal_lm_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy (nats/token): targets are the inputs shifted by one, already aligned."""
+    device = next(model.parameters()).device
+    logits = model(input_ids=inputs.to(device)).logits
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.to(device).flatten())
+
+
+def trainable(model: nn.Module) -> list[nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def flat_params(model: nn.Module) -> torch.Tensor:
+    return torch.nn.utils.parameters_to_vector(trainable(model)).detach().clone()
+
+
+def set_flat_params(model: nn.Module, flat: torch.Tensor) -> None:
+    """Copy values in (torch's vector_to_parameters would make the parameters views of `flat`, so a later in-place
+    update of the model would silently change the saved vector too)."""
+    offset = 0
+    with torch.no_grad():
+        for param in trainable(model):
+            param.copy_(flat[offset : offset + param.numel()].view_as(param))
+            offset += param.numel()
+
+
+def mean_gradient(
+    model: nn.Module, batches: list[Batch], loss_fn: LossFn, advance: Advance | None = None
+) -> torch.Tensor:
+    """Flattened gradient of the mean loss over the micro-batches (one backward per micro-batch)."""
+    params = trainable(model)
+    dtype = torch.promote_types(params[0].dtype, torch.float32)  # never accumulate in half precision
+    total = torch.zeros(sum(p.numel() for p in params), dtype=dtype, device=params[0].device)
+    for inputs, targets in batches:
+        grads = torch.autograd.grad(loss_fn(model, inputs, targets), params, allow_unused=True)
+        total += torch.cat(
+            [
+                (g if g is not None else torch.zeros_like(p)).reshape(-1).to(dtype)
+                for g, p in zip(grads, params, strict=True)
+            ]
+        )
+        if advance is not None:
+            advance()
+    return total / len(batches)
+
+
+@torch.no_grad()
+def mean_loss(model: nn.Module, batches: list[Batch], loss_fn: LossFn, advance: Advance | None = None) -> float:
+    total = 0.0
+    for inputs, targets in batches:
+        total += float(loss_fn(model, inputs, targets))
+        if advance is not None:
+            advance()
+    return total / len(batches)
