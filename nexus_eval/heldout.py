@@ -7,7 +7,6 @@ Two units:
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,6 @@ from typing import Any
 import torch
 
 from nexus_eval.batches import heldout_windows
-from nexus_eval.errors import NexusError
 
 
 def model_device(model: Any) -> torch.device:
@@ -83,22 +81,10 @@ def document_bits_per_byte(model: Any, tokenizer: Any, texts: list[str], context
     return nll_nats / math.log(2) / max(1, n_bytes)
 
 
-def read_docs(path: Path, limit: int) -> list[str]:
-    if not path.exists():
-        raise NexusError(f"{path}: missing held-out documents; rebuild the data with `nexus-eval data build`")
-    docs = []
-    with path.open() as fh:
-        for line in fh:
-            docs.append(json.loads(line)["text"])
-            if len(docs) >= limit:
-                break
-    return docs
-
-
 def measure_checkpoint(ckpt: Path, data_dir: Path, windows: int = 16, docs: int = 20) -> dict[str, Any]:
     """`nexus-eval loss`: nats/token where the checkpoint shares the data's tokenizer, and bits/byte always."""
     from nexus_eval.checkpoints import load_model, read_meta
-    from nexus_eval.data import load_manifest, load_tokenizer
+    from nexus_eval.data import load_manifest, load_tokenizer, read_docs
 
     manifest = load_manifest(data_dir)
     model, tokenizer = load_model(ckpt)
@@ -110,11 +96,11 @@ def measure_checkpoint(ckpt: Path, data_dir: Path, windows: int = 16, docs: int 
     if tokenizer.get_vocab() == load_tokenizer(data_dir).get_vocab():
         result.update(HeldOut(data_dir, sources, context, windows).measure(model))
     result["val_bits_per_byte"] = {
-        s: document_bits_per_byte(model, tokenizer, read_docs(data_dir / "val" / f"{s}.jsonl", docs), context)
+        s: document_bits_per_byte(model, tokenizer, read_docs(data_dir, "val", s)[:docs], context)
         for s in sorted(sources)
     }
     result["ood_bits_per_byte"] = {
-        d: document_bits_per_byte(model, tokenizer, read_docs(data_dir / "ood" / f"{d}.jsonl", docs), context)
+        d: document_bits_per_byte(model, tokenizer, read_docs(data_dir, "ood", d)[:docs], context)
         for d in sorted(manifest["ood"])
     }
     return result

@@ -28,3 +28,45 @@ def tiny_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tiny_data") / "data"
     build_data(out, **TINY_DATA_PARAMS)
     return out
+
+
+# A tiny training recipe: 6 steps of 3 micro-batches of 4×32 tokens; checkpoints at the first eval (target 100.0
+# crossed), at step 3 (interval) and step 6 (end). keep_state="all" so tests can resume from any checkpoint.
+TINY_RECIPE = """
+name = "t"
+[model]
+preset = "tiny"
+context = 32
+[data]
+dir = "{data}"
+mixture = {{ text = 1.0, math = 1.0, code = 1.0 }}
+[optim]
+lr = {lr}
+micro_batch = 4
+accum = 3
+inner_lr_ratio = 20.0
+warmup_steps = 2
+[train]
+steps = 6
+eval_interval = 2
+eval_windows = 4
+checkpoint_interval = 3
+target_losses = [100.0, 0.5]
+keep_state = "all"
+"""
+
+
+def write_recipe(tmp_path: Path, data_dir: Path, lr: float = 3e-3) -> Path:
+    path = tmp_path / "recipe.toml"
+    path.write_text(TINY_RECIPE.format(data=data_dir, lr=lr))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tiny_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """{"adamw": run_dir, "nexus": run_dir}: TINY_RECIPE trained with both optimizers, seed 0 (~5 s)."""
+    from nexus_eval.train import train
+
+    tmp = tmp_path_factory.mktemp("tiny_runs")
+    recipe = write_recipe(tmp, tiny_data_dir)
+    return {opt: train(recipe, opt, seed=0, out=tmp / "runs", progress=False) for opt in ("adamw", "nexus")}

@@ -14,46 +14,10 @@ from nexus_eval.checkpoints import list_checkpoints, load_model, read_meta
 from nexus_eval.cli import app
 from nexus_eval.recipe import load_recipe
 from nexus_eval.train import Trainer, run_dir_for, train
+from tests.conftest import write_recipe
 
-RECIPE = """
-name = "t"
-[model]
-preset = "tiny"
-context = 32
-[data]
-dir = "{data}"
-mixture = {{ text = 1.0, math = 1.0, code = 1.0 }}
-[optim]
-lr = {lr}
-micro_batch = 4
-accum = 3
-inner_lr_ratio = 20.0
-warmup_steps = 2
-[train]
-steps = 6
-eval_interval = 2
-eval_windows = 4
-checkpoint_interval = 3
-target_losses = [100.0, 0.5]
-keep_state = "all"
-"""
-
-
-def write_recipe(tmp_path: Path, data_dir: Path, lr: float = 3e-3, extra: str = "") -> Path:
-    path = tmp_path / "recipe.toml"
-    path.write_text(RECIPE.format(data=data_dir, lr=lr) + extra)
-    return path
-
-
-@pytest.fixture(scope="module")
-def runs(tiny_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    tmp = tmp_path_factory.mktemp("runs")
-    recipe = write_recipe(tmp, tiny_data_dir)
-    return {opt: train(recipe, opt, seed=0, out=tmp / "runs", progress=False) for opt in ("adamw", "nexus")}
-
-
-def test_run_writes_loss_labelled_hf_checkpoints(runs: dict[str, Path]) -> None:
-    for optimizer, run_dir in runs.items():
+def test_run_writes_loss_labelled_hf_checkpoints(tiny_runs: dict[str, Path]) -> None:
+    for optimizer, run_dir in tiny_runs.items():
         ckpts = list_checkpoints(run_dir)
         # step 2: the first held-out eval finds the 100.0 target crossed; steps 3 and 6: the interval and the end.
         assert [read_meta(c)["step"] for c in ckpts] == [2, 3, 6]
@@ -86,13 +50,13 @@ def test_optimizers_see_identical_micro_batches_and_start_point(tiny_data_dir: P
     assert not torch.equal(c.schedule.step_batches(0, 3)[0].inputs, a.schedule.step_batches(0, 3)[0].inputs)
 
 
-def test_nexus_and_adamw_end_in_different_places(runs: dict[str, Path]) -> None:
-    a, b = (read_meta(list_checkpoints(runs[o])[-1])["heldout_loss"] for o in ("adamw", "nexus"))
+def test_nexus_and_adamw_end_in_different_places(tiny_runs: dict[str, Path]) -> None:
+    a, b = (read_meta(list_checkpoints(tiny_runs[o])[-1])["heldout_loss"] for o in ("adamw", "nexus"))
     assert a != b
 
 
-def test_resume_reproduces_uninterrupted_run(runs: dict[str, Path], tmp_path: Path, tiny_data_dir: Path) -> None:
-    for optimizer, run_dir in runs.items():
+def test_resume_reproduces_uninterrupted_run(tiny_runs: dict[str, Path], tmp_path: Path, tiny_data_dir: Path) -> None:
+    for optimizer, run_dir in tiny_runs.items():
         killed = tmp_path / optimizer / run_dir.name
         shutil.copytree(run_dir, killed)
         shutil.rmtree(killed / "ckpt-000006")  # as if killed after step 3's checkpoint
