@@ -16,6 +16,7 @@ from nexus_eval.recipe import load_recipe
 from nexus_eval.train import Trainer, run_dir_for, train
 from tests.conftest import write_recipe
 
+
 def test_run_writes_loss_labelled_hf_checkpoints(tiny_runs: dict[str, Path]) -> None:
     for optimizer, run_dir in tiny_runs.items():
         ckpts = list_checkpoints(run_dir)
