@@ -49,8 +49,8 @@ class Nexus:
         self.inner_lr_ratio = inner_lr_ratio
         self.normalize = normalize
         self.eps = eps
-        self.inner_steps = 0  # inner steps taken in the current outer step
-        self.theta0: list[list[torch.Tensor]] | None = None  # per param group; None between outer steps
+        self.inner_steps = 0  # inner steps taken in the current outer step; 0 between outer steps
+        self._theta0: list[list[torch.Tensor]] | None = None  # per param group, reused across steps (no realloc)
         self.last_inner_grad_norm = float("nan")
 
     # The outer optimizer's groups are the groups: lr schedulers and weight-decay groups work as usual.
@@ -72,8 +72,12 @@ class Nexus:
     def inner_step(self) -> None:
         """θ ← θ − γ · g/‖g‖ with the current gradients (one micro-batch of one source), then clear the gradients."""
         groups = self._group_params()
-        if self.theta0 is None:  # first inner step: θ is still θ0 (backward does not move parameters)
-            self.theta0 = [[p.detach().clone() for p in params] for params in groups]
+        if self.inner_steps == 0:  # first inner step: θ is still θ0 (backward does not move parameters)
+            if self._theta0 is None:
+                self._theta0 = [[p.detach().clone() for p in params] for params in groups]
+            else:
+                for start, params in zip(self._theta0, groups, strict=True):
+                    torch._foreach_copy_(start, params)
         grads = [p.grad for params in groups for p in params if p.grad is not None]
         if not grads:
             raise RuntimeError("Nexus.inner_step() found no gradients: call loss.backward() first")
@@ -100,9 +104,9 @@ class Nexus:
         """Outer step: restore θ0, hand Δ/γ = (θ0 − θ)/γ to the outer optimizer as the gradient, step it."""
         if closure is not None:
             raise ValueError("Nexus.step() takes no closure: run the inner steps in the training loop")
-        if self.theta0 is None:
+        if self.inner_steps == 0 or self._theta0 is None:
             raise RuntimeError("Nexus.step() before any inner_step(): there is no displacement to apply")
-        for group, params, start in zip(self.param_groups, self._group_params(), self.theta0, strict=True):
+        for group, params, start in zip(self.param_groups, self._group_params(), self._theta0, strict=True):
             displacement = torch._foreach_sub(start, params)
             torch._foreach_div_(displacement, self.inner_lr(group))
             for p, d in zip(params, displacement, strict=True):
@@ -111,7 +115,6 @@ class Nexus:
         self.outer.step()
         # The pseudo-gradient must not leak into the next outer step's first backward (which accumulates).
         self.outer.zero_grad(set_to_none=True)
-        self.theta0 = None
         self.inner_steps = 0
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -123,7 +126,8 @@ class Nexus:
             "inner_lr_ratio": self.inner_lr_ratio,
             "normalize": self.normalize,
             "inner_steps": self.inner_steps,
-            "theta0": None if self.theta0 is None else [[t.clone() for t in ts] for ts in self.theta0],
+            # θ0 matters only inside an outer step (a save between inner steps); between steps it is stale.
+            "theta0": [[t.clone() for t in ts] for ts in self._theta0] if self.inner_steps and self._theta0 else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -132,10 +136,8 @@ class Nexus:
         self.normalize = state["normalize"]
         self.inner_steps = state["inner_steps"]
         theta0 = state["theta0"]
-        if theta0 is None:
-            self.theta0 = None
-        else:
-            self.theta0 = [
+        if theta0 is not None:
+            self._theta0 = [
                 [t.to(device=p.device, dtype=p.dtype).clone() for t, p in zip(ts, params, strict=True)]
                 for ts, params in zip(theta0, self._group_params(), strict=True)
             ]
