@@ -1,12 +1,9 @@
 """nexus-eval: same pretraining loss, different downstream? AdamW vs Nexus, loss-matched, through lm-eval."""
 
-from typing import Any
-
 __version__ = "0.1.0"
 
+# `nexus_eval.evaluate(...)` is the Python API mirroring `nexus-eval eval`. Binding the function after importing its
+# module keeps the name pointing at the function (the module stays reachable as sys.modules["nexus_eval.evaluate"]).
+from nexus_eval.evaluate import evaluate  # noqa: E402
 
-def evaluate(*args: Any, **kwargs: Any) -> Any:
-    """Python API mirroring `nexus-eval eval` (see nexus_eval.evaluate.evaluate)."""
-    from nexus_eval.evaluate import evaluate as run
-
-    return run(*args, **kwargs)
+__all__ = ["__version__", "evaluate"]

@@ -103,7 +103,9 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 def save_checkpoint(ckpt: Path, model: Any, tokenizer: Any, meta: dict[str, Any], state: dict[str, Any] | None) -> Path:
     """Write the checkpoint into a temp dir, then rename it into place: a killed run leaves no half checkpoint."""
     import torch
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # one bar per shard write would break our own progress display
     tmp = ckpt.with_name(f".{ckpt.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
