@@ -177,7 +177,7 @@ class Trainer:
             loss = self.micro_loss(mb.inputs, mb.labels)
             if not torch.isfinite(loss):
                 raise NexusError(
-                    f"step {step}: training loss is {float(loss)} on a {mb.source} micro-batch; stopped, last good "
+                    f"step {step}: training loss is {loss.item()} on a {mb.source} micro-batch; stopped, last good "
                     f"checkpoint kept in {self.run_dir} (lower optim.lr in {self.recipe.path}?)"
                 )
             losses.append(loss.item())
