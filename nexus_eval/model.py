@@ -43,3 +43,13 @@ def build_model(config: Any, seed: int) -> Any:
 
 def count_params(model: Any) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def causal_lm_loss(model: Any, inputs: Any, targets: Any) -> Any:
+    """Mean next-token cross-entropy (nats/token); targets are the inputs shifted by one, already aligned.
+    The one training loss: the trainer and the geometry measurements both differentiate this."""
+    import torch.nn.functional as F
+
+    device = next(model.parameters()).device
+    logits = model(input_ids=inputs.to(device)).logits
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.to(device).flatten())

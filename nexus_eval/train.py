@@ -31,7 +31,7 @@ from nexus_eval.checkpoints import (
 )
 from nexus_eval.errors import NexusError
 from nexus_eval.heldout import HeldOut
-from nexus_eval.model import build_model, count_params, llama_config
+from nexus_eval.model import build_model, causal_lm_loss, count_params, llama_config
 from nexus_eval.optim import Nexus
 from nexus_eval.recipe import OPTIMIZERS, Recipe, load_recipe, lr_at
 
@@ -153,10 +153,6 @@ class Trainer:
 
     # ---- the optimizer step ---------------------------------------------------------------------------------
 
-    def micro_loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        logits = self.model(inputs).logits
-        return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
-
     def flat_grad(self) -> torch.Tensor:
         return torch.cat(
             [p.grad.flatten() if p.grad is not None else torch.zeros_like(p).flatten() for p in self.params]
@@ -174,7 +170,7 @@ class Trainer:
         losses = []
         accumulated = None
         for mb in batches:
-            loss = self.micro_loss(mb.inputs, mb.labels)
+            loss = causal_lm_loss(self.model, mb.inputs, mb.labels)
             if not torch.isfinite(loss):
                 raise NexusError(
                     f"step {step}: training loss is {loss.item()} on a {mb.source} micro-batch; stopped, last good "
@@ -281,6 +277,30 @@ class Trainer:
 
     # ---- the loop -------------------------------------------------------------------------------------------
 
+    def measure_heldout(self, full: bool) -> tuple[dict[str, Any] | None, list[float]]:
+        """Held-out measurement after a step: everything when `full`, else the mixture loss alone while the loss is
+        within target_watch of the next target (to catch the crossing step). Returns (measured or None, targets
+        crossed now)."""
+        t = self.recipe.train
+        watching = self.state.targets_left and self.state.last_val - self.state.targets_left[0] < t.target_watch
+        measured: dict[str, Any] | None = None
+        if full:
+            measured = self.heldout.measure(self.model)
+            self.state.last_val = measured["val_loss"]
+        elif watching:
+            self.state.last_val, per_source = self.heldout.mixture_loss(self.model)
+        else:
+            return None, []
+        crossed = [x for x in self.state.targets_left if self.state.last_val <= x]
+        self.state.targets_left = [x for x in self.state.targets_left if x not in crossed]
+        if crossed and measured is None:
+            measured = {
+                "val_loss": self.state.last_val,
+                "val_loss_per_source": per_source,
+                "ood_loss": self.heldout.ood_loss(self.model),
+            }
+        return measured, crossed
+
     def run(self, progress: bool = True) -> Path:
         from nexus_eval.progress import training_progress
 
@@ -302,23 +322,7 @@ class Trainer:
                 for source, grad in grads.items():
                     self.cosine_grads[source] = self.cosine_grads.get(source, 0) + grad
                 window_tokens += self.recipe.tokens_per_step()
-                measured: dict[str, Any] | None = None
-                crossed: list[float] = []
-                watching = self.state.targets_left and self.state.last_val - self.state.targets_left[0] < t.target_watch
-                if is_eval or step % t.checkpoint_interval == 0:
-                    measured = self.heldout.measure(self.model)
-                    self.state.last_val = measured["val_loss"]
-                elif watching:  # near a target: the mixture loss alone, every step, to catch the crossing
-                    self.state.last_val, per_source = self.heldout.mixture_loss(self.model)
-                crossed = [x for x in self.state.targets_left if self.state.last_val <= x]
-                if crossed:
-                    self.state.targets_left = [x for x in self.state.targets_left if x not in crossed]
-                    if measured is None:
-                        measured = {
-                            "val_loss": self.state.last_val,
-                            "val_loss_per_source": per_source,
-                            "ood_loss": self.heldout.ood_loss(self.model),
-                        }
+                measured, crossed = self.measure_heldout(full=is_eval or step % t.checkpoint_interval == 0)
                 if is_eval and measured is not None:
                     elapsed = time.perf_counter() - window_start
                     row = {

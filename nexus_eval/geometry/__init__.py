@@ -10,9 +10,9 @@
 
 from nexus_eval.geometry.cosine import cosine_matrix
 from nexus_eval.geometry.gradients import gradient_cosines, top_hessian_eigenvalue
-from nexus_eval.geometry.losses import causal_lm_loss
 from nexus_eval.geometry.measure import geometry
 from nexus_eval.geometry.minima import minima_closeness
+from nexus_eval.model import causal_lm_loss
 
 __all__ = [
     "causal_lm_loss",

@@ -28,11 +28,11 @@ from nexus_eval.geometry.losses import (
     Advance,
     BatchesBySource,
     LossFn,
-    causal_lm_loss,
     flat_params,
     mean_gradient,
     set_flat_params,
 )
+from nexus_eval.model import causal_lm_loss
 
 FD_RELATIVE_STEP = 1e-3
 

@@ -5,20 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 BatchesBySource = dict[str, list[Batch]]
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 Advance = Callable[[], None]
-
-
-def causal_lm_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy (nats/token): targets are the inputs shifted by one, already aligned."""
-    device = next(model.parameters()).device
-    logits = model(input_ids=inputs.to(device)).logits
-    return F.cross_entropy(logits.float().flatten(0, 1), targets.to(device).flatten())
 
 
 def trainable(model: nn.Module) -> list[nn.Parameter]:

@@ -18,12 +18,12 @@ from nexus_eval.geometry.losses import (
     Advance,
     BatchesBySource,
     LossFn,
-    causal_lm_loss,
     flat_params,
     mean_loss,
     set_flat_params,
     trainable,
 )
+from nexus_eval.model import causal_lm_loss
 
 OPTIMIZERS = ("adamw", "sgd")
 
