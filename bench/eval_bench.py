@@ -28,7 +28,7 @@ CONTEXT = 1024  # zero-shot GSM8k prompts (≤ ~300 tokens) plus lm-eval's 256 g
 def make_checkpoint(out: Path, preset: str, data_dir: Path) -> Path:
     from nexus_eval.checkpoints import save_checkpoint
     from nexus_eval.data import build_data, load_tokenizer
-    from nexus_eval.model import build_model, llama_config
+    from nexus_eval.training.model import build_model, llama_config
 
     if not (data_dir / "manifest.json").exists():  # no data build: a small one for its tokenizer
         from tests.conftest import TINY_DATA_PARAMS
@@ -46,8 +46,8 @@ def run_backend(backend: str, ckpt: Path, prompts: int, batch_size: int, max_gen
     from lm_eval.tasks import TaskManager
     from transformers import AutoTokenizer
 
-    from nexus_eval import backends
-    from nexus_eval.evaluate import DEFAULT_SEED, resolve_task_specs, run_task
+    from nexus_eval.evaluation import backends
+    from nexus_eval.evaluation.runner import DEFAULT_SEED, resolve_task_specs, run_task
 
     (spec,) = resolve_task_specs(["gsm8k"], None)
     task_manager = TaskManager(include_path=str(spec.include_dir), include_defaults=False)

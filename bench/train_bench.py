@@ -3,7 +3,7 @@
 All three train in one process on the same recipe, data and micro-batches, one step each in turn (so load from
 other processes hits them alike); the median step time gives tokens/s. Peak RSS comes from one short child process
 per variant (RSS cannot be told apart inside one process). The ratios are of this one run.
-Targets: Nexus/AdamW step time ≤ 1.05, memory ≤ 1.3, harness (AdamW through the Trainer) ≥ 0.9× the bare loop.
+Targets: Nexus/AdamW step time ≤ 1.05, memory ≤ 1.3, harness (AdamW through the trainer's step) ≥ 0.9× the bare loop.
     python bench/train_bench.py [--recipe train/tiny.toml] [--steps 15] [--data data]
 """
 
@@ -49,15 +49,14 @@ def make_steppers(recipe_path: Path, data_dir: Path) -> dict[str, tuple[Callable
     """Per variant: (one outer step at index i, bytes of params + optimizer state). Same recipe, data and batches."""
     import torch
 
-    from nexus_eval.recipe import load_recipe
-    from nexus_eval.train import Trainer
+    from nexus_eval.training import RunState, load_recipe, set_up, train_step
 
     recipe = load_recipe(recipe_path)
     steppers = {}
     for variant in VARIANTS:
-        trainer = Trainer(recipe, "adamw" if variant == "bare" else variant, 0, Path("/tmp/nexus-bench"), data_dir)
+        c = set_up(recipe, "adamw" if variant == "bare" else variant, 0, data_dir)
         if variant == "bare":
-            model, schedule, k = trainer.model, trainer.schedule, recipe.optim.accum
+            model, schedule, k = c.model, c.schedule, recipe.optim.accum
             opt = torch.optim.AdamW(model.parameters(), lr=recipe.optim.lr)
 
             def step(i: int, model=model, schedule=schedule, k=k, opt=opt) -> None:  # noqa: ANN001
@@ -69,13 +68,13 @@ def make_steppers(recipe_path: Path, data_dir: Path) -> dict[str, tuple[Callable
                 opt.zero_grad(set_to_none=True)
 
         else:
-            opt = trainer.opt
+            opt, state = c.opt, RunState.start(recipe)
 
-            def step(i: int, trainer=trainer) -> None:  # noqa: ANN001
-                trainer.train_step(record_grads=False)
+            def step(i: int, c=c, state=state) -> None:  # noqa: ANN001
+                train_step(c, state)  # the loop's step at state.step, which is i (after the warm-up step 0)
 
         step(0)  # warm-up, and allocates Nexus' θ0
-        steppers[variant] = (step, state_bytes(trainer.model, opt))
+        steppers[variant] = (step, state_bytes(c.model, opt))
     return steppers
 
 
@@ -88,13 +87,14 @@ def child_peak_rss(variant: str, recipe: Path, data_dir: Path) -> float:
 def rss_child(variant: str, recipe_path: Path, data_dir: Path) -> None:
     import torch
 
-    from nexus_eval.recipe import load_recipe
-    from nexus_eval.train import Trainer
+    from nexus_eval.training import RunState, load_recipe, set_up, train_step
 
     torch.set_num_threads(2)
-    trainer = Trainer(load_recipe(recipe_path), "adamw" if variant == "bare" else variant, 0, Path("/tmp/x"), data_dir)
+    recipe = load_recipe(recipe_path)
+    c = set_up(recipe, "adamw" if variant == "bare" else variant, 0, data_dir)
+    state = RunState.start(recipe)
     for _ in range(WARMUP_STEPS):
-        trainer.train_step(record_grads=False)
+        train_step(c, state)
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
@@ -113,7 +113,7 @@ def main() -> None:
         return
     if not (args.data / "manifest.json").exists():
         subprocess.run([sys.executable, "-m", "nexus_eval.cli", "data", "build", "--out", str(args.data)], check=True)
-    from nexus_eval.recipe import load_recipe
+    from nexus_eval.training import load_recipe
 
     tokens_per_step = load_recipe(args.recipe).tokens_per_step()
     steppers = make_steppers(args.recipe, args.data)

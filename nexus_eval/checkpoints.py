@@ -1,5 +1,9 @@
 """Checkpoints: Hugging Face model directories plus `nexus.json`, written atomically, found and loaded by path.
 
+The checkpoint format is the contract between stages (training writes it; evaluation, geometry and comparison read
+it), so it lives beside the other shared modules rather than inside one stage. The trainer's resume logic lives in
+nexus_eval.training.
+
 A checkpoint directory holds what `AutoModelForCausalLM.from_pretrained` and vLLM read (config.json,
 model.safetensors, tokenizer files) and `nexus.json` (run id, optimizer, seed, step, tokens seen, held-out and OOD
 loss, recipe and data hashes, code version). The trainer's state for resuming lives in `optimizer/state.pt`, a
@@ -17,7 +21,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from nexus_eval.errors import NexusError
+from nexus_eval.errors import CheckpointError
+from nexus_eval.io import dump_json
+from nexus_eval.schema import CheckpointMeta
 
 META_FILE = "nexus.json"
 STATE_FILE = "optimizer/state.pt"
@@ -56,17 +62,19 @@ def resolve_checkpoints(paths: list[Path]) -> list[Path]:
     found: list[Path] = []
     for path in paths:
         if not path.exists():
-            raise NexusError(f"{path}: no such checkpoint or run directory")
+            raise CheckpointError(f"{path}: no such checkpoint or run directory")
         if is_checkpoint(path):
             found.append(path)
         elif ckpts := list_checkpoints(path):
             found.extend(ckpts)
         else:
-            raise NexusError(f"{path}: not a checkpoint (no config.json or .gguf) and not a run directory (no ckpt-*)")
+            raise CheckpointError(
+                f"{path}: not a checkpoint (no config.json or .gguf) and not a run directory (no ckpt-*)"
+            )
     return found
 
 
-def read_meta(ckpt: Path) -> dict[str, Any]:
+def read_meta(ckpt: Path) -> CheckpointMeta | dict[str, Any]:
     """nexus.json of one of our checkpoints; {} for an external model."""
     meta_path = ckpt / META_FILE
     if not meta_path.exists():
@@ -74,7 +82,7 @@ def read_meta(ckpt: Path) -> dict[str, Any]:
     try:
         return json.loads(meta_path.read_text())
     except json.JSONDecodeError as e:
-        raise NexusError(f"{meta_path}: corrupt checkpoint metadata ({e})") from None
+        raise CheckpointError(f"{meta_path}: corrupt checkpoint metadata ({e})") from None
 
 
 def content_hash(ckpt: Path) -> str:
@@ -94,13 +102,7 @@ def content_hash(ckpt: Path) -> str:
     return digest.hexdigest()
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
-def save_checkpoint(ckpt: Path, model: Any, tokenizer: Any, meta: dict[str, Any], state: dict[str, Any] | None) -> Path:
+def save_checkpoint(ckpt: Path, model: Any, tokenizer: Any, meta: CheckpointMeta, state: dict[str, Any] | None) -> Path:
     """Write the checkpoint into a temp dir, then rename it into place: a killed run leaves no half checkpoint."""
     import torch
     from transformers.utils import logging as hf_logging
@@ -114,7 +116,7 @@ def save_checkpoint(ckpt: Path, model: Any, tokenizer: Any, meta: dict[str, Any]
     if state is not None:
         (tmp / STATE_FILE).parent.mkdir()
         torch.save(state, tmp / STATE_FILE)
-    (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    (tmp / META_FILE).write_text(dump_json(meta))
     if ckpt.exists():
         shutil.rmtree(ckpt)
     os.replace(tmp, ckpt)
@@ -125,22 +127,41 @@ def load_model(ckpt: Path, dtype: str = "float32") -> tuple[Any, Any]:
     """(model, tokenizer) of our or an external checkpoint, with checks that name the file at fault."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # transformers' "Loading weights" bar would break our own progress display
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     gguf = gguf_file(ckpt)
     if gguf is None and not (ckpt / "config.json").exists():
-        raise NexusError(f"{ckpt}: not a checkpoint (no config.json or .gguf file)")
+        raise CheckpointError(f"{ckpt}: not a checkpoint (no config.json or .gguf file)")
     if gguf is None and not any((ckpt / name).exists() for name in TOKENIZER_FILES):
-        raise NexusError(f"{ckpt}: checkpoint has no tokenizer ({' / '.join(TOKENIZER_FILES)})")
+        raise CheckpointError(f"{ckpt}: checkpoint has no tokenizer ({' / '.join(TOKENIZER_FILES)})")
     kwargs: dict[str, Any] = {"gguf_file": gguf.name} if gguf is not None else {}
     where = gguf.parent if gguf is not None else ckpt
     try:
         tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(where, dtype=getattr(torch, dtype), **kwargs)
     except (OSError, ValueError) as e:
-        raise NexusError(f"{ckpt}: cannot load checkpoint ({str(e).splitlines()[0]})") from None
+        raise CheckpointError(f"{ckpt}: cannot load checkpoint ({str(e).splitlines()[0]})") from None
     vocab = model.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > vocab:
-        raise NexusError(f"{ckpt}: tokenizer has {len(tokenizer)} tokens but the model's vocabulary is {vocab}")
+        raise CheckpointError(f"{ckpt}: tokenizer has {len(tokenizer)} tokens but the model's vocabulary is {vocab}")
     model.eval()
     return model, tokenizer
+
+
+__all__ = [
+    "CKPT_PREFIX",
+    "META_FILE",
+    "STATE_FILE",
+    "TOKENIZER_FILES",
+    "checkpoint_name",
+    "content_hash",
+    "gguf_file",
+    "is_checkpoint",
+    "list_checkpoints",
+    "load_model",
+    "read_meta",
+    "resolve_checkpoints",
+    "save_checkpoint",
+]

@@ -65,7 +65,7 @@ def write_recipe(tmp_path: Path, data_dir: Path, lr: float = 3e-3) -> Path:
 @pytest.fixture(scope="session")
 def tiny_runs(tiny_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """{"adamw": run_dir, "nexus": run_dir}: TINY_RECIPE trained with both optimizers, seed 0 (~5 s)."""
-    from nexus_eval.train import train
+    from nexus_eval.training.loop import train
 
     tmp = tmp_path_factory.mktemp("tiny_runs")
     recipe = write_recipe(tmp, tiny_data_dir)

@@ -13,16 +13,15 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
-
 from nexus_eval.data.collect import Collected, collect, in_val
 from nexus_eval.data.contamination import NGRAM, NgramIndex
 from nexus_eval.data.sources import Source, default_ood, default_sources, gsm8k_test_questions, text_dir_part
 from nexus_eval.data.tokenizer import EOS_TOKEN, PAD_TOKEN, encode_stream, train_tokenizer
-from nexus_eval.errors import NexusError
+from nexus_eval.display import progress_display
+from nexus_eval.errors import DataError
 
 if TYPE_CHECKING:
+    from rich.progress import Progress
     from transformers import PreTrainedTokenizerFast
 
 MANIFEST_VERSION = 1
@@ -52,7 +51,7 @@ def build_data(
     _check_params(vocab_size, max_chars_per_source, max_chars_per_ood, val_fraction, math_generated)
     out_dir = Path(out_dir)
     if out_dir.exists() and not (out_dir / "manifest.json").is_file() and any(out_dir.iterdir()):
-        raise NexusError(f"--out {out_dir}: exists and is not a data build (no manifest.json); pick another directory")
+        raise DataError(f"--out {out_dir}: exists and is not a data build (no manifest.json); pick another directory")
     train_sources = default_sources(gsm8k_dir, math_generated, seed) + _user_sources("--source", extra_sources)
     ood_sources = default_ood() + _user_sources("--ood", extra_ood)
     _check_unique_names(train_sources, ood_sources)
@@ -63,29 +62,28 @@ def build_data(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.building-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    columns = (TextColumn("{task.description:<24}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn())
     try:
-        with Progress(*columns, console=Console(stderr=True), disable=not progress, transient=False) as bar:
+        with progress_display(enabled=progress) as bar:
             seen: set[str] = set()
             collected, ood = [], []
             for source in train_sources:
-                task = bar.add_task(f"read {source.name}", total=max_chars_per_source)
+                task = bar.add_task(f"read {source.name}", total=max_chars_per_source, info="")
                 check = is_contaminated if source.name == "math" or source.name in user_names else None
                 collected.append(
                     collect(source, max_chars_per_source, seen, check, lambda n, t=task: bar.advance(t, n))
                 )
                 bar.update(task, completed=max_chars_per_source)
             for source in ood_sources:
-                task = bar.add_task(f"read ood {source.name}", total=max_chars_per_ood)
+                task = bar.add_task(f"read ood {source.name}", total=max_chars_per_ood, info="")
                 ood.append(collect(source, max_chars_per_ood, seen, None, lambda n, t=task: bar.advance(t, n)))
                 bar.update(task, completed=max_chars_per_ood)
             for entry in collected + ood:
                 if not entry.docs:
-                    raise NexusError(f"source {entry.name}: no documents read from {entry.origin}")
+                    raise DataError(f"source {entry.name}: no documents read from {entry.origin}")
 
             splits = {c.name: _split(c, val_fraction) for c in collected}
             train_docs = [text for c in collected for text in splits[c.name]["train"]]
-            task = bar.add_task("train tokenizer", total=1)
+            task = bar.add_task("train tokenizer", total=1, info="")
             tokenizer = train_tokenizer(iter(train_docs), vocab_size, len(train_docs))
             tokenizer.save_pretrained(tmp / "tokenizer")
             bar.update(task, completed=1)
@@ -147,7 +145,7 @@ def _split(collected: Collected, val_fraction: float) -> dict[str, list[str]]:
     for digest, text in collected.docs:
         split["val" if in_val(digest, val_fraction) else "train"].append(text)
     if not split["train"] or not split["val"]:
-        raise NexusError(
+        raise DataError(
             f"source {collected.name}: {len(collected.docs)} documents give an empty train or val split; "
             "raise --max-chars-per-source or --val-fraction"
         )
@@ -160,7 +158,7 @@ def _write_splits(
     entry: dict = {"origin": collected.origin, "docs": {}, "chars": {}, "tokens": {}, "files": {}}
     for split, docs in splits.items():
         (tmp / split).mkdir(parents=True, exist_ok=True)
-        task = bar.add_task(f"tokenize {split}/{collected.name}", total=1)
+        task = bar.add_task(f"tokenize {split}/{collected.name}", total=1, info="")
         bin_path = tmp / split / f"{collected.name}.bin"
         entry["tokens"][split] = encode_stream(tokenizer, docs, bin_path)
         entry["docs"][split] = len(docs)
@@ -184,18 +182,18 @@ def _check_unique_names(train_sources: list[Source], ood_sources: list[Source]) 
     names = [s.name for s in train_sources + ood_sources]
     for name in names:
         if names.count(name) > 1:
-            raise NexusError(f"--source/--ood {name}: the name is already used by another source or OOD domain")
+            raise DataError(f"--source/--ood {name}: the name is already used by another source or OOD domain")
 
 
 def _check_params(vocab: int, max_source: int, max_ood: int, val_fraction: float, math_generated: int) -> None:
     if max_source < 1000:
-        raise NexusError(f"--max-chars-per-source {max_source}: must be at least 1000")
+        raise DataError(f"--max-chars-per-source {max_source}: must be at least 1000")
     if max_ood < 1000:
-        raise NexusError(f"--max-chars-per-ood {max_ood}: must be at least 1000")
+        raise DataError(f"--max-chars-per-ood {max_ood}: must be at least 1000")
     if not 0 < val_fraction < 0.5:
-        raise NexusError(f"--val-fraction {val_fraction}: must be in (0, 0.5)")
+        raise DataError(f"--val-fraction {val_fraction}: must be in (0, 0.5)")
     if math_generated < 0:
-        raise NexusError(f"--math-generated {math_generated}: must be >= 0")
+        raise DataError(f"--math-generated {math_generated}: must be >= 0")
 
 
 def _sha256(path: Path) -> str:

@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
 from nexus_eval.data.build import build_data
 from nexus_eval.data.sources import parse_spec
 from nexus_eval.data.store import load_manifest
-from nexus_eval.errors import NexusError
+from nexus_eval.display import console
+from nexus_eval.errors import DataError
 
 
 def parse_specs(flag: str, specs: list[str]) -> dict[str, Path]:
@@ -19,7 +19,7 @@ def parse_specs(flag: str, specs: list[str]) -> dict[str, Path]:
     for spec in specs:
         name, directory = parse_spec(flag, spec)
         if name in parsed:
-            raise NexusError(f"{flag} {spec!r}: name {name} given twice")
+            raise DataError(f"{flag} {spec!r}: name {name} given twice")
         parsed[name] = directory
     return parsed
 
@@ -54,10 +54,10 @@ def summary_table(manifest: dict, title: str) -> Table:
 def show_manifest(data_dir: Path, manifest: dict | None = None) -> None:
     """`nexus-eval data info`: one row per (source, split), then vocab, hash and contamination summary."""
     manifest = manifest or load_manifest(data_dir)
-    console = Console()
-    console.print(summary_table(manifest, f"{data_dir}/manifest.json"))
+    shown = console()
+    shown.print(summary_table(manifest, f"{data_dir}/manifest.json"))
     dropped = sum(manifest["contamination"]["dropped_docs"].values())
     reference = manifest["contamination"]["reference"] or "no GSM8k test file found: not checked"
-    console.print(f"vocab {manifest['vocab_size']}, eos id {manifest['eos_id']}, pad id {manifest['pad_id']}")
-    console.print(f"contamination: {dropped} documents dropped ({reference})")
-    console.print(f"hash {manifest['hash']}")
+    shown.print(f"vocab {manifest['vocab_size']}, eos id {manifest['eos_id']}, pad id {manifest['pad_id']}")
+    shown.print(f"contamination: {dropped} documents dropped ({reference})")
+    shown.print(f"hash {manifest['hash']}")

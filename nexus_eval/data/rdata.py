@@ -1,7 +1,7 @@
 """Read character vectors out of an R lazy-load database (Rdata.rdx + Rdata.rdb), without R.
 
 Why: the Jane Austen novels ship as r-cran-janeaustenr, whose texts live in R's serialization format. Only the subset
-of the XDR format that data packages of plain vectors use is supported; anything else raises NexusError.
+of the XDR format that data packages of plain vectors use is supported; anything else raises DataError.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from nexus_eval.errors import NexusError
+from nexus_eval.errors import DataError
 
 _NIL, _REF, _SYM, _LIST, _CHAR, _LGL, _INT, _REAL, _STR, _VEC = 254, 255, 1, 2, 9, 10, 13, 14, 16, 19
 _SPECIALS = {242, 241, 253, 252, 251, 250}  # empty/base/global env, unbound, missing arg, base namespace
@@ -40,7 +40,7 @@ class _XdrReader:
 
     def read(self) -> Any:
         if self.data[:2] != b"X\n":
-            raise NexusError(f"{self.origin}: not an XDR R serialization")
+            raise DataError(f"{self.origin}: not an XDR R serialization")
         self.pos = 2
         version = self._int()
         self._int(), self._int()  # writer and minimal reader versions
@@ -86,7 +86,7 @@ class _XdrReader:
         elif kind in (_STR, _VEC):
             values = [self._item() for _ in range(self._length())]
         else:
-            raise NexusError(f"{self.origin}: unsupported R object type {kind} at byte {self.pos}")
+            raise DataError(f"{self.origin}: unsupported R object type {kind} at byte {self.pos}")
         if flags & _HAS_ATTR:
             attributes = dict(self._item() or [])
             if isinstance(attributes.get("names"), list):
@@ -99,10 +99,10 @@ def read_lazyload_vectors(rdx_path: Path) -> dict[str, Any]:
     rdb_path = rdx_path.with_suffix(".rdb")
     for path in (rdx_path, rdb_path):
         if not path.is_file():
-            raise NexusError(f"{path} missing")
+            raise DataError(f"{path} missing")
     index = _XdrReader(gzip.decompress(rdx_path.read_bytes()), str(rdx_path)).read()
     if not isinstance(index, dict) or not isinstance(index.get("variables"), dict):
-        raise NexusError(f"{rdx_path}: not an R lazy-load index")
+        raise DataError(f"{rdx_path}: not an R lazy-load index")
     compression = (index.get("compressed") or [1])[0]
     blob = rdb_path.read_bytes()
     objects = {}
@@ -124,4 +124,4 @@ def _decompress(block: bytes, compression: int, rdb_path: Path) -> bytes:
         return zlib.decompress(payload)
     if kind == b"0":
         return payload
-    raise NexusError(f"{rdb_path}: unknown R compression {kind!r}")
+    raise DataError(f"{rdb_path}: unknown R compression {kind!r}")

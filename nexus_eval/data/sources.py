@@ -1,7 +1,7 @@
 """Offline source readers: each yields documents (str) in a fixed order and describes where they came from.
 
 Debian-packaged sources read exactly the files their package installed (dpkg's file list), so a build on another
-Debian machine with the same package versions reads the same bytes. A missing package is a NexusError that names the
+Debian machine with the same package versions reads the same bytes. A missing package is a DataError that names the
 apt-get line to run.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 from nexus_eval.data import prose
 from nexus_eval.data.mathgen import generate_problems
 from nexus_eval.data.rdata import read_lazyload_vectors
-from nexus_eval.errors import NexusError
+from nexus_eval.errors import DataError
 
 DPKG_INFO = Path("/var/lib/dpkg/info")
 DPKG_STATUS = Path("/var/lib/dpkg/status")
@@ -57,7 +57,7 @@ def debian_files(package: str, pattern: str) -> tuple[dict, list[Path]]:
     lists = [DPKG_INFO / f"{package}.list", *sorted(DPKG_INFO.glob(f"{package}:*.list"))]
     found = [p for p in lists if p.is_file()]
     if not found:
-        raise NexusError(f"Debian package {package} is not installed (no {lists[0]}): run `{INSTALL_HINT}`")
+        raise DataError(f"Debian package {package} is not installed (no {lists[0]}): run `{INSTALL_HINT}`")
     regex = re.compile(pattern)
     files = sorted(
         Path(line)
@@ -65,7 +65,7 @@ def debian_files(package: str, pattern: str) -> tuple[dict, list[Path]]:
         if regex.search(line) and Path(line).is_file() and not Path(line).is_symlink()
     )
     if not files:
-        raise NexusError(f"Debian package {package} lists no files matching {pattern!r} in {found[0]}")
+        raise DataError(f"Debian package {package} lists no files matching {pattern!r} in {found[0]}")
     origin = {"kind": "debian", "package": package, "version": _debian_version(package), "files": len(files)}
     copyright_file = Path(f"/usr/share/doc/{package}/copyright")
     origin["license"] = f"see {copyright_file}" if copyright_file.is_file() else "unknown"
@@ -121,7 +121,7 @@ def python_docs_part() -> Part:
 def gsm8k_train_part(gsm8k_dir: Path) -> Part:
     path = gsm8k_dir / "train.jsonl"
     if not path.is_file():
-        raise NexusError(f"{path} missing: pass --gsm8k-dir DIR holding GSM8k's train.jsonl (original release, MIT)")
+        raise DataError(f"{path} missing: pass --gsm8k-dir DIR holding GSM8k's train.jsonl (original release, MIT)")
     origin = {
         "kind": "file",
         "path": str(path.resolve()),
@@ -138,7 +138,7 @@ def gsm8k_train_part(gsm8k_dir: Path) -> Part:
                 row = json.loads(line)
                 question, answer = row["question"], row["answer"]
             except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise NexusError(f"{path}:{line_number}: not a GSM8k row with question/answer ({e})") from None
+                raise DataError(f"{path}:{line_number}: not a GSM8k row with question/answer ({e})") from None
             yield f"Question: {question.strip()}\nAnswer: {re.sub(r'<<[^>]*>>', '', answer).strip()}"
 
     return Part(origin, docs)
@@ -187,7 +187,7 @@ def stdlib_code_part() -> Part:
         if not _STDLIB_SKIP.intersection(p.relative_to(root).parts[:-1]) and not p.name.startswith("test_")
     ]
     if not files:
-        raise NexusError(f"no Python standard library source under {root}: install a CPython with its Lib/ sources")
+        raise DataError(f"no Python standard library source under {root}: install a CPython with its Lib/ sources")
     version = ".".join(map(str, sys.version_info[:3]))
     origin = {
         "kind": "directory",
@@ -250,7 +250,7 @@ def fortunes_part() -> Part:
 def text_dir_part(spec_flag: str, directory: Path) -> Part:
     """Every UTF-8 text file under `directory` (recursively, binary files skipped), one document per file."""
     if not directory.is_dir():
-        raise NexusError(f"{spec_flag}: directory {directory} does not exist")
+        raise DataError(f"{spec_flag}: directory {directory} does not exist")
     files = sorted(p for p in directory.rglob("*") if p.is_file() and not p.name.startswith("."))
     origin = {"kind": "directory", "path": str(directory.resolve()), "what": "user text files", "license": "user"}
 
@@ -267,7 +267,7 @@ def text_dir_part(spec_flag: str, directory: Path) -> Part:
             read += 1
             yield text
         if not read:
-            raise NexusError(f"{spec_flag}: no UTF-8 text files in {directory}")
+            raise DataError(f"{spec_flag}: no UTF-8 text files in {directory}")
 
     return Part(origin | {"files": len(files)}, docs)
 
@@ -276,7 +276,7 @@ def parse_spec(flag: str, spec: str) -> tuple[str, Path]:
     """NAME=DIR from --source/--ood; NAME is a short identifier (it becomes a file name)."""
     name, sep, directory = spec.partition("=")
     if not sep or not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", name) or not directory:
-        raise NexusError(f"{flag} {spec!r}: expected NAME=DIR with NAME matching [a-z][a-z0-9_]* (≤ 32 chars)")
+        raise DataError(f"{flag} {spec!r}: expected NAME=DIR with NAME matching [a-z][a-z0-9_]* (≤ 32 chars)")
     return name, Path(directory)
 
 

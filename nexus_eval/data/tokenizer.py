@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-from nexus_eval.errors import NexusError
+from nexus_eval.errors import DataError
 
 if TYPE_CHECKING:  # transformers takes a second to import: only the functions that need it import it
     from transformers import PreTrainedTokenizerFast
@@ -21,7 +21,7 @@ MIN_VOCAB, MAX_VOCAB = 300, 65536  # 256 bytes + specials + some merges; ids mus
 
 def train_tokenizer(docs: Iterator[str], vocab_size: int, n_docs: int) -> PreTrainedTokenizerFast:
     if not MIN_VOCAB <= vocab_size <= MAX_VOCAB:
-        raise NexusError(f"--vocab-size {vocab_size}: must be between {MIN_VOCAB} and {MAX_VOCAB} (uint16 token ids)")
+        raise DataError(f"--vocab-size {vocab_size}: must be between {MIN_VOCAB} and {MAX_VOCAB} (uint16 token ids)")
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()

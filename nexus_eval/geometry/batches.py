@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nexus_eval.errors import NexusError
+from nexus_eval.errors import DataError
 from nexus_eval.geometry.losses import Batch
 
 SPLIT_CODES = {"train": 1, "val": 2}
@@ -33,14 +33,14 @@ def source_batches(
     tokens = open_tokens(data_dir, split, source)
     path = Path(tokens.filename) if tokens.filename else data_dir / split / source
     if len(tokens) < context + 1:
-        raise NexusError(f"{path}: {len(tokens)} tokens, fewer than one window of context+1 = {context + 1}")
+        raise DataError(f"{path}: {len(tokens)} tokens, fewer than one window of context+1 = {context + 1}")
     rng = np.random.default_rng([seed, zlib.crc32(source.encode()), SPLIT_CODES[split]])
     offsets = rng.integers(0, len(tokens) - context, size=(n_batches, batch_size))
     batches = []
     for row in offsets:
         windows = torch.from_numpy(np.stack([np.asarray(tokens[o : o + context + 1], dtype=np.int64) for o in row]))
         if int(windows.max()) >= vocab_size:
-            raise NexusError(
+            raise DataError(
                 f"{path}: token id {int(windows.max())} >= the model's vocabulary {vocab_size} (data built with "
                 "another tokenizer?)"
             )

@@ -23,7 +23,6 @@ import math
 import torch
 from torch import nn
 
-from nexus_eval.geometry.cosine import cosine_matrix
 from nexus_eval.geometry.losses import (
     Advance,
     BatchesBySource,
@@ -32,7 +31,8 @@ from nexus_eval.geometry.losses import (
     mean_gradient,
     set_flat_params,
 )
-from nexus_eval.model import causal_lm_loss
+from nexus_eval.training.grad_cosine import cosine_matrix
+from nexus_eval.training.model import causal_lm_loss
 
 FD_RELATIVE_STEP = 1e-3
 

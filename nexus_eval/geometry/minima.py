@@ -23,7 +23,7 @@ from nexus_eval.geometry.losses import (
     set_flat_params,
     trainable,
 )
-from nexus_eval.model import causal_lm_loss
+from nexus_eval.training.model import causal_lm_loss
 
 OPTIMIZERS = ("adamw", "sgd")
 

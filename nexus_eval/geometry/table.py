@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from nexus_eval.checkpoints import resolve_checkpoints
+from nexus_eval.display import checkpoint_label, console
 from nexus_eval.geometry.measure import geometry
 
 
@@ -23,7 +24,6 @@ def measure_and_show(paths: list[Path], data_dir: Path, as_json: bool = False, *
     """geometry() of every checkpoint the paths stand for (run dirs expand to their checkpoints), then a rich table
     (or the result dicts as JSON on stdout)."""
     from rich import box
-    from rich.console import Console
     from rich.table import Table
 
     results = [geometry(ckpt, data_dir, progress=not as_json, **settings) for ckpt in resolve_checkpoints(paths)]
@@ -37,9 +37,8 @@ def measure_and_show(paths: list[Path], data_dir: Path, as_json: bool = False, *
     for column in ("step", "loss", "cos", "λ", "RHS", "MSD", "dist", "xloss"):
         table.add_column(column, justify="right", no_wrap=True)
     for r in results:
-        ckpt = Path(r["checkpoint"])
         table.add_row(
-            f"{ckpt.parent.name}/{ckpt.name}",
+            checkpoint_label(r["checkpoint"]),
             str(r["step"]) if r["step"] is not None else "—",
             _number(r["heldout_loss"]),
             _number(r["grad_cos_mean_offdiag"]),
@@ -49,8 +48,9 @@ def measure_and_show(paths: list[Path], data_dir: Path, as_json: bool = False, *
             _number(r["minima_pairwise_mean"]),
             _number(_mean_offdiag(r["cross_loss"])),
         )
-    Console().print(table)
-    Console().print(
+    shown = console()
+    shown.print(table)
+    shown.print(
         "loss: held-out loss from nexus.json; cos: mean off-diagonal cosine of per-source gradients; RHS: "
         "Σ(1−cos)·G²/(K·λ²), λ the dominant Hessian eigenvalue; MSD: mean ‖θ−θ_k*‖² after each per-source "
         "fine-tune; dist: mean ‖θ_i*−θ_j*‖; xloss: mean loss of source j at source i's endpoint (i≠j).",

@@ -1,0 +1,31 @@
+"""The `nexus-eval` application: one Typer app, each command group from its own module (cli/<group>.py).
+
+Commands only parse flags and call one function of a stage; no logic lives in the CLI. Every NexusError becomes a
+one-line `error: ...` on stderr and the error's exit code (options.one_line_errors).
+"""
+
+from __future__ import annotations
+
+import os
+
+import typer
+
+from nexus_eval.cli import compare, data, evaluate, geometry, tasks, train
+
+# No hub: every tokenizer, model and dataset comes from the repo, a package or a local build.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="nexus-eval: same pretraining loss, different downstream? AdamW vs Nexus, loss-matched, through lm-eval.",
+)
+app.add_typer(data.app, name="data")
+app.command("train")(train.train_command)
+app.command("loss")(evaluate.loss_command)
+app.add_typer(tasks.app, name="tasks")
+app.command("eval")(evaluate.eval_command)
+app.command("geometry")(geometry.geometry_command)
+app.command("compare")(compare.compare_command)
+app.add_typer(compare.leaderboard_app, name="leaderboard")

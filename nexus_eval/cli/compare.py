@@ -1,0 +1,100 @@
+"""`nexus-eval compare` and `nexus-eval leaderboard refresh|check`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from nexus_eval.cli.options import (
+    Backend,
+    BatchSize,
+    DataDir,
+    EvalCache,
+    LeaderboardDir,
+    Limit,
+    NumFewshot,
+    Quiet,
+    Suite,
+    Tasks,
+    comma_list,
+    float_list,
+    one_line_errors,
+)
+from nexus_eval.errors import ComparisonError
+
+leaderboard_app = typer.Typer(no_args_is_help=True, help="Generated leaderboards in leaderboards/.")
+
+
+@one_line_errors
+def compare_command(
+    run_dirs: list[Path] = typer.Argument(..., help="Run directories (or a directory of runs, e.g. runs/)"),
+    match_loss: bool = typer.Option(False, "--match-loss", help="Pair AdamW/Nexus checkpoints of equal held-out loss"),
+    tolerance: float = typer.Option(0.01, "--tolerance", help="Largest |Δloss| of a pair, nats/token"),
+    targets: str | None = typer.Option(None, "--targets", help="Target losses, e.g. 3.2,3.0 (default: the recipes')"),
+    interpolate: bool = typer.Option(False, "--interpolate", help="Interpolate metrics linearly in loss at targets"),
+    suite: Suite = "reasoning",
+    tasks: Tasks = None,
+    backend: Backend = "hf",
+    limit: Limit = None,
+    num_fewshot: NumFewshot = None,
+    batch_size: BatchSize = 8,
+    cache: EvalCache = Path("results/eval"),
+    out: Path = typer.Option(Path("reports/compare"), "--out", help="Dir for report.md, results.json and PNGs"),
+    leaderboard: str | None = typer.Option(None, "--leaderboard", help="Also write leaderboards/NAME.{json,md,png}"),
+    geometry: bool = typer.Option(False, "--geometry", help="Add gradient-cosine / minima columns per pair (slow)"),
+    data: DataDir = Path("data"),
+    resamples: int = typer.Option(10_000, "--resamples", help="Bootstrap resamples"),
+    quiet: Quiet = False,
+) -> None:
+    """Loss-matched AdamW vs Nexus: pairs, evaluation of what is missing, paired bootstrap CIs, tables and plots."""
+    from nexus_eval.comparison import CompareOptions, CompareSettings, compare
+
+    if not match_loss and not interpolate:
+        raise ComparisonError("compare: pass --match-loss (or --interpolate): unmatched comparisons are not supported")
+    chosen_targets = float_list(targets, "--targets")
+    chosen_tasks = comma_list(tasks)
+    settings = CompareSettings(
+        mode="interpolate" if interpolate else "match-loss",
+        tolerance=tolerance,
+        targets=tuple(chosen_targets) if chosen_targets else None,
+        suite=suite,
+        tasks=tuple(chosen_tasks) if chosen_tasks else None,
+        backend=backend,
+        limit=limit,
+        num_fewshot=num_fewshot,
+        bootstrap_resamples=resamples,
+    )
+    options = CompareOptions(
+        batch_size=batch_size,
+        cache_dir=cache,
+        out=out,
+        leaderboard=leaderboard,
+        geometry_data_dir=data if geometry else None,
+        progress=not quiet,
+    )
+    compare(run_dirs, settings, options)
+
+
+@leaderboard_app.command("refresh")
+@one_line_errors
+def leaderboard_refresh_command(directory: LeaderboardDir = Path("leaderboards")) -> None:
+    """Rebuild every leaderboards/NAME.md and .png from its NAME.json."""
+    from nexus_eval.comparison.leaderboard import refresh
+
+    for path in refresh(directory):
+        typer.echo(f"wrote {path}")
+
+
+@leaderboard_app.command("check")
+@one_line_errors
+def leaderboard_check_command(directory: LeaderboardDir = Path("leaderboards")) -> None:
+    """Exit 1 if any leaderboards/NAME.md differs from what its NAME.json produces."""
+    from nexus_eval.comparison.leaderboard import check
+
+    problems = check(directory)
+    for line in problems:
+        typer.echo(f"stale: {line}", err=True)
+    if problems:
+        raise typer.Exit(1)
+    typer.echo(f"leaderboards in {directory} match their JSON")

@@ -1,0 +1,72 @@
+"""`nexus-eval eval` and `nexus-eval loss`: downstream tasks and held-out loss of checkpoints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from nexus_eval.cli.options import (
+    AsJson,
+    Backend,
+    BatchSize,
+    DataDir,
+    EvalCache,
+    Limit,
+    NumFewshot,
+    Quiet,
+    Suite,
+    Tasks,
+    comma_list,
+    one_line_errors,
+)
+from nexus_eval.errors import NexusError
+
+
+@one_line_errors
+def eval_command(
+    paths: list[Path] = typer.Argument(..., help="Run dirs (all checkpoints), checkpoints, HF model dirs or GGUF"),
+    tasks: Tasks = None,
+    suite: Suite = None,
+    backend: Backend = "hf",
+    limit: Limit = None,
+    num_fewshot: NumFewshot = None,
+    batch_size: BatchSize = 8,
+    cache: EvalCache = Path("results/eval"),
+    seed: int = typer.Option(1234, "--seed", help="Seeds lm-eval's few-shot sampling, numpy and torch"),
+    quiet: Quiet = False,
+    as_json: AsJson = False,
+) -> None:
+    """Evaluate checkpoints on lm-eval tasks (default suite: reasoning; cached per checkpoint content, task and
+    settings)."""
+    from nexus_eval.evaluation import EvalSettings
+    from nexus_eval.evaluation.show import evaluate_and_show
+
+    chosen = comma_list(tasks)
+    settings = EvalSettings(
+        tasks=tuple(chosen) if chosen is not None else None,
+        suite=suite,
+        backend=backend,
+        limit=limit,
+        num_fewshot=num_fewshot,
+        batch_size=batch_size,
+        cache_dir=cache,
+        seed=seed,
+    )
+    evaluate_and_show(paths, settings, as_json=as_json, progress=not quiet)
+
+
+@one_line_errors
+def loss_command(
+    checkpoint: Path = typer.Argument(..., help="Our checkpoint, an HF model dir, or a GGUF file/dir"),
+    data: DataDir = Path("data"),
+    windows: int = typer.Option(16, "--windows", help="Held-out windows per source (same-tokenizer nats/token)"),
+    docs: int = typer.Option(20, "--docs", help="Documents per source/domain for bits per byte"),
+) -> None:
+    """Held-out and OOD loss of any checkpoint, measured on the harness's own data (nats/token and bits/byte)."""
+    from nexus_eval.evaluation.loss import measure_checkpoint
+
+    if windows <= 0 or docs <= 0:
+        raise NexusError("--windows and --docs must be positive")
+    typer.echo(json.dumps(measure_checkpoint(checkpoint, data, windows, docs), indent=2, sort_keys=True))

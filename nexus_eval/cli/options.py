@@ -1,0 +1,57 @@
+"""What several commands share: option declarations (declared once, with one help text), flag parsing helpers, and
+the error boundary that turns a NexusError into one line on stderr and its exit code."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from nexus_eval.errors import NexusError
+
+# ---- evaluation settings: `eval` and `compare` ---------------------------------------------------------------------
+Tasks = Annotated[str | None, typer.Option("--tasks", help="Comma-separated task names (or task YAML paths)")]
+Suite = Annotated[str | None, typer.Option("--suite", help="Task suite: reasoning, reasoning-real, gsm8k, ood, all")]
+Backend = Annotated[str, typer.Option("--backend", help="hf (transformers, CPU) or vllm")]
+Limit = Annotated[int | None, typer.Option("--limit", help="First N items per task (a smoke test, not a result)")]
+NumFewshot = Annotated[int | None, typer.Option("--num-fewshot", help="Override the tasks' few-shot count")]
+BatchSize = Annotated[int, typer.Option("--batch-size", help="Batch size of the hf backend (vllm batches itself)")]
+EvalCache = Annotated[Path, typer.Option("--cache", help="Cache dir of eval result JSONs")]
+
+# ---- common to most commands -----------------------------------------------------------------------------------------
+DataDir = Annotated[Path, typer.Option("--data", help="Data dir built by `nexus-eval data build`")]
+Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bars")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print the result dicts as JSON instead of a table")]
+LeaderboardDir = Annotated[Path, typer.Option("--dir", help="Leaderboards directory")]
+
+
+def comma_list(text: str | None) -> list[str] | None:
+    """`a, b,c` → ["a", "b", "c"]; None (flag not given) stays None."""
+    return None if text is None else [part.strip() for part in text.split(",") if part.strip()]
+
+
+def float_list(text: str | None, flag: str) -> list[float] | None:
+    if not text:
+        return None
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise NexusError(f"{flag}: expected comma-separated numbers, got {text!r}") from None
+
+
+def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn NexusError (and its per-stage subclasses) into `error: message` on stderr and the error's exit code,
+    instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except NexusError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(e.exit_code) from None
+
+    return wrapper

@@ -1,0 +1,374 @@
+"""compare(): runs → loss-matched pairs → eval results → paired statistics → tables, plots, results JSON.
+
+Eval results come only through the evaluation stage (nexus_eval.evaluation): `cached_results` for every checkpoint
+of the runs, then `evaluate_with_status` for the paired checkpoints the cache lacks. The cache key there is the whole
+of what a result depends on (checkpoint content, task version and definition, backend, few-shot, limit, eval seed),
+so a result for another task definition or eval seed never enters a comparison.
+
+The results JSON (out/results.json, and leaderboards/<name>.json) holds everything the Markdown and the plots are
+drawn from, so both can be rebuilt from it alone (nexus_eval.comparison.leaderboard).
+
+Downstream Δ rows: the point estimate and its CI are the mean per-item difference (Nexus − AdamW) over the items both
+checkpoints were scored on; the AdamW/Nexus columns are lm-eval's aggregate metric (the same number for accuracy and
+exact match; for bits-per-byte lm-eval weights documents by length, so the two can differ slightly).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nexus_eval.checkpoints import content_hash
+from nexus_eval.comparison.leaderboard import write_leaderboard
+from nexus_eval.comparison.match import BASELINE, CANDIDATE, Checkpoint, Pair, Run, Side, Unmatched, load_runs, match
+from nexus_eval.comparison.report import ALL_SEEDS, print_report, write_report
+from nexus_eval.comparison.settings import CompareOptions, CompareSettings
+from nexus_eval.comparison.stats import is_binary, item_overlap, paired_bootstrap, seed_mean_ci
+from nexus_eval.errors import ComparisonError
+from nexus_eval.evaluation import EvalSettings, cached_results, evaluate_with_status
+from nexus_eval.io import finite_json, write_json_atomic
+from nexus_eval.schema import (
+    COMPARE_RESULTS_KIND,
+    COMPARE_RESULTS_SCHEMA,
+    CompareResults,
+    CurvePoint,
+    EvalResult,
+    MetricPoint,
+    OodRow,
+    OverlapRow,
+    PairRow,
+    RunCurve,
+    RunRow,
+    TaskRow,
+    UnmatchedRow,
+)
+from nexus_eval.tasks import primary_metric, read_task_yaml
+from nexus_eval.tasks import resolve_tasks as suite_tasks
+
+# (checkpoint path, task name) → its eval result
+Results = dict[tuple[Path, str], EvalResult]
+
+
+# ---- eval results: through the evaluation stage only ----------------------------------------------------------
+
+
+def requested_tasks(suite: str | None, tasks: tuple[str, ...] | None) -> list[str]:
+    """--tasks as given (the evaluation stage validates them), else the suite's tasks from the registry."""
+    if tasks:
+        return list(dict.fromkeys(tasks))
+    return list(suite_tasks(None, suite))
+
+
+def task_name(task: str) -> str:
+    """The name a result carries: a task given as a YAML path is the task that YAML defines."""
+    return read_task_yaml(Path(task))["task"] if task.endswith((".yaml", ".yml")) else task
+
+
+def gather_results(
+    runs: list[Run],
+    pairs: list[Pair],
+    tasks: list[str],
+    names: list[str],
+    settings: CompareSettings,
+    options: CompareOptions,
+) -> Results:
+    """(checkpoint, task name) → result for every checkpoint of the runs the cache holds results for, after
+    evaluating the tasks (names: what their results are called) the paired checkpoints lack.
+
+    Checkpoints outside the pairs are never evaluated: their cached results only add points to the metric-vs-loss
+    plot."""
+    ckpts = [c for r in runs for c in r.checkpoints]
+    hashes = {c.path: content_hash(c.path) for c in ckpts}
+    query = EvalSettings(
+        tasks=tuple(tasks),
+        backend=settings.backend,
+        limit=settings.limit,
+        num_fewshot=settings.num_fewshot,
+        batch_size=options.batch_size,
+        cache_dir=options.cache_dir,
+    )
+    found = {(r["checkpoint_hash"], r["task"]): r for r in cached_results([c.path for c in ckpts], query, hashes)}
+    paired = {c.path: c for p in pairs for side in (p.adamw, p.nexus) for c in side.checkpoints}
+    needed = [paired[path] for path in sorted(paired, key=str)]
+
+    def lacking() -> list[Checkpoint]:
+        return [c for c in needed if any((hashes[c.path], t) not in found for t in names)]
+
+    if missing := lacking():
+        fresh = evaluate_with_status([c.path for c in missing], query, options.progress)
+        found.update({(r["checkpoint_hash"], r["task"]): r for r, _ in fresh})
+        if missing := lacking():
+            raise ComparisonError(f"{missing[0].path}: evaluation returned no result for some of the tasks {tasks}")
+    return {(c.path, t): found[(hashes[c.path], t)] for c in ckpts for t in names if (hashes[c.path], t) in found}
+
+
+# ---- statistics over pairs ------------------------------------------------------------------------------------
+
+
+def _item_map(result: EvalResult, metric: str, field: str = "item_scores") -> dict[int, float] | None:
+    """doc_id → per-item score (or ratio weight, field="item_weights"); items without a value are left out."""
+    values = (result.get(field) or {}).get(metric)
+    if values is None:
+        return None
+    doc_ids = result.get("doc_ids") or []
+    if len(doc_ids) != len(values):
+        raise ComparisonError(
+            f"eval result {result.get('checkpoint')} / {result.get('task')}: doc_ids and {field} differ"
+        )
+    return {int(d): float(v) for d, v in zip(doc_ids, values, strict=True) if v is not None}
+
+
+def _number(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _side_metric(side: Side, task: str, metric: str, results: Results) -> tuple[float, dict[int, float] | None]:
+    """Aggregate metric and per-item scores (doc_id → score) of one side of a pair; an interpolated side weighs
+    its two checkpoints item by item on the documents both were scored on."""
+    found = [results[(c.path, task)] for c in side.checkpoints]
+    for r in found:
+        if metric not in r.get("metrics", {}):
+            raise ComparisonError(f"eval result {r.get('checkpoint')} / {task}: no metric {metric!r}")
+    value = sum(w * _number(r["metrics"][metric]) for w, r in zip(side.weights, found, strict=True))
+    maps = [_item_map(r, metric) for r in found]
+    if any(m is None for m in maps):
+        return value, None
+    common = set(maps[0]).intersection(*maps[1:])
+    return value, {d: sum(w * m[d] for w, m in zip(side.weights, maps, strict=True)) for d in common}
+
+
+def task_rows(
+    pairs: list[Pair], tasks: list[str], results: Results, settings: CompareSettings
+) -> tuple[list[TaskRow], list[OverlapRow]]:
+    """Per pair and task the paired item difference with its bootstrap CI (and the solved-item overlap of 0/1
+    scores); over several seeds, the mean of the per-seed differences with a t CI."""
+    rows: list[TaskRow] = []
+    overlap: list[OverlapRow] = []
+    per_seed: dict[tuple[float, str], list[TaskRow]] = defaultdict(list)
+    for p in pairs:
+        for task in tasks:
+            first = results[(p.adamw.checkpoints[0].path, task)]
+            metric = primary_metric(task, first)
+            higher = bool((first.get("higher_is_better") or {}).get(metric, True))
+            a_val, a_items = _side_metric(p.adamw, task, metric, results)
+            n_val, n_items = _side_metric(p.nexus, task, metric, results)
+            row: dict[str, Any] = {
+                "target": p.target,
+                "seed": p.seed,
+                "task": task,
+                "metric": metric,
+                "higher_is_better": higher,
+                "adamw": a_val,
+                "nexus": n_val,
+            }
+            if a_items is not None and n_items is not None:
+                # Ratio metrics (bits per byte, perplexities) weigh items by their length, as lm-eval aggregates.
+                weights = _item_map(first, metric, "item_weights")
+                docs = sorted(set(a_items) & set(n_items) & (set(weights) if weights is not None else set(a_items)))
+                a = np.array([a_items[d] for d in docs])
+                b = np.array([n_items[d] for d in docs])
+                w = np.array([weights[d] for d in docs]) if weights is not None else None
+                est = paired_bootstrap(
+                    a, b, resamples=settings.bootstrap_resamples, seed=settings.bootstrap_seed, level=settings.level,
+                    weights=w,
+                )  # fmt: skip
+                row.update(est.to_dict())
+                if docs and is_binary(a) and is_binary(b):
+                    overlap.append({"target": p.target, "seed": p.seed, "task": task, **item_overlap(a, b)})
+            else:
+                row.update(mean=n_val - a_val, low=math.nan, high=math.nan, n=0, unit="items", method="no item scores")
+                row["excludes_zero"] = False
+            rows.append(row)
+            per_seed[(p.target, task)].append(row)
+    seeds = {p.seed for p in pairs}
+    if len(seeds) > 1:
+        for (target, task), group in per_seed.items():
+            est = seed_mean_ci(np.array([r["mean"] for r in group]))
+            rows.append(
+                {
+                    "target": target,
+                    "seed": ALL_SEEDS,
+                    "task": task,
+                    "metric": group[0]["metric"],
+                    "higher_is_better": group[0]["higher_is_better"],
+                    "adamw": float(np.mean([r["adamw"] for r in group])),
+                    "nexus": float(np.mean([r["nexus"] for r in group])),
+                    **est.to_dict(),
+                }
+            )
+    return rows, overlap
+
+
+def _side_ood(side: Side) -> dict[str, float]:
+    domains = set.intersection(*(set(c.ood_loss) for c in side.checkpoints))
+    return {d: sum(w * c.ood_loss[d] for c, w in zip(side.checkpoints, side.weights, strict=True)) for d in domains}
+
+
+def ood_rows(pairs: list[Pair]) -> list[OodRow]:
+    """OOD loss per domain (nats/token, from nexus.json), Δ per pair; over seeds mean with a t CI."""
+    rows: list[OodRow] = []
+    by_key: dict[tuple[float, str], list[OodRow]] = defaultdict(list)
+    for p in pairs:
+        a, n = _side_ood(p.adamw), _side_ood(p.nexus)
+        for domain in sorted(set(a) & set(n)):
+            # One checkpoint pair: a difference without an interval (per-window losses are not stored).
+            row: OodRow = {
+                "target": p.target,
+                "seed": p.seed,
+                "domain": domain,
+                "adamw": a[domain],
+                "nexus": n[domain],
+                "mean": n[domain] - a[domain],
+                "low": None,
+                "high": None,
+                "n": 1,
+                "unit": "pair",
+                "method": "single pair",
+                "excludes_zero": False,
+            }
+            rows.append(row)
+            by_key[(p.target, domain)].append(row)
+    if len({p.seed for p in pairs}) > 1:
+        for (target, domain), group in by_key.items():
+            est = seed_mean_ci(np.array([r["mean"] for r in group]))
+            a_mean = float(np.mean([r["adamw"] for r in group]))
+            n_mean = float(np.mean([r["nexus"] for r in group]))
+            rows.append(
+                {"target": target, "seed": ALL_SEEDS, "domain": domain, "adamw": a_mean, "nexus": n_mean}
+                | est.to_dict()
+            )
+    return rows
+
+
+def geometry_rows(pairs: list[Pair], data_dir: Path) -> list[dict[str, Any]]:
+    """Mean off-diagonal gradient cosine and per-source minima MSD of each side (nexus_eval.geometry, cached)."""
+    from nexus_eval.geometry import geometry  # torch: only when geometry columns are asked for
+
+    rows = []
+    for p in pairs:
+        row: dict[str, Any] = {"target": p.target, "seed": p.seed}
+        for name, side in ((BASELINE, p.adamw), (CANDIDATE, p.nexus)):
+            ckpt = side.checkpoints[int(np.argmax(side.weights))]  # interpolated: the nearer checkpoint
+            g = geometry(ckpt.path, data_dir)
+            row[f"{name}_grad_cos"] = g.get("grad_cos_mean_offdiag")
+            row[f"{name}_minima_msd"] = g.get("minima_msd")
+        rows.append(row)
+    return rows
+
+
+def run_curves(runs: list[Run]) -> list[RunCurve]:
+    """val_loss (and mean off-diagonal gradient cosine) vs tokens from each run's metrics.jsonl, for the plots."""
+    curves: list[RunCurve] = []
+    for run in sorted(runs, key=lambda r: r.run_id):
+        points: list[CurvePoint] = []
+        path = run.path / "metrics.jsonl"
+        for line in path.read_text().splitlines() if path.exists() else []:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill
+            cos = (row.get("grad_cosine") or {}).get("mean_offdiag")
+            points.append({"tokens": row.get("tokens"), "val_loss": row.get("val_loss"), "grad_cos": cos})
+        curves.append({"run_id": run.run_id, "optimizer": run.optimizer, "seed": run.seed, "points": points})
+    return curves
+
+
+def metric_points(runs: list[Run], tasks: list[str], results: Results, metrics: dict[str, str]) -> list[MetricPoint]:
+    """Every checkpoint of the runs with a result (matched or not): metric vs held-out loss, for the plots."""
+    points: list[MetricPoint] = []
+    for run in sorted(runs, key=lambda r: r.run_id):
+        for c in run.checkpoints:
+            for task in tasks:
+                hit = results.get((c.path, task))
+                if hit is None or task not in metrics or metrics[task] not in hit["metrics"]:
+                    continue
+                value = float(hit["metrics"][metrics[task]])
+                point: MetricPoint = {
+                    "optimizer": c.optimizer,
+                    "seed": c.seed,
+                    "run_id": c.run_id,
+                    "checkpoint": c.label,
+                    "loss": c.loss,
+                    "task": task,
+                    "metric": metrics[task],
+                    "value": value,
+                }
+                points.append(point)
+    return points
+
+
+# ---- the entry point ------------------------------------------------------------------------------------------
+
+
+def build_results(
+    runs: list[Run],
+    pairs: list[Pair],
+    unmatched: list[Unmatched],
+    results: Results,
+    settings: CompareSettings,
+    geometry: list[dict[str, Any]] | None = None,
+) -> CompareResults:
+    """The results JSON; `settings` as resolved by the comparison (their tasks are the result's task names)."""
+    tasks = list(settings.tasks or ())
+    rows, overlap = task_rows(pairs, tasks, results, settings)
+    metrics = {r["task"]: r["metric"] for r in rows}
+    run_rows: list[RunRow] = [
+        {"run_id": r.run_id, "optimizer": r.optimizer, "seed": r.seed, "checkpoints": len(r.checkpoints)}
+        for r in sorted(runs, key=lambda r: r.run_id)
+    ]
+    pair_rows: list[PairRow] = [
+        {
+            "target": p.target,
+            "seed": p.seed,
+            "adamw": p.adamw.summary(),
+            "nexus": p.nexus.summary(),
+            "delta_loss": p.delta_loss,
+        }
+        for p in pairs
+    ]
+    unmatched_rows: list[UnmatchedRow] = [{"target": u.target, "seed": u.seed, "reason": u.reason} for u in unmatched]
+    report: CompareResults = {
+        "schema": COMPARE_RESULTS_SCHEMA,
+        "kind": COMPARE_RESULTS_KIND,
+        "settings": settings.to_record(),
+        "runs": run_rows,
+        "pairs": pair_rows,
+        "unmatched": unmatched_rows,
+        "tasks": rows,
+        "overlap": overlap,
+        "ood": ood_rows(pairs),
+        "geometry": geometry or [],
+        "points": metric_points(runs, tasks, results, metrics),
+        "curves": run_curves(runs),
+    }
+    return finite_json(report)
+
+
+def compare(
+    run_dirs: list[Path], settings: CompareSettings, options: CompareOptions = CompareOptions()
+) -> CompareResults:
+    """Match, evaluate what is missing, compute paired statistics, write out/{results.json,report.md,*.png}
+    (and leaderboards/<leaderboard>.{json,md,png}); returns the results dict."""
+    runs = load_runs(run_dirs)
+    pairs, unmatched = match(
+        runs, settings.tolerance, list(settings.targets) if settings.targets else None, settings.interpolate
+    )
+    tasks = requested_tasks(settings.suite, settings.tasks)
+    names = [task_name(t) for t in tasks]
+    results = gather_results(runs, pairs, tasks, names, settings, options)
+    used = settings.resolved(targets=[p.target for p in pairs] + [u.target for u in unmatched], tasks=names)
+    geometry = geometry_rows(pairs, options.geometry_data_dir) if options.geometry_data_dir is not None else None
+    report = build_results(runs, pairs, unmatched, results, used, geometry)
+    options.out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(options.out / "results.json", report)
+    write_report(report, options.out)
+    if options.leaderboard is not None:
+        write_leaderboard(report, options.leaderboard, options.leaderboard_dir)
+    if options.show:
+        print_report(report, options.out)
+    return report

@@ -1,0 +1,104 @@
+"""What a comparison compares (CompareSettings, stored as the results JSON's "settings") and how it is run
+(CompareOptions: batch size, cache, output paths, display; not part of the result)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from nexus_eval.comparison.stats import LEVEL, RESAMPLES
+from nexus_eval.errors import ComparisonError
+from nexus_eval.schema import CompareSettingsRecord
+
+MATCH_LOSS, INTERPOLATE = "match-loss", "interpolate"
+MIN_RESAMPLES = 100
+
+
+@dataclass(frozen=True)
+class CompareSettings:
+    """How checkpoints are paired and what they are evaluated and compared on.
+
+    targets: target losses (None: the recipes', else a grid); tasks: task names or YAML paths (None: the suite's).
+    After a comparison, `resolved(...)` holds what it actually used, and `to_record()` of that is results["settings"].
+    """
+
+    mode: str = MATCH_LOSS  # "match-loss" | "interpolate"
+    tolerance: float = 0.01  # largest |Δloss| of a pair (match-loss), nats/token
+    targets: tuple[float, ...] | None = None
+    suite: str | None = "reasoning"
+    tasks: tuple[str, ...] | None = None
+    backend: str = "hf"
+    limit: int | None = None
+    num_fewshot: int | None = None
+    bootstrap_resamples: int = RESAMPLES
+    bootstrap_seed: int = 0
+    level: float = LEVEL
+
+    def __post_init__(self) -> None:
+        # Sequences given as lists are stored as tuples: the settings stay hashable and immutable.
+        for name in ("targets", "tasks"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, tuple):
+                object.__setattr__(self, name, tuple(value))
+        self.validate()
+
+    def validate(self) -> None:
+        """ComparisonError naming the flag at fault."""
+        if self.limit is not None and self.limit <= 0:
+            raise ComparisonError(f"--limit must be positive (got {self.limit})")
+        if self.bootstrap_resamples < MIN_RESAMPLES:
+            raise ComparisonError(f"bootstrap resamples must be ≥ {MIN_RESAMPLES} (got {self.bootstrap_resamples})")
+        if self.mode not in (MATCH_LOSS, INTERPOLATE):
+            raise ComparisonError(f"compare: mode must be {MATCH_LOSS!r} or {INTERPOLATE!r} (got {self.mode!r})")
+        if self.tolerance < 0:
+            raise ComparisonError(f"--tolerance must be ≥ 0 (got {self.tolerance})")
+        if self.level != LEVEL:  # the t quantiles over seeds and the report's "95% CI" headers are for this level
+            raise ComparisonError(f"confidence level must be {LEVEL} (got {self.level})")
+
+    @property
+    def interpolate(self) -> bool:
+        return self.mode == INTERPOLATE
+
+    def resolved(self, targets: Iterable[float], tasks: Iterable[str]) -> CompareSettings:
+        """These settings as a comparison used them: the targets of its pairs and unmatched targets (descending),
+        the task names, and no suite when the tasks were given."""
+        return replace(
+            self,
+            targets=tuple(sorted(set(targets), reverse=True)),
+            suite=None if self.tasks else self.suite,
+            tasks=tuple(tasks),
+        )
+
+    def to_record(self) -> CompareSettingsRecord:
+        """The settings object of the results JSON (call it on `resolved(...)` settings)."""
+        return {
+            "mode": self.mode,
+            "tolerance": None if self.interpolate else self.tolerance,
+            "targets": list(self.targets or ()),
+            "suite": self.suite,
+            "tasks": list(self.tasks or ()),
+            "backend": self.backend,
+            "limit": self.limit,
+            "num_fewshot": self.num_fewshot,
+            "bootstrap_resamples": self.bootstrap_resamples,
+            "bootstrap_seed": self.bootstrap_seed,
+            "level": self.level,
+        }
+
+
+@dataclass(frozen=True)
+class CompareOptions:
+    """How a comparison runs and where it writes; nothing here changes the numbers it reports.
+
+    geometry_data_dir: None, no geometry columns; a data dir, gradient cosine and minima MSD per pair measured on it.
+    """
+
+    batch_size: int = 8
+    cache_dir: Path = Path("results/eval")
+    out: Path = Path("reports/compare")
+    leaderboard: str | None = None
+    leaderboard_dir: Path = Path("leaderboards")
+    geometry_data_dir: Path | None = None
+    progress: bool = True
+    show: bool = True

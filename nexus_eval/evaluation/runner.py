@@ -1,0 +1,345 @@
+"""Evaluation: checkpoints × lm-eval tasks × backend → one cached result JSON per combination, with per-item scores.
+
+Everything goes through lm-eval's `simple_evaluate` with the tasks in tasks/ (TaskManager(include_path=...)) and
+`log_samples=True`: the per-item scores are what the paired statistics downstream resample. A model is loaded once
+per checkpoint and only when at least one of its results is missing from the cache.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nexus_eval.checkpoints import content_hash, resolve_checkpoints
+from nexus_eval.display import checkpoint_label, progress_bar
+from nexus_eval.errors import EvalError
+from nexus_eval.evaluation import backends
+from nexus_eval.evaluation import cache as evalcache
+from nexus_eval.schema import EvalKey, EvalResult
+from nexus_eval.tasks import registry
+
+DEFAULT_SEED = 1234  # lm-eval's default for few-shot sampling, numpy and torch
+BOOTSTRAP_ITERS = 1000  # stderr of non-mean aggregations (e.g. corpus bits per byte); lm-eval's 100k is minutes
+DEFAULT_MAX_GEN_TOKS = 256  # lm-eval's hf and vllm classes
+# Per-item values that lm-eval aggregates as corpus ratios: (log-likelihood, units) → a per-document score, and the
+# units kept as weights so that a weighted mean of the item scores reproduces the corpus figure.
+RATIO_METRICS = ("bits_per_byte", "byte_perplexity", "word_perplexity")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    version: Any
+    yaml_hash: str
+    include_dir: Path
+    max_gen_toks: int | None = None  # generate_until tasks: tokens generated at most (lm-eval's default 256)
+
+
+def _max_gen_toks(config: dict[str, Any]) -> int | None:
+    if config.get("output_type") != "generate_until":
+        return None
+    return int((config.get("generation_kwargs") or {}).get("max_gen_toks", DEFAULT_MAX_GEN_TOKS))
+
+
+def _yaml_task(path: Path) -> TaskSpec:
+    """A task given as a YAML file outside tasks/ (its directory becomes an extra include path)."""
+    if not path.is_file():
+        raise EvalError(f"{path}: no such task YAML")
+    config = registry.read_task_yaml(path)
+    digest = hashlib.sha256(path.read_bytes())
+    for helper in sorted(path.parent.glob("*.py")):  # `!function` helpers beside it
+        digest.update(helper.read_bytes())
+    version = (config.get("metadata") or {}).get("version")
+    return TaskSpec(config["task"], version, digest.hexdigest(), path.parent, _max_gen_toks(config))
+
+
+def _is_yaml(task: str) -> bool:
+    return task.endswith((".yaml", ".yml"))
+
+
+def resolve_task_specs(tasks: list[str] | None, suite: str | None) -> list[TaskSpec]:
+    """Task names (tasks/ registry) or YAML paths, else a suite's tasks; their data materialized."""
+    if tasks and suite:
+        raise EvalError("give --tasks or --suite, not both")
+    names = [t for t in tasks or [] if not _is_yaml(t)]
+    named = registry.resolve_tasks(names or None, suite) if names or not tasks else []  # validates the names
+    registry.ensure_prepared(named)
+    specs = []
+    for name in tasks or named:  # in the order given
+        if _is_yaml(name):
+            specs.append(_yaml_task(Path(name)))
+        else:
+            info = registry.task_info(name)
+            limit = _max_gen_toks(registry.read_task_yaml(info["path"]))
+            specs.append(TaskSpec(name, info["version"], info["yaml_hash"], registry.include_path(), limit))
+    return list({spec.name: spec for spec in specs}.values())
+
+
+def check_context(ckpt: Path, specs: list[TaskSpec]) -> None:
+    """lm-eval keeps max_gen_toks of the model's context free for the answer: the prompt needs some room too."""
+    context = backends.context_length(ckpt)
+    for spec in specs:
+        if context is not None and spec.max_gen_toks is not None and spec.max_gen_toks >= context:
+            raise EvalError(
+                f"{ckpt}: context of {context} tokens leaves no room for a prompt in task {spec.name}, which "
+                f"generates up to {spec.max_gen_toks} tokens; evaluate it on a model with a longer context"
+            )
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """What to evaluate and how: the flags of `nexus-eval eval`. Every field but batch_size and cache_dir is part of
+    each result's cache key (with the checkpoint's content hash and the task's version and definition)."""
+
+    tasks: tuple[str, ...] | None = None  # task names from tasks/ or task YAML paths; None: the suite's tasks
+    suite: str | None = None  # None: tasks.DEFAULT_SUITE (when no tasks are given)
+    backend: str = "hf"
+    limit: int | None = None
+    num_fewshot: int | None = None
+    batch_size: int = 8
+    cache_dir: Path = Path("results/eval")
+    seed: int = DEFAULT_SEED
+
+    def check(self) -> None:
+        """EvalError naming the flag at fault; the backend's engine must import here."""
+        if self.limit is not None and self.limit <= 0:
+            raise EvalError(f"--limit must be a positive number of items per task (got {self.limit})")
+        if self.num_fewshot is not None and self.num_fewshot < 0:
+            raise EvalError(f"--num-fewshot must be ≥ 0 (got {self.num_fewshot})")
+        if self.batch_size <= 0:
+            raise EvalError(f"--batch-size must be positive (got {self.batch_size})")
+        backends.check_backend(self.backend)
+
+    def task_specs(self) -> list[TaskSpec]:
+        return resolve_task_specs(list(self.tasks) if self.tasks else None, self.suite)
+
+
+def _item_value(metric: str, value: Any) -> tuple[float | None, float | None] | None:
+    """(per-item score, weight or None) of one logged sample's metric; None when it has no per-item meaning."""
+    if isinstance(value, bool | int | float):
+        return float(value), None
+    if metric in RATIO_METRICS and isinstance(value, list | tuple) and len(value) == 2:
+        loglik, units = float(value[0]), float(value[1])
+        if units <= 0:
+            return None, units
+        if metric == "bits_per_byte":
+            return -loglik / (units * 0.6931471805599453), units
+        import math
+
+        return math.exp(-loglik / units), units
+    return None
+
+
+def per_item_scores(samples: list[dict[str, Any]]) -> tuple[list[int], dict[str, list], dict[str, list]]:
+    """doc_ids (sorted) and, per "metric,filter" key, the per-item scores and ratio weights aligned with them."""
+    by_key: dict[str, dict[int, float | None]] = {}
+    weights: dict[str, dict[int, float | None]] = {}
+    for sample in samples:
+        for metric in sample["metrics"]:
+            item = _item_value(metric, sample.get(metric))
+            if item is None:
+                continue
+            key = f"{metric},{sample['filter']}"
+            by_key.setdefault(key, {})[sample["doc_id"]] = item[0]
+            if item[1] is not None:
+                weights.setdefault(key, {})[sample["doc_id"]] = item[1]
+    doc_ids = sorted({sample["doc_id"] for sample in samples})
+    scores = {key: [values.get(i) for i in doc_ids] for key, values in by_key.items()}
+    return doc_ids, scores, {key: [values.get(i) for i in doc_ids] for key, values in weights.items()}
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def to_result(output: dict[str, Any], spec: TaskSpec, key: EvalKey, ckpt: Path) -> EvalResult:
+    """Our result JSON from simple_evaluate's output for one task."""
+    import lm_eval
+
+    task_metrics = output["results"][spec.name]
+    metrics: dict[str, float | None] = {}
+    stderr: dict[str, float | None] = {}
+    for name, value in task_metrics.items():
+        metric, sep, filter_name = name.partition(",")
+        if not sep:  # "alias" and other non-metric fields
+            continue
+        if metric.endswith("_stderr"):
+            stderr[f"{metric.removesuffix('_stderr')},{filter_name}"] = _number(value)
+        else:
+            metrics[name] = _number(value)
+    better = output.get("higher_is_better", {}).get(spec.name, {})
+    doc_ids, item_scores, item_weights = per_item_scores(output["samples"][spec.name])
+    return {
+        "schema": evalcache.SCHEMA,
+        "checkpoint": str(ckpt),
+        **key,
+        "metrics": metrics,
+        "stderr": {name: stderr.get(name) for name in metrics},
+        "higher_is_better": {name: bool(better.get(name.partition(",")[0], True)) for name in metrics},
+        "doc_ids": doc_ids,
+        "item_scores": item_scores,
+        **({"item_weights": item_weights} if item_weights else {}),
+        "n": len(doc_ids),
+        "lm_eval_version": lm_eval.__version__,
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def run_task(
+    lm: Any,
+    spec: TaskSpec,
+    task_manager: Any,
+    num_fewshot: int | None,
+    limit: int | None,
+    seed: int,
+    gen_kwargs: dict[str, Any] | None = None,
+) -> Any:
+    from lm_eval import simple_evaluate
+
+    return simple_evaluate(
+        model=lm,
+        tasks=[spec.name],
+        task_manager=task_manager,
+        num_fewshot=num_fewshot,
+        limit=limit,
+        log_samples=True,
+        bootstrap_iters=BOOTSTRAP_ITERS,
+        random_seed=seed,
+        numpy_random_seed=seed,
+        torch_random_seed=seed,
+        fewshot_random_seed=seed,
+        gen_kwargs=gen_kwargs,
+    )
+
+
+@contextmanager
+def _quiet_libraries() -> Iterator[None]:
+    """lm-eval, datasets and transformers log every step at INFO; our progress display says what runs."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    names = ("lm_eval", "lm-eval", "datasets", "transformers", "vllm")
+    levels = {name: logging.getLogger(name).level for name in names}
+    for name in names:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+@dataclass(frozen=True)
+class CacheSlot:
+    """Where one checkpoint × task result lives in the cache, and what is there (None: missing or unusable)."""
+
+    spec: TaskSpec
+    key: EvalKey
+    path: Path
+    result: EvalResult | None
+
+
+def cache_slots(ckpt_hash: str, specs: list[TaskSpec], settings: EvalSettings) -> list[CacheSlot]:
+    """The cache entries of one checkpoint for these tasks and settings: the one place a result is looked up."""
+    s = settings
+    slots = []
+    for spec in specs:
+        key = evalcache.cache_key(
+            ckpt_hash, spec.name, spec.version, spec.yaml_hash, s.backend, s.num_fewshot, s.limit, s.seed
+        )
+        path = evalcache.cache_path(s.cache_dir, key)
+        slots.append(CacheSlot(spec, key, path, evalcache.read_cached(path, key)))
+    return slots
+
+
+def cached_results(
+    checkpoints: list[Path], settings: EvalSettings, hashes: dict[Path, str] | None = None
+) -> list[EvalResult]:
+    """The results the cache already holds for these checkpoints, tasks and settings; evaluates nothing.
+
+    hashes: content hashes the caller already computed (checkpoint path → hash), to avoid hashing twice."""
+    specs = settings.task_specs()
+    found = []
+    for ckpt in resolve_checkpoints(checkpoints):
+        ckpt_hash = (hashes or {}).get(ckpt) or content_hash(ckpt)
+        for slot in cache_slots(ckpt_hash, specs, settings):
+            if slot.result is not None:
+                found.append(EvalResult(**{**slot.result, "checkpoint": str(ckpt)}))
+    return found
+
+
+def evaluate_with_status(
+    checkpoints: list[Path], settings: EvalSettings, progress: bool = True
+) -> list[tuple[EvalResult, bool]]:
+    """Every checkpoint × task result, read from the cache or computed (and cached), with a flag per result saying
+    whether it came from the cache. A model is loaded only for a checkpoint with a result missing."""
+    settings.check()
+    ckpts = resolve_checkpoints(checkpoints)
+    specs = settings.task_specs()
+    backend = settings.backend
+    for ckpt in ckpts:
+        backends.check_checkpoint(ckpt, backend)
+        check_context(ckpt, specs)
+    found: list[tuple[EvalResult, bool]] = []
+    task_manager = None
+    with _quiet_libraries(), progress_bar("eval", len(ckpts) * len(specs), enabled=progress) as bar:
+        for ckpt in ckpts:
+            label = checkpoint_label(ckpt)
+            bar.describe(f"{label}: hashing")
+            todo = []
+            for slot in cache_slots(content_hash(ckpt), specs, settings):
+                if slot.result is not None:
+                    found.append((EvalResult(**{**slot.result, "checkpoint": str(ckpt)}), True))
+                    bar.advance()
+                else:
+                    todo.append(slot)
+            if not todo:
+                continue
+            if task_manager is None:
+                from lm_eval.tasks import TaskManager
+
+                include = list(dict.fromkeys(str(spec.include_dir) for spec in specs))
+                task_manager = TaskManager(include_path=include, include_defaults=False)
+            bar.describe(f"{label}: loading ({backend})")
+            lm = backends.load_lm(backend, ckpt, settings.batch_size, settings.seed)
+            try:
+                for slot in todo:
+                    bar.describe(f"{label}: {slot.spec.name}")
+                    output = run_task(lm, slot.spec, task_manager, settings.num_fewshot, settings.limit, settings.seed)
+                    result = to_result(output, slot.spec, slot.key, ckpt)
+                    evalcache.write_result(slot.path, result)
+                    found.append((result, False))
+                    bar.advance()
+            finally:
+                backends.close_lm(lm)
+    return found
+
+
+def evaluate(
+    checkpoints: list[Path],
+    tasks: list[str] | None = None,
+    suite: str | None = None,
+    backend: str = "hf",
+    limit: int | None = None,
+    num_fewshot: int | None = None,
+    batch_size: int = 8,
+    cache_dir: Path = Path("results/eval"),
+    progress: bool = True,
+    seed: int = DEFAULT_SEED,
+) -> list[EvalResult]:
+    """Result dicts (schema.EvalResult) for every checkpoint × task, computed or read from the cache: the Python API
+    mirroring `nexus-eval eval`, its flags as keywords (see EvalSettings).
+
+    checkpoints: checkpoint dirs, run dirs (all their checkpoints), external HF dirs or GGUF files/dirs.
+    tasks: task names from tasks/ or paths of task YAMLs; else suite's tasks (default suite: tasks.DEFAULT_SUITE).
+    """
+    settings = EvalSettings(
+        tuple(tasks) if tasks else None, suite, backend, limit, num_fewshot, batch_size, cache_dir, seed
+    )
+    return [result for result, _ in evaluate_with_status(checkpoints, settings, progress)]

@@ -1,0 +1,61 @@
+"""Files that are either complete or absent: every write of a result, table, figure or log goes through here.
+
+A writer writes a temp file beside the target and renames it over the target (atomic on POSIX), so a killed process
+never leaves a half-written file that a later run would trust.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def temp_path(path: Path) -> Path:
+    """A hidden sibling of `path` unique to this process; keeps the suffix (savefig infers the format from it)."""
+    return path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temp path to write; on success rename it over `path`, on failure remove it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def dump_json(obj: Any) -> str:
+    """The one JSON layout of every file we write: sorted keys, 2-space indent, trailing newline."""
+    return json.dumps(obj, indent=2, sort_keys=True) + "\n"
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    write_text_atomic(path, dump_json(obj))
+
+
+def finite_json(value: Any) -> Any:
+    """NaN/inf → None and numpy scalars → Python numbers, recursively: strict JSON that any reader accepts."""
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_json(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -1,0 +1,136 @@
+"""Training: one recipe, one optimizer (adamw | nexus), one seed → a run directory of loss-labelled HF checkpoints.
+
+Both optimizers consume the identical micro-batch sequence (schedule.py) from identical initial weights; only the
+update differs (step.py). AdamW accumulates the K micro-batch gradients into one step; Nexus takes K normalized inner
+steps on them and hands the displacement to the same AdamW. Checkpoints are written at an interval and when the
+held-out loss first drops below each recipe target, so that loss matching later pairs near-equal losses.
+
+`train` reads in order: recipe → set up (components.py) → resume (checkpointer.py) or start clean → the loop, whose
+every step is: the outer step → the held-out hook (monitor.py) → at eval steps a metrics row (metrics_log.py) with
+the gradient cosines (grad_cosine.py) → at checkpoint steps and target crossings a checkpoint → the progress bar.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from nexus_eval.display import progress_bar
+from nexus_eval.errors import RecipeError
+from nexus_eval.io import write_json_atomic
+from nexus_eval.schema import MetricsRow, RunInfo
+from nexus_eval.training.checkpointer import Checkpointer, checkpoint_meta, resume_run, trainer_state
+from nexus_eval.training.components import Components, set_up
+from nexus_eval.training.grad_cosine import CosineWindow
+from nexus_eval.training.metrics_log import MetricsLog, Throughput
+from nexus_eval.training.monitor import HeldOutMonitor
+from nexus_eval.training.optimizer import set_lr
+from nexus_eval.training.recipe import Recipe, load_recipe, lr_at
+from nexus_eval.training.state import RunState
+from nexus_eval.training.step import NonFiniteLoss, StepResult, outer_step
+
+
+def run_dir_for(out: Path, recipe: Recipe, optimizer: str, seed: int) -> Path:
+    return out / f"{recipe.name}-{optimizer}-s{seed}"
+
+
+def train(
+    recipe_path: Path,
+    optimizer: str,
+    seed: int = 0,
+    out: Path = Path("runs"),
+    data_dir: Path | None = None,
+    resume: bool = False,
+    steps: int | None = None,
+    progress: bool = True,
+) -> Path:
+    """`nexus-eval train`: returns the run directory."""
+    recipe = load_recipe(recipe_path)
+    if steps is not None and steps <= 0:
+        raise RecipeError(f"--steps must be positive, got {steps}")
+    run_dir = run_dir_for(out, recipe, optimizer, seed)
+    data_dir = data_dir or Path(recipe.data.dir)
+
+    # Set up: data, micro-batch schedule, held-out windows, model, optimizer; then the loop's hooks.
+    c = set_up(recipe, optimizer, seed, data_dir)
+    identity = c.identity(run_dir.name)
+    t = recipe.train
+    monitor = HeldOutMonitor(c.heldout, t.target_watch)
+    cosine = CosineWindow(t.eval_interval)
+    metrics = MetricsLog(run_dir)
+    checkpointer = Checkpointer(run_dir, t.keep_state)
+
+    # Resume exactly where the newest checkpoint with optimizer state left off, or start clean.
+    if checkpointer.checkpoints():
+        if not resume:
+            raise RecipeError(f"{run_dir} already has checkpoints: pass --resume to continue it, or remove it")
+        state = resume_run(checkpointer, c, cosine)
+        metrics.truncate(state.step)
+    else:  # nothing to resume from (or a run killed before its first checkpoint)
+        state = RunState.start(recipe, steps)
+        shutil.rmtree(run_dir, ignore_errors=True)
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    info: RunInfo = {**identity, "total_steps": state.total_steps, "data_dir": str(data_dir)}
+    write_json_atomic(run_dir / "run.json", info)
+
+    # The loop.
+    tokens_per_step = recipe.tokens_per_step()
+    since_row, since_start = Throughput(), Throughput()  # tokens/s for the metrics row and for the progress bar
+    with progress_bar(run_dir.name, state.total_steps, state.step, enabled=progress) as bar:
+        while state.step < state.total_steps:
+            step = state.step + 1  # the step about to finish, 1-based
+            is_eval = step % t.eval_interval == 0 or step == state.total_steps
+            is_checkpoint = step % t.checkpoint_interval == 0 or step == state.total_steps
+            try:
+                result = train_step(c, state, record_grads=cosine.records(step, state.total_steps))
+            except NonFiniteLoss as e:
+                raise RecipeError(
+                    f"step {state.step}: {e}; stopped, last good checkpoint kept in {run_dir} "
+                    f"(lower optim.lr in {recipe.path}?)"
+                ) from None
+            cosine.add(result.grads)
+            since_row.add(tokens_per_step)
+            since_start.add(tokens_per_step)
+
+            measured = monitor.after_step(c.model, state, full=is_eval or is_checkpoint)
+            if is_eval and measured is not None:
+                row: MetricsRow = {
+                    "step": step,
+                    "tokens": state.tokens,
+                    "lr": c.opt.param_groups[0]["lr"],
+                    "train_loss": result.loss,
+                    "tokens_per_s": since_row.rate(),
+                    **measured.losses,
+                }
+                if (grad_cosine := cosine.take()) is not None:
+                    row["grad_cosine"] = grad_cosine
+                metrics.append(row)
+                since_row.reset()
+            if measured is not None and (measured.crossed or is_checkpoint):
+                target = min(measured.crossed) if measured.crossed else None
+                meta = checkpoint_meta(identity, state, measured.losses, target)
+                checkpointer.save(c.model, c.tokenizer, meta, trainer_state(c, state, cosine))
+            bar.update(step, info=progress_info(result.loss, state.last_val, since_start.rate()))
+    return run_dir
+
+
+def train_step(c: Components, state: RunState, record_grads: bool = False) -> StepResult:
+    """Outer step number state.step (0-based), as the loop takes it: the scheduled lr, the step's K micro-batches,
+    the update; then counts the step and its tokens."""
+    optim = c.recipe.optim
+    set_lr(c.opt, lr_at(optim, state.step, state.total_steps))
+    batches = c.schedule.step_batches(state.step, optim.accum)
+    result = outer_step(c.model, c.opt, batches, optim.grad_clip, record_grads)
+    state.step += 1
+    state.tokens += c.recipe.tokens_per_step()
+    return result
+
+
+def progress_info(train_loss: float, val_loss: float, tokens_per_s: float) -> str:
+    val = f"{val_loss:.3f}" if val_loss != math.inf else "-"
+    return f"loss {train_loss:.3f} val {val} {tokens_per_s:,.0f} tok/s"

@@ -1,0 +1,175 @@
+"""Training recipes: one TOML file (train/*.toml), read into plain dataclasses; unknown or mistyped keys are errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nexus_eval.errors import RecipeError
+
+OPTIMIZERS = ("adamw", "nexus")
+SCHEDULES = ("wsd", "cosine")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    preset: str = "tiny"
+    context: int = 128
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    dir: str = "data"
+    mixture: dict[str, float] = field(default_factory=lambda: {"text": 1.0, "math": 1.0, "code": 1.0})
+
+
+@dataclass(frozen=True)
+class OptimSpec:
+    lr: float = 3e-3
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    micro_batch: int = 16
+    accum: int = 4  # K: micro-batches per outer step = Nexus inner steps
+    inner_lr_ratio: float = 1.0  # Nexus inner lr γ_t = inner_lr_ratio × outer lr at step t
+    normalize: bool = True  # False: un-normalized inner steps (Reptile-style ablation)
+    grad_clip: float = 1.0  # AdamW's accumulated gradient; Nexus' inner steps are normalized already
+    schedule: str = "wsd"  # warmup-stable-decay or cosine
+    warmup_steps: int = 10
+    decay_fraction: float = 0.2  # wsd: share of steps in the final linear decay
+    min_lr_ratio: float = 0.1
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    steps: int = 100
+    eval_interval: int = 10
+    eval_windows: int = 16  # held-out windows of `context` tokens per source / OOD domain
+    checkpoint_interval: int = 50
+    target_losses: tuple[float, ...] = ()  # checkpoint when the held-out mixture loss first drops below each
+    target_watch: float = 0.1  # within this many nats of a target, measure held-out loss every step
+    keep_state: str = "latest"  # optimizer state beside the newest checkpoint only, or "all" (resume from any)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    model: ModelSpec
+    data: DataSpec
+    optim: OptimSpec
+    train: TrainSpec
+    path: str = ""
+
+    def tokens_per_step(self) -> int:
+        return self.optim.accum * self.optim.micro_batch * self.model.context
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out.pop("path")
+        return out
+
+    def hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _section(cls: type, raw: dict[str, Any], where: str) -> Any:
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise RecipeError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(known)})")
+    values: dict[str, Any] = {}
+    defaults = cls()
+    for key, value in raw.items():
+        default = getattr(defaults, key)
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, float):
+            ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+            value = float(value)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(default, tuple):
+            ok = isinstance(value, list) and all(isinstance(v, int | float) for v in value)
+            value = tuple(sorted((float(v) for v in value), reverse=True))
+        elif isinstance(default, dict):
+            ok = isinstance(value, dict) and all(isinstance(v, int | float) and v >= 0 for v in value.values())
+            value = {k: float(v) for k, v in value.items()}
+        else:
+            ok = isinstance(value, str)
+        if not ok:
+            raise RecipeError(f"{where}.{key}: expected {type(default).__name__}, got {value!r}")
+        values[key] = value
+    return cls(**values)
+
+
+def parse_recipe(raw: dict[str, Any], where: str) -> Recipe:
+    sections = {"model": ModelSpec, "data": DataSpec, "optim": OptimSpec, "train": TrainSpec}
+    unknown = sorted(set(raw) - set(sections) - {"name"})
+    if unknown:
+        raise RecipeError(f"{where}: unknown key {unknown[0]!r} (known: name, {', '.join(sections)})")
+    parts = {}
+    for key, cls in sections.items():
+        value = raw.get(key, {})
+        if not isinstance(value, dict):
+            raise RecipeError(f"{where}: [{key}] must be a table")
+        parts[key] = _section(cls, value, f"{where} [{key}]")
+    recipe = Recipe(name=str(raw.get("name", Path(where).stem)), path=where, **parts)
+    check(recipe, where)
+    return recipe
+
+
+def check(recipe: Recipe, where: str) -> None:
+    o, t = recipe.optim, recipe.train
+    positive = {
+        "optim.lr": o.lr,
+        "optim.micro_batch": o.micro_batch,
+        "optim.accum": o.accum,
+        "optim.inner_lr_ratio": o.inner_lr_ratio,
+        "model.context": recipe.model.context,
+        "train.steps": t.steps,
+        "train.eval_interval": t.eval_interval,
+        "train.eval_windows": t.eval_windows,
+        "train.checkpoint_interval": t.checkpoint_interval,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise RecipeError(f"{where}: {key} must be positive, got {value}")
+    if o.schedule not in SCHEDULES:
+        raise RecipeError(f"{where}: optim.schedule must be one of {', '.join(SCHEDULES)}, got {o.schedule!r}")
+    if t.keep_state not in ("latest", "all"):
+        raise RecipeError(f"{where}: train.keep_state must be 'latest' or 'all', got {t.keep_state!r}")
+    if not recipe.data.mixture or sum(recipe.data.mixture.values()) <= 0:
+        raise RecipeError(f"{where}: data.mixture needs at least one source with positive weight")
+    if not 0 <= o.decay_fraction <= 1 or not 0 <= o.min_lr_ratio <= 1:
+        raise RecipeError(f"{where}: optim.decay_fraction and optim.min_lr_ratio must lie in [0, 1]")
+
+
+def load_recipe(path: Path) -> Recipe:
+    if not path.is_file():
+        raise RecipeError(f"{path}: recipe not found")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise RecipeError(f"{path}: malformed TOML ({e})") from None
+    return parse_recipe(raw, str(path))
+
+
+def lr_at(optim: OptimSpec, step: int, total_steps: int) -> float:
+    """Outer learning rate at an outer step: linear warmup, then constant + linear decay (wsd) or cosine."""
+    if step < optim.warmup_steps:
+        return optim.lr * (step + 1) / optim.warmup_steps
+    floor = optim.lr * optim.min_lr_ratio
+    if optim.schedule == "cosine":
+        progress = (step - optim.warmup_steps) / max(1, total_steps - optim.warmup_steps)
+        return floor + (optim.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    decay_start = total_steps - int(optim.decay_fraction * total_steps)
+    if step < decay_start:
+        return optim.lr
+    progress = (step - decay_start) / max(1, total_steps - decay_start)
+    return optim.lr + (floor - optim.lr) * min(1.0, progress)
