@@ -38,6 +38,7 @@ def generate_family(family: Family, count: int = ITEMS_PER_FAMILY) -> list[dict]
     """`count` items with distinct questions; draw i uses its own RNG, so the list is stable under edits elsewhere."""
     items, questions, draw = [], set(), 0
     while len(items) < count:
+        # "nexus-taskgen" names the generator's first home; it is part of every seed, so it stays (items unchanged).
         item = family.make(random.Random(f"nexus-taskgen:{family.name}:v{family.version}:{draw}"))
         draw += 1
         if item["question"] not in questions:
