@@ -9,12 +9,22 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+# A name that becomes a file or directory name inside a directory we own (run, leaderboard, task result): letters,
+# digits, '.', '_' and '-', not starting with a dot, so that it can neither climb out ("..", "/") nor hide.
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+SAFE_NAME_RULE = "use letters, digits, '.', '_' or '-', starting with a letter or digit"
+
+
+def is_safe_name(name: str) -> bool:
+    return SAFE_NAME.fullmatch(name) is not None
 
 
 def temp_path(path: Path) -> Path:

@@ -7,18 +7,16 @@ committed .md is exactly what its .json produces; `refresh` rewrites every .md a
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 from nexus_eval.comparison.plots import write_overview
 from nexus_eval.comparison.report import render_markdown
 from nexus_eval.errors import ComparisonError
-from nexus_eval.io import write_json_atomic, write_text_atomic
+from nexus_eval.io import SAFE_NAME_RULE, is_safe_name, write_json_atomic, write_text_atomic
 from nexus_eval.schema import COMPARE_RESULTS_KIND, COMPARE_RESULTS_SCHEMA, CompareResults
 
 LEADERBOARD_DIR = Path("leaderboards")
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 REQUIRED = {
     "schema": int,
     "kind": str,
@@ -36,10 +34,8 @@ SETTINGS = ("mode", "tasks", "backend", "bootstrap_resamples")
 
 
 def check_name(name: str) -> str:
-    if not NAME_PATTERN.match(name):
-        raise ComparisonError(
-            f"--leaderboard {name!r}: use letters, digits, '.', '_' or '-' (it names leaderboards/NAME.md)"
-        )
+    if not is_safe_name(name):
+        raise ComparisonError(f"--leaderboard {name!r}: {SAFE_NAME_RULE} (it names leaderboards/NAME.md)")
     return name
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from nexus_eval.checkpoints import content_hash
-from nexus_eval.comparison.leaderboard import write_leaderboard
+from nexus_eval.comparison.leaderboard import check_name, write_leaderboard
 from nexus_eval.comparison.match import BASELINE, CANDIDATE, Checkpoint, Pair, Run, Side, Unmatched, load_runs, match
 from nexus_eval.comparison.report import ALL_SEEDS, print_report, write_report
 from nexus_eval.comparison.settings import CompareOptions, CompareSettings
@@ -354,6 +354,8 @@ def compare(
 ) -> CompareResults:
     """Match, evaluate what is missing, compute paired statistics, write out/{results.json,report.md,*.png}
     (and leaderboards/<leaderboard>.{json,md,png}); returns the results dict."""
+    if options.leaderboard is not None:
+        check_name(options.leaderboard)  # before any evaluation: a bad name should not cost a run
     runs = load_runs(run_dirs)
     pairs, unmatched = match(
         runs, settings.tolerance, list(settings.targets) if settings.targets else None, settings.interpolate

@@ -14,7 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from nexus_eval.io import finite_json, write_json_atomic
+from nexus_eval.errors import EvalError
+from nexus_eval.io import SAFE_NAME_RULE, finite_json, is_safe_name, write_json_atomic
 from nexus_eval.schema import EVAL_RESULT_SCHEMA, EvalKey, EvalResult
 
 SCHEMA = EVAL_RESULT_SCHEMA
@@ -38,6 +39,8 @@ def cache_key(
 
 def cache_path(cache_dir: Path, key: EvalKey) -> Path:
     """cache_dir/<checkpoint hash>/<task>.<backend>.<hash of the whole key>.json"""
+    if not is_safe_name(key["task"]) or not is_safe_name(key["backend"]):  # the names become the file name
+        raise EvalError(f"task {key['task']!r} / backend {key['backend']!r}: {SAFE_NAME_RULE}")
     key_hash = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return cache_dir / key["checkpoint_hash"][:16] / f"{key['task']}.{key['backend']}.{key_hash}.json"
 

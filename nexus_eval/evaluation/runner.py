@@ -22,6 +22,7 @@ from nexus_eval.display import checkpoint_label, progress_bar
 from nexus_eval.errors import EvalError
 from nexus_eval.evaluation import backends
 from nexus_eval.evaluation import cache as evalcache
+from nexus_eval.io import SAFE_NAME_RULE, is_safe_name
 from nexus_eval.schema import EvalKey, EvalResult
 from nexus_eval.tasks import registry
 
@@ -53,6 +54,8 @@ def _yaml_task(path: Path) -> TaskSpec:
     if not path.is_file():
         raise EvalError(f"{path}: no such task YAML")
     config = registry.read_task_yaml(path)
+    if not is_safe_name(config["task"]):  # it names the result file in the cache
+        raise EvalError(f"{path}: task name {config['task']!r}: {SAFE_NAME_RULE}")
     digest = hashlib.sha256(path.read_bytes())
     for helper in sorted(path.parent.glob("*.py")):  # `!function` helpers beside it
         digest.update(helper.read_bytes())

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from nexus_eval.errors import RecipeError
+from nexus_eval.io import SAFE_NAME_RULE, is_safe_name
 
 OPTIMIZERS = ("adamw", "nexus")
 SCHEDULES = ("wsd", "cosine")
@@ -119,7 +120,10 @@ def parse_recipe(raw: dict[str, Any], where: str) -> Recipe:
         if not isinstance(value, dict):
             raise RecipeError(f"{where}: [{key}] must be a table")
         parts[key] = _section(cls, value, f"{where} [{key}]")
-    recipe = Recipe(name=str(raw.get("name", Path(where).stem)), path=where, **parts)
+    name = str(raw.get("name", Path(where).stem))
+    if not is_safe_name(name):  # it names the run directory under --out: no "..", "/" or absolute paths
+        raise RecipeError(f"{where}: name {name!r}: {SAFE_NAME_RULE} (it names the run directory)")
+    recipe = Recipe(name=name, path=where, **parts)
     check(recipe, where)
     return recipe
 

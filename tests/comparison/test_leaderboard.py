@@ -80,3 +80,18 @@ def test_bad_leaderboard_name(board: Path) -> None:
     results = json.loads((board / "demo.json").read_text())
     with pytest.raises(NexusError, match="--leaderboard"):
         write_leaderboard(results, "../escape", board)
+
+
+@pytest.mark.parametrize("name", ["../escape", "/abs/board", "demo\n", ".hidden", "a/b", ""])
+def test_a_bad_leaderboard_name_is_refused_before_anything_runs(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The name is checked first: no evaluation, no report, nothing written outside the leaderboards directory."""
+    block_evaluation(monkeypatch)
+    runs = make_study(tmp_path / "runs", tmp_path / "cache", seeds=(0,), bonus=0.7)
+    options = CompareOptions(cache_dir=tmp_path / "cache", out=tmp_path / "out", leaderboard=name,
+                             leaderboard_dir=tmp_path / "boards", show=False, progress=False)  # fmt: skip
+    with pytest.raises(NexusError, match="--leaderboard"):
+        compare(runs, CompareSettings(tasks=(TASK,), bootstrap_resamples=1000), options)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "boards").exists()
+    assert not (tmp_path / "escape.json").exists()

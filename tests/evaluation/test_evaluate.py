@@ -201,3 +201,16 @@ def test_cli_evaluates_an_external_gguf_model(tmp_path: Path) -> None:
     (row,) = json.loads(result.stdout)
     assert row["checkpoint"] == str(model) and row["n"] == 2 and len(row["item_scores"]["acc,none"]) == 2
     assert row["checkpoint_hash"] and row["metrics"]["acc,none"] in (0.0, 0.5, 1.0)
+
+
+@pytest.mark.parametrize("task", ["../../escape", "/abs/task", "a/b"])
+def test_a_task_name_cannot_leave_the_cache(task: str, ckpt: Path, tmp_path: Path) -> None:
+    """A task YAML's name becomes the result's file name in the cache: one that climbs out is refused up front."""
+    yaml_path = tmp_path / "tasks" / "escape.yaml"
+    yaml_path.parent.mkdir()
+    yaml_path.write_text(f"task: {json.dumps(task)}\noutput_type: loglikelihood\ntest_split: test\n")
+    cache = tmp_path / "cache" / "eval"
+    args = ["eval", str(ckpt), "--tasks", str(yaml_path), "--cache", str(cache), "--quiet"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "task name" in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "cache").exists()

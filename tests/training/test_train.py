@@ -220,3 +220,17 @@ def test_bad_input_one_line_errors(tiny_data_dir: Path, tmp_path: Path) -> None:
         code, out = cli(*args, "--out", str(tmp_path / "runs"), "--quiet")
         assert code == 2, (args, out)
         assert message in out and len(out.strip().splitlines()) == 1, (args, out)
+
+
+@pytest.mark.parametrize("name", ["../victim", "/abs/run", "a/b", ".hidden", "ok\n"])
+def test_recipe_name_cannot_leave_the_runs_directory(name: str, tiny_data_dir: Path, tmp_path: Path) -> None:
+    """The recipe's name becomes runs/<name>-<optimizer>-s<seed>: a name that climbs out is refused before anything
+    is written or removed (a directory of that name without checkpoints would otherwise be deleted)."""
+    victim = tmp_path / "victim-adamw-s0"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("not a run")
+    recipe = write_recipe(tmp_path, tiny_data_dir)
+    recipe.write_text(f"name = {json.dumps(name)}\n" + recipe.read_text().replace('name = "t"\n', ""))
+    code, out = cli("train", str(recipe), "--optimizer", "adamw", "--out", str(tmp_path / "runs"), "--quiet")
+    assert code == 2 and "it names the run directory" in out and len(out.strip().splitlines()) == 1, out
+    assert (victim / "keep.txt").exists() and not (tmp_path / "runs").exists()
