@@ -102,6 +102,22 @@ def content_hash(ckpt: Path) -> str:
     return digest.hexdigest()
 
 
+def non_finite_weights(ckpt: Path) -> list[str]:
+    """Names of the tensors in a checkpoint's safetensors files that hold NaN or inf (a diverged run's weights).
+    Other formats (GGUF, .bin) are not read here."""
+    import torch
+    from safetensors import safe_open
+
+    bad = []
+    for path in sorted(ckpt.glob("*.safetensors")) if ckpt.is_dir() else []:
+        with safe_open(str(path), framework="pt") as weights:
+            for name in weights.keys():  # safe_open is not a mapping: keys() it is
+                tensor = weights.get_tensor(name)
+                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                    bad.append(name)
+    return bad
+
+
 def save_checkpoint(ckpt: Path, model: Any, tokenizer: Any, meta: CheckpointMeta, state: dict[str, Any] | None) -> Path:
     """Write the checkpoint into a temp dir, then rename it into place: a killed run leaves no half checkpoint."""
     import torch
@@ -161,6 +177,7 @@ __all__ = [
     "is_checkpoint",
     "list_checkpoints",
     "load_model",
+    "non_finite_weights",
     "read_meta",
     "resolve_checkpoints",
     "save_checkpoint",

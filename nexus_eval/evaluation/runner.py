@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nexus_eval.checkpoints import content_hash, resolve_checkpoints
+from nexus_eval.checkpoints import content_hash, non_finite_weights, resolve_checkpoints
 from nexus_eval.display import checkpoint_label, progress_bar
 from nexus_eval.errors import EvalError
 from nexus_eval.evaluation import backends
@@ -309,6 +309,8 @@ def evaluate_with_status(
 
                 include = list(dict.fromkeys(str(spec.include_dir) for spec in specs))
                 task_manager = TaskManager(include_path=include, include_defaults=False)
+            if bad := non_finite_weights(ckpt):
+                raise EvalError(f"{ckpt}: {len(bad)} weight tensors hold NaN or inf (e.g. {bad[0]}): a diverged run?")
             bar.describe(f"{label}: loading ({backend})")
             lm = backends.load_lm(backend, ckpt, settings.batch_size, settings.seed)
             try:

@@ -89,15 +89,17 @@ def train(
             try:
                 result = train_step(c, state, record_grads=cosine.records(step, state.total_steps))
             except NonFiniteLoss as e:
-                raise RecipeError(
-                    f"step {state.step}: {e}; stopped, last good checkpoint kept in {run_dir} "
-                    f"(lower optim.lr in {recipe.path}?)"
-                ) from None
+                raise RecipeError(f"step {step}: {e}; {stopped(checkpointer, recipe)}") from None
             cosine.add(result.grads)
             since_row.add(tokens_per_step)
             since_start.add(tokens_per_step)
 
             measured = monitor.after_step(c.model, state, full=is_eval or is_checkpoint)
+            if measured is not None and not measured.finite:  # diverged: log nothing, write no checkpoint
+                loss = measured.losses["val_loss"]
+                raise RecipeError(
+                    f"step {step}: held-out loss is {loss}, the weights diverged; {stopped(checkpointer, recipe)}"
+                )
             if is_eval and measured is not None:
                 row: MetricsRow = {
                     "step": step,
@@ -129,6 +131,13 @@ def train_step(c: Components, state: RunState, record_grads: bool = False) -> St
     state.step += 1
     state.tokens += c.recipe.tokens_per_step()
     return result
+
+
+def stopped(checkpointer: Checkpointer, recipe: Recipe) -> str:
+    """How a diverged run ends: what is kept to resume from, and the usual remedy."""
+    ckpts = checkpointer.checkpoints()
+    kept = f"last good checkpoint {ckpts[-1]} kept" if ckpts else "no checkpoint was written"
+    return f"stopped, {kept} (lower optim.lr in {recipe.path}?)"
 
 
 def progress_info(train_loss: float, val_loss: float, tokens_per_s: float) -> str:

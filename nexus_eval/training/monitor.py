@@ -7,6 +7,7 @@ step, so that the step that crosses a target is caught (and checkpointed) rather
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,13 @@ from nexus_eval.training.state import RunState
 class Measurement:
     losses: HeldOutLoss
     crossed: list[float]  # recipe targets the mixture loss dropped below at this step (checkpoint labels)
+
+    @property
+    def finite(self) -> bool:
+        """False when the weights have diverged: such a measurement is never logged or checkpointed."""
+        losses = self.losses
+        values = [losses["val_loss"], *losses["val_loss_per_source"].values(), *losses["ood_loss"].values()]
+        return all(math.isfinite(v) for v in values)
 
 
 class HeldOutMonitor:

@@ -214,3 +214,19 @@ def test_a_task_name_cannot_leave_the_cache(task: str, ckpt: Path, tmp_path: Pat
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2 and "task name" in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "cache").exists()
+
+
+def test_non_finite_weights_are_not_evaluated(tiny_data_dir: Path, tmp_path: Path) -> None:
+    """A diverged checkpoint gets one line and nothing cached, not a row of chance accuracy and NaN bits per byte."""
+    from safetensors.torch import load_file, save_file
+
+    from nexus_eval.data import load_tokenizer
+
+    ckpt = tiny_checkpoint(tmp_path / "run" / "ckpt-000001", load_tokenizer(tiny_data_dir))
+    weights = load_file(ckpt / "model.safetensors")
+    weights[sorted(weights)[-1]].view(-1)[0] = float("nan")
+    save_file(weights, ckpt / "model.safetensors", metadata={"format": "pt"})
+    args = ["eval", str(ckpt), "--tasks", TASKS[0], "--limit", "2", "--cache", str(tmp_path / "cache"), "--quiet"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "NaN or inf" in result.output and len(result.output.strip().splitlines()) == 1
+    assert not list((tmp_path / "cache").rglob("*.json"))

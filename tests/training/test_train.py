@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import shutil
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from nexus_eval.checkpoints import list_checkpoints, load_model, read_meta
+from nexus_eval.checkpoints import STATE_FILE, list_checkpoints, load_model, non_finite_weights, read_meta
 from nexus_eval.cli import app
 from nexus_eval.optim import Nexus
 from nexus_eval.training import RunState, load_recipe, run_dir_for, set_up, train, train_step
@@ -200,7 +201,8 @@ def cli(*args: str) -> tuple[int, str]:
 def test_nan_loss_stops_with_clear_error(tiny_data_dir: Path, tmp_path: Path) -> None:
     recipe = write_recipe(tmp_path, tiny_data_dir, lr=1e30)
     code, out = cli("train", str(recipe), "--optimizer", "adamw", "--out", str(tmp_path / "runs"), "--quiet")
-    assert code == 2 and "training loss is nan" in out and len(out.strip().splitlines()) == 1
+    # The held-out check after step 2 sees it first (before, a NaN metrics row was logged and step 3 stopped).
+    assert code == 2 and "loss is nan" in out and "stopped, " in out and len(out.strip().splitlines()) == 1
 
 
 def test_bad_input_one_line_errors(tiny_data_dir: Path, tmp_path: Path) -> None:
@@ -234,3 +236,25 @@ def test_recipe_name_cannot_leave_the_runs_directory(name: str, tiny_data_dir: P
     code, out = cli("train", str(recipe), "--optimizer", "adamw", "--out", str(tmp_path / "runs"), "--quiet")
     assert code == 2 and "it names the run directory" in out and len(out.strip().splitlines()) == 1, out
     assert (victim / "keep.txt").exists() and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "nexus"])
+def test_a_diverging_run_keeps_its_last_good_checkpoint(optimizer: str, tiny_data_dir: Path, tmp_path: Path) -> None:
+    """lr 1000 turns the weights NaN within two steps. No checkpoint or metrics row is written from non-finite
+    weights, the last good checkpoint keeps its optimizer state (keep_state = "latest" prunes the others), and the
+    message names it, or says that there is none."""
+    recipe = write_recipe(tmp_path, tiny_data_dir, lr=1000.0)
+    text = recipe.read_text().replace("checkpoint_interval = 3", "checkpoint_interval = 1")
+    recipe.write_text(text.replace('keep_state = "all"', 'keep_state = "latest"'))
+    code, out = cli("train", str(recipe), "--optimizer", optimizer, "--out", str(tmp_path / "runs"), "--quiet")
+    assert code == 2 and len(out.strip().splitlines()) == 1 and "stopped, " in out, out
+    run = tmp_path / "runs" / f"t-{optimizer}-s0"
+    ckpts = list_checkpoints(run)
+    for ckpt in ckpts:
+        assert math.isfinite(read_meta(ckpt)["heldout_loss"]) and non_finite_weights(ckpt) == []
+    if ckpts:
+        assert f"last good checkpoint {ckpts[-1]} kept" in out and (ckpts[-1] / STATE_FILE).exists()
+    else:
+        assert "no checkpoint was written" in out
+    for line in (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").exists() else []:
+        json.loads(line, parse_constant=lambda c: pytest.fail(f"non-finite {c} in metrics.jsonl"))
