@@ -100,7 +100,7 @@ def gather_results(
         return [c for c in needed if any((hashes[c.path], t) not in found for t in names)]
 
     if missing := lacking():
-        fresh = evaluate_with_status([c.path for c in missing], query, options.progress)
+        fresh = evaluate_with_status([c.path for c in missing], query, options.progress, hashes)
         found.update({(r["checkpoint_hash"], r["task"]): r for r, _ in fresh})
         if missing := lacking():
             raise ComparisonError(f"{missing[0].path}: evaluation returned no result for some of the tasks {tasks}")

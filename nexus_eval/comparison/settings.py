@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from nexus_eval.comparison.stats import LEVEL, RESAMPLES
@@ -72,19 +72,8 @@ class CompareSettings:
 
     def to_record(self) -> CompareSettingsRecord:
         """The settings object of the results JSON (call it on `resolved(...)` settings)."""
-        return {
-            "mode": self.mode,
-            "tolerance": None if self.interpolate else self.tolerance,
-            "targets": list(self.targets or ()),
-            "suite": self.suite,
-            "tasks": list(self.tasks or ()),
-            "backend": self.backend,
-            "limit": self.limit,
-            "num_fewshot": self.num_fewshot,
-            "bootstrap_resamples": self.bootstrap_resamples,
-            "bootstrap_seed": self.bootstrap_seed,
-            "level": self.level,
-        }
+        record = {**asdict(self), "targets": list(self.targets or ()), "tasks": list(self.tasks or ())}
+        return CompareSettingsRecord(**{**record, "tolerance": None if self.interpolate else self.tolerance})
 
 
 @dataclass(frozen=True)

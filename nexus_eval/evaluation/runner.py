@@ -247,6 +247,16 @@ class CacheSlot:
     path: Path
     result: EvalResult | None
 
+    def cached_for(self, ckpt: Path) -> EvalResult:
+        """The cached result, labelled with the path it was asked for (the cache is keyed by content, not path)."""
+        assert self.result is not None
+        return EvalResult(**{**self.result, "checkpoint": str(ckpt)})
+
+
+def checkpoint_hash(ckpt: Path, hashes: dict[Path, str] | None) -> str:
+    """The content hash the caller already computed for `ckpt`, else computed now."""
+    return (hashes or {}).get(ckpt) or content_hash(ckpt)
+
 
 def cache_slots(ckpt_hash: str, specs: list[TaskSpec], settings: EvalSettings) -> list[CacheSlot]:
     """The cache entries of one checkpoint for these tasks and settings: the one place a result is looked up."""
@@ -270,18 +280,19 @@ def cached_results(
     specs = settings.task_specs()
     found = []
     for ckpt in resolve_checkpoints(checkpoints):
-        ckpt_hash = (hashes or {}).get(ckpt) or content_hash(ckpt)
-        for slot in cache_slots(ckpt_hash, specs, settings):
+        for slot in cache_slots(checkpoint_hash(ckpt, hashes), specs, settings):
             if slot.result is not None:
-                found.append(EvalResult(**{**slot.result, "checkpoint": str(ckpt)}))
+                found.append(slot.cached_for(ckpt))
     return found
 
 
 def evaluate_with_status(
-    checkpoints: list[Path], settings: EvalSettings, progress: bool = True
+    checkpoints: list[Path], settings: EvalSettings, progress: bool = True, hashes: dict[Path, str] | None = None
 ) -> list[tuple[EvalResult, bool]]:
     """Every checkpoint × task result, read from the cache or computed (and cached), with a flag per result saying
-    whether it came from the cache. A model is loaded only for a checkpoint with a result missing."""
+    whether it came from the cache. A model is loaded only for a checkpoint with a result missing.
+
+    hashes: content hashes the caller already computed (checkpoint path → hash), to avoid hashing twice."""
     settings.check()
     ckpts = resolve_checkpoints(checkpoints)
     specs = settings.task_specs()
@@ -296,21 +307,21 @@ def evaluate_with_status(
             label = checkpoint_label(ckpt)
             bar.describe(f"{label}: hashing")
             todo = []
-            for slot in cache_slots(content_hash(ckpt), specs, settings):
+            for slot in cache_slots(checkpoint_hash(ckpt, hashes), specs, settings):
                 if slot.result is not None:
-                    found.append((EvalResult(**{**slot.result, "checkpoint": str(ckpt)}), True))
+                    found.append((slot.cached_for(ckpt), True))
                     bar.advance()
                 else:
                     todo.append(slot)
             if not todo:
                 continue
+            if bad := non_finite_weights(ckpt):
+                raise EvalError(f"{ckpt}: {len(bad)} weight tensors hold NaN or inf (e.g. {bad[0]}): a diverged run?")
             if task_manager is None:
                 from lm_eval.tasks import TaskManager
 
                 include = list(dict.fromkeys(str(spec.include_dir) for spec in specs))
                 task_manager = TaskManager(include_path=include, include_defaults=False)
-            if bad := non_finite_weights(ckpt):
-                raise EvalError(f"{ckpt}: {len(bad)} weight tensors hold NaN or inf (e.g. {bad[0]}): a diverged run?")
             bar.describe(f"{label}: loading ({backend})")
             lm = backends.load_lm(backend, ckpt, settings.batch_size, settings.seed)
             try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -53,19 +53,7 @@ class GeometrySettings:
     version: int = MEASUREMENT_VERSION
 
     def record(self) -> dict[str, Any]:
-        return {
-            "n_batches": self.n_batches,
-            "batch_size": self.batch_size,
-            "context": self.context,
-            "finetune_steps": self.finetune_steps,
-            "finetune_lr": self.finetune_lr,
-            "finetune_optimizer": self.finetune_optimizer,
-            "hessian_iters": self.hessian_iters,
-            "seed": self.seed,
-            "sources": list(self.sources),
-            "data": self.data,
-            "version": self.version,
-        }
+        return {**asdict(self), "sources": list(self.sources)}
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(self.record(), sort_keys=True).encode()).hexdigest()
