@@ -20,12 +20,50 @@ from typing import Any, NotRequired, TypedDict
 # nexus.json, run.json and metrics.jsonl carry no version field yet: their format as of version 1 is what is below.
 # A change that readers must notice adds a "schema" field with version 2.
 CHECKPOINT_META_VERSION = 1
-EVAL_RESULT_SCHEMA = 1
-COMPARE_RESULTS_SCHEMA = 1
+EVAL_RESULT_SCHEMA = 2  # 2: provenance (and per-item samples beside the result)
+COMPARE_RESULTS_SCHEMA = 2  # 2: run rows carry provenance; schema 1 files still load
+COMPARE_RESULTS_READABLE = (1, 2)
 COMPARE_RESULTS_KIND = "nexus-eval-compare"
 
 
+# ---- provenance: where a result came from (nexus_eval.provenance) ----------------------------------------------
+
+
+class CodeVersion(TypedDict):
+    version: str  # the package version
+    git_sha: str | None  # None outside a git checkout
+    dirty: bool | None  # uncommitted changes to the code (nexus_eval/, tasks/, pyproject.toml)
+
+
+class DeviceInfo(TypedDict):
+    type: str  # "cpu" | "cuda" | ...
+    cpu: str  # CPU model name
+    cpu_capability: str  # torch.backends.cpu.get_cpu_capability(): the instruction set of torch's CPU kernels
+    threads: int  # torch.get_num_threads()
+    gpu: str | None  # GPU name (CUDA)
+    gpu_count: int
+
+
+class Environment(TypedDict):
+    """The process that produced a result: code, python, library versions, device, world size."""
+
+    code: CodeVersion
+    python: str
+    libraries: dict[str, str | None]  # torch, transformers, lm_eval, vllm, datasets, numpy, tokenizers
+    device: DeviceInfo
+    world_size: int
+    platform: str
+
+
 # ---- training ----------------------------------------------------------------------------------------------------
+
+
+class DataBuild(TypedDict):
+    """How the data build a run trained on was made (from its manifest.json): enough to build it again."""
+
+    hash: str
+    params: dict[str, Any]  # `nexus-eval data build` parameters
+    tokenizer_hash: str | None  # sha256 of the tokenizer files the manifest lists
 
 
 class RunIdentity(TypedDict):
@@ -38,12 +76,15 @@ class RunIdentity(TypedDict):
     recipe: dict[str, Any]  # Recipe.to_dict()
     recipe_hash: str
     data_hash: str  # the data build's manifest hash
-    code_version: str  # <version>+<git sha>
+    code_version: str  # <version>+<git short sha>[.dirty]
     model_params: int
+    data_build: NotRequired[DataBuild]
+    # run.json: the process that last started or resumed the run; nexus.json: the one that trained up to it
+    environment: NotRequired[Environment]
 
 
 class RunInfo(RunIdentity):
-    """run.json, written when a run starts."""
+    """run.json, written when a run starts (and again on each resume)."""
 
     total_steps: int
     data_dir: str
@@ -101,6 +142,15 @@ class EvalKey(TypedDict):
     seed: int
 
 
+class EvalProvenance(TypedDict):
+    """How an eval result was computed, beyond its cache key: backend arguments and the evaluating process."""
+
+    model_args: dict[str, Any]  # what lm-eval's model class got (pretrained path, dtype, device, batch size, ...)
+    dtype: str
+    batch_size: int
+    environment: Environment
+
+
 class EvalResult(EvalKey):
     """One checkpoint × task × backend × settings, with per-item scores for paired statistics."""
 
@@ -115,6 +165,7 @@ class EvalResult(EvalKey):
     n: int
     lm_eval_version: str
     created: str  # ISO time
+    provenance: EvalProvenance
 
 
 # ---- comparison --------------------------------------------------------------------------------------------------
@@ -136,11 +187,36 @@ class CompareSettingsRecord(TypedDict):
     level: float
 
 
+class EvalSettingsProvenance(TypedDict):
+    """The evaluation behind one run's results in a comparison (one entry per distinct setting found)."""
+
+    backend: str
+    dtype: str
+    batch_size: int
+    model_args: dict[str, Any]  # paths left out: they name where a checkpoint lay, not what it is
+    task_yaml_hashes: dict[str, str]  # task → hash of its YAML, helpers and data
+    environment: Environment
+
+
+class RunProvenance(TypedDict):
+    """Everything a reader needs to trace (and `leaderboard reproduce` to redo) one run of a comparison."""
+
+    data_hash: str | None
+    data_build: DataBuild | None
+    recipe_hash: str | None
+    recipe: dict[str, Any] | None
+    tokenizer_hash: str | None  # sha256 of the checkpoints' tokenizer files
+    code_version: str | None
+    training: Environment | None  # of the process that wrote the run's newest checkpoint
+    evaluation: list[EvalSettingsProvenance]
+
+
 class RunRow(TypedDict):
     run_id: str
     optimizer: str
     seed: int | None
     checkpoints: int
+    provenance: NotRequired[RunProvenance]  # schema 2
 
 
 class SideSummary(TypedDict):

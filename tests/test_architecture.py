@@ -17,8 +17,9 @@ import pytest
 PACKAGE_DIR = Path(__file__).resolve().parents[1] / "nexus_eval"
 
 # The modules every stage may use: the package root (its version), the error types, file writes, terminal display,
-# record types and the checkpoint format (the contract between training and everything that reads checkpoints).
-BASE = {"", "errors", "io", "display", "schema", "checkpoints"}  # "": the package root
+# record types, the checkpoint format (the contract between training and everything that reads checkpoints) and
+# provenance (code, library and device records stored with every result).
+BASE = {"", "errors", "io", "display", "schema", "checkpoints", "provenance"}  # "": the package root
 # What each unit may import (besides itself). Reading order: data → training → (tasks) → evaluation / geometry →
 # comparison → cli. optim is torch-only: users import it into their own training code.
 ALLOWED: dict[str, set[str]] = {
@@ -28,6 +29,7 @@ ALLOWED: dict[str, set[str]] = {
     "display": set(),
     "schema": set(),
     "checkpoints": {"errors", "io", "schema"},
+    "provenance": {"schema"},
     "data": BASE,
     "training": BASE | {"optim", "data"},
     "tasks": BASE | {"data"},

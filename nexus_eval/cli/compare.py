@@ -98,3 +98,27 @@ def leaderboard_check_command(directory: LeaderboardDir = Path("leaderboards")) 
     if problems:
         raise typer.Exit(1)
     typer.echo(f"leaderboards in {directory} match their JSON")
+
+
+@leaderboard_app.command("reproduce")
+@one_line_errors
+def leaderboard_reproduce_command(
+    name: str = typer.Argument(..., help="Leaderboard name: leaderboards/NAME.json"),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        help="Scratch dir for data/, runs/, results/eval/, reports/ (default build/reproduce-NAME); "
+        "what is already there is reused",
+    ),
+    directory: LeaderboardDir = Path("leaderboards"),
+    quiet: Quiet = False,
+) -> None:
+    """Re-run what NAME.json records (data build, training, evaluation, comparison) and print committed vs
+    reproduced; exit 1 only when the numbers differ while every provenance field is the same."""
+    from nexus_eval.comparison.reproduce import NOT_DETERMINISTIC, print_reproduction, reproduce
+
+    rep = reproduce(name, out or Path("build") / f"reproduce-{name}", directory, progress=not quiet)
+    print_reproduction(rep)
+    if rep.verdict == NOT_DETERMINISTIC:
+        typer.echo(f"error: leaderboard {name}: numbers differ with identical provenance (nondeterminism)", err=True)
+        raise typer.Exit(1)

@@ -14,7 +14,7 @@ from nexus_eval.comparison.plots import write_overview
 from nexus_eval.comparison.report import render_markdown
 from nexus_eval.errors import ComparisonError
 from nexus_eval.io import SAFE_NAME_RULE, is_safe_name, write_json_atomic, write_text_atomic
-from nexus_eval.schema import COMPARE_RESULTS_KIND, COMPARE_RESULTS_SCHEMA, CompareResults
+from nexus_eval.schema import COMPARE_RESULTS_KIND, COMPARE_RESULTS_READABLE, CompareResults
 
 LEADERBOARD_DIR = Path("leaderboards")
 REQUIRED = {
@@ -46,10 +46,9 @@ def validate(results: Any, where: str) -> CompareResults:
     for key, kind in REQUIRED.items():
         if not isinstance(results.get(key), kind):
             raise ComparisonError(f"{where}: malformed compare results (key {key!r} missing or not a {kind.__name__})")
-    if results["kind"] != COMPARE_RESULTS_KIND or results["schema"] != COMPARE_RESULTS_SCHEMA:
-        raise ComparisonError(
-            f"{where}: not compare results of schema {COMPARE_RESULTS_SCHEMA} (kind {results['kind']!r})"
-        )
+    if results["kind"] != COMPARE_RESULTS_KIND or results["schema"] not in COMPARE_RESULTS_READABLE:
+        readable = " or ".join(map(str, COMPARE_RESULTS_READABLE))
+        raise ComparisonError(f"{where}: not compare results of schema {readable} (kind {results['kind']!r})")
     if missing := [k for k in SETTINGS if k not in results["settings"]]:
         raise ComparisonError(f"{where}: malformed compare results (settings lack {missing[0]!r})")
     return results

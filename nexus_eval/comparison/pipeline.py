@@ -26,6 +26,7 @@ import numpy as np
 from nexus_eval.checkpoints import content_hash
 from nexus_eval.comparison.leaderboard import check_name, write_leaderboard
 from nexus_eval.comparison.match import BASELINE, CANDIDATE, Checkpoint, Pair, Run, Side, Unmatched, load_runs, match
+from nexus_eval.comparison.provenance import run_provenance
 from nexus_eval.comparison.report import ALL_SEEDS, print_report, write_report
 from nexus_eval.comparison.settings import CompareOptions, CompareSettings
 from nexus_eval.comparison.stats import is_binary, item_overlap, paired_bootstrap, seed_mean_ci
@@ -318,7 +319,15 @@ def build_results(
     rows, overlap = task_rows(pairs, tasks, results, settings)
     metrics = {r["task"]: r["metric"] for r in rows}
     run_rows: list[RunRow] = [
-        {"run_id": r.run_id, "optimizer": r.optimizer, "seed": r.seed, "checkpoints": len(r.checkpoints)}
+        {
+            "run_id": r.run_id,
+            "optimizer": r.optimizer,
+            "seed": r.seed,
+            "checkpoints": len(r.checkpoints),
+            "provenance": run_provenance(
+                r, [results[(c.path, t)] for c in r.checkpoints for t in tasks if (c.path, t) in results]
+            ),
+        }
         for r in sorted(runs, key=lambda r: r.run_id)
     ]
     pair_rows: list[PairRow] = [

@@ -6,6 +6,7 @@ for byte: leaderboards are checked against their JSON that way.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +14,10 @@ import pandas as pd
 from rich.table import Table
 
 from nexus_eval.comparison.plots import write_figures
+from nexus_eval.comparison.provenance import differing_fields
 from nexus_eval.display import console
 from nexus_eval.io import write_text_atomic
-from nexus_eval.schema import CompareResults, OodRow, TaskRow
+from nexus_eval.schema import CompareResults, Environment, EvalSettingsProvenance, OodRow, RunRow, TaskRow
 
 ALL_SEEDS = "all"
 
@@ -168,6 +170,73 @@ def to_markdown(frame: pd.DataFrame) -> str:
     return frame.to_markdown(index=False, disable_numparse=True)
 
 
+def short(value: Any, length: int = 8) -> str:
+    return "—" if not value else str(value)[:length]
+
+
+def environment_label(env: Environment | None) -> str:
+    """CPU (instruction set, threads) or GPU × count, and the torch version: what moves float results most."""
+    if not env:
+        return "—"
+    device = env.get("device") or {}
+    where = (
+        f"{device.get('gpu')} × {device.get('gpu_count')}"
+        if device.get("gpu")
+        else f"{device.get('cpu')} ({device.get('cpu_capability')}, {device.get('threads')} threads)"
+    )
+    world = f", world size {env.get('world_size')}" if env.get("world_size", 1) != 1 else ""
+    return f"{where}{world}; torch {(env.get('libraries') or {}).get('torch')}"
+
+
+def evaluation_label(entries: list[EvalSettingsProvenance]) -> str:
+    if not entries:
+        return "—"
+    labels = []
+    for e in entries:
+        libs = (e.get("environment") or {}).get("libraries") or {}
+        versions = f"lm_eval {libs.get('lm_eval')}, transformers {libs.get('transformers')}"
+        if e["backend"] == "vllm":
+            versions += f", vllm {libs.get('vllm')}"
+        labels.append(f"{e.get('backend')} {e.get('dtype')} batch {e.get('batch_size')}, {versions}")
+    return "; ".join(labels)
+
+
+def provenance_frame(rows: list[RunRow]) -> pd.DataFrame:
+    records = []
+    for r in rows:
+        p = r["provenance"]
+        records.append(
+            {
+                "run": r["run_id"],
+                "code": p.get("code_version") or "—",
+                "data": short(p.get("data_hash")),
+                "recipe": short(p.get("recipe_hash")),
+                "tokenizer": short(p.get("tokenizer_hash")),
+                "trained on": environment_label(p.get("training")),
+                "evaluated with": evaluation_label(p.get("evaluation") or []),
+            }
+        )
+    return pd.DataFrame(records)
+
+
+def provenance_lines(results: CompareResults) -> list[str]:
+    """The footer: one row per run, then the fields whose values differ between runs (each a warning)."""
+    rows = [r for r in results["runs"] if "provenance" in r]
+    lines = ["## Provenance", ""]
+    if not rows:
+        return [*lines, "No provenance recorded (results written before schema 2).", ""]
+    lines += ["Hashes shortened to 8 characters; the full record of each run is in the JSON.", ""]
+    lines += [to_markdown(provenance_frame(rows)), ""]
+    differing = differing_fields(rows)
+    if not differing:
+        return [*lines, "All runs share data, recipe, tokenizer, code, libraries and device.", ""]
+    lines += ["**Provenance differs between runs** (a difference here can move the numbers above):", ""]
+    for field, values in differing.items():
+        shown = "; ".join(f"{run}: {short(json.dumps(v, sort_keys=True), 60)}" for run, v in values.items())
+        lines.append(f"- `{field}`: {shown}")
+    return [*lines, ""]
+
+
 def render_markdown(
     results: CompareResults, title: str, preamble: str = "", figures: list[tuple[str, str]] | None = None
 ) -> str:
@@ -188,6 +257,7 @@ def render_markdown(
             lines += [""]
     for caption, name in figures or []:
         lines += [f"![{caption}]({name})", ""]
+    lines += provenance_lines(results)
     return "\n".join(lines).rstrip("\n") + "\n"
 
 

@@ -20,7 +20,7 @@ from nexus_eval.schema import EVAL_RESULT_SCHEMA, EvalKey, EvalResult
 
 SCHEMA = EVAL_RESULT_SCHEMA
 KEY_FIELDS = ("checkpoint_hash", "task", "task_version", "yaml_hash", "backend", "num_fewshot", "limit", "seed")
-DICT_FIELDS = ("metrics", "stderr", "higher_is_better", "item_scores")
+DICT_FIELDS = ("metrics", "stderr", "higher_is_better", "item_scores", "provenance")
 
 
 def cache_key(
@@ -64,7 +64,7 @@ def problems(result: Any, key: EvalKey) -> list[str]:
         if not isinstance(result.get(field), str):
             found.append(f"{field} missing")
     if any(not isinstance(result.get(field), dict) for field in DICT_FIELDS):
-        return [*found, "metrics/stderr/higher_is_better/item_scores missing"]
+        return [*found, "metrics/stderr/higher_is_better/item_scores/provenance missing"]
     metrics = result["metrics"]
     if not metrics or not all(_is_score(v) for v in metrics.values()):
         found.append("metrics empty or not numbers")

@@ -23,7 +23,8 @@ from nexus_eval.errors import EvalError
 from nexus_eval.evaluation import backends
 from nexus_eval.evaluation import cache as evalcache
 from nexus_eval.io import SAFE_NAME_RULE, is_safe_name
-from nexus_eval.schema import EvalKey, EvalResult
+from nexus_eval.provenance import environment
+from nexus_eval.schema import EvalKey, EvalProvenance, EvalResult
 from nexus_eval.tasks import registry
 
 DEFAULT_SEED = 1234  # lm-eval's default for few-shot sampling, numpy and torch
@@ -162,7 +163,22 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-def to_result(output: dict[str, Any], spec: TaskSpec, key: EvalKey, ckpt: Path) -> EvalResult:
+def eval_provenance(ckpt: Path, settings: EvalSettings) -> EvalProvenance:
+    """How this process evaluates `ckpt`: the backend's arguments (its path left out: the content hash is the
+    identity) and the environment."""
+    args = backends.model_args(settings.backend, ckpt, settings.batch_size, settings.seed)
+    recorded = {k: v for k, v in args.items() if k not in ("pretrained", "gguf_file")}
+    return {
+        "model_args": recorded,
+        "dtype": str(args.get("dtype", "")),
+        "batch_size": settings.batch_size,
+        "environment": environment("cpu"),
+    }
+
+
+def to_result(
+    output: dict[str, Any], spec: TaskSpec, key: EvalKey, ckpt: Path, provenance: EvalProvenance
+) -> EvalResult:
     """Our result JSON from simple_evaluate's output for one task."""
     import lm_eval
 
@@ -192,6 +208,7 @@ def to_result(output: dict[str, Any], spec: TaskSpec, key: EvalKey, ckpt: Path) 
         "n": len(doc_ids),
         "lm_eval_version": lm_eval.__version__,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "provenance": provenance,
     }
 
 
@@ -324,11 +341,12 @@ def evaluate_with_status(
                 task_manager = TaskManager(include_path=include, include_defaults=False)
             bar.describe(f"{label}: loading ({backend})")
             lm = backends.load_lm(backend, ckpt, settings.batch_size, settings.seed)
+            provenance = eval_provenance(ckpt, settings)
             try:
                 for slot in todo:
                     bar.describe(f"{label}: {slot.spec.name}")
                     output = run_task(lm, slot.spec, task_manager, settings.num_fewshot, settings.limit, settings.seed)
-                    result = to_result(output, slot.spec, slot.key, ckpt)
+                    result = to_result(output, slot.spec, slot.key, ckpt, provenance)
                     evalcache.write_result(slot.path, result)
                     found.append((result, False))
                     bar.advance()

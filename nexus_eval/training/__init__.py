@@ -22,7 +22,7 @@ from nexus_eval.training.grad_cosine import cosine_matrix
 from nexus_eval.training.heldout import HeldOut
 from nexus_eval.training.loop import run_dir_for, train, train_step
 from nexus_eval.training.model import build_model, causal_lm_loss, llama_config
-from nexus_eval.training.recipe import Recipe, load_recipe
+from nexus_eval.training.recipe import Recipe, load_recipe, parse_recipe
 from nexus_eval.training.state import RunState
 from nexus_eval.training.step import StepResult
 
@@ -31,6 +31,7 @@ __all__ = [
     "train",
     "run_dir_for",
     "load_recipe",
+    "parse_recipe",
     "Recipe",
     # single steps (tests, benchmarks)
     "set_up",

@@ -3,15 +3,16 @@ name and seed define. The trainer's loop uses them; so do tests and the benchmar
 
 from __future__ import annotations
 
-import subprocess
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nexus_eval import __version__
 from nexus_eval.data import load_manifest, load_tokenizer, open_tokens
 from nexus_eval.errors import RecipeError
-from nexus_eval.schema import RunIdentity
+from nexus_eval.provenance import code_version_label, environment
+from nexus_eval.schema import DataBuild, RunIdentity
 from nexus_eval.training.heldout import HeldOut
 from nexus_eval.training.model import build_model, count_params, llama_config
 from nexus_eval.training.optimizer import Optimizer, build_optimizer, check_optimizer_name, optimizer_hparams
@@ -42,8 +43,10 @@ class Components:
             "recipe": self.recipe.to_dict(),
             "recipe_hash": self.recipe.hash(),
             "data_hash": self.manifest["hash"],
-            "code_version": code_version(),
+            "code_version": code_version_label(),
             "model_params": count_params(self.model),
+            "data_build": data_build(self.manifest),
+            "environment": environment("cpu"),
         }
 
 
@@ -80,16 +83,10 @@ def set_up(recipe: Recipe, optimizer: str, seed: int, data_dir: Path) -> Compone
     return Components(recipe, optimizer, seed, data_dir, manifest, tokenizer, schedule, heldout, model, opt)
 
 
-def code_version() -> str:
-    """<package version>+<git short sha> of the code that trains (just the version outside a git checkout)."""
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            cwd=Path(__file__).parent,
-            timeout=5,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        sha = ""
-    return f"{__version__}+{sha}" if sha else __version__
+def data_build(manifest: dict[str, Any]) -> DataBuild:
+    """The data build as a run records it: its hash, the parameters that made it and its tokenizer's hash."""
+    tokenizer_dir = str(manifest.get("tokenizer_dir", "tokenizer"))
+    files = manifest.get("files") or {}
+    tokenizer = {name: entry for name, entry in sorted(files.items()) if name.startswith(f"{tokenizer_dir}/")}
+    digest = hashlib.sha256(json.dumps(tokenizer, sort_keys=True).encode()).hexdigest()[:16] if tokenizer else None
+    return {"hash": manifest["hash"], "params": dict(manifest.get("params") or {}), "tokenizer_hash": digest}

@@ -39,7 +39,7 @@ def run_dir_for(out: Path, recipe: Recipe, optimizer: str, seed: int) -> Path:
 
 
 def train(
-    recipe_path: Path,
+    recipe_path: Path | Recipe,
     optimizer: str,
     seed: int = 0,
     out: Path = Path("runs"),
@@ -48,14 +48,17 @@ def train(
     steps: int | None = None,
     progress: bool = True,
 ) -> Path:
-    """`nexus-eval train`: returns the run directory."""
-    recipe = load_recipe(recipe_path)
+    """`nexus-eval train`: returns the run directory. recipe_path: a recipe file, or a Recipe already read (e.g. the
+    one a leaderboard recorded, which `leaderboard reproduce` trains again)."""
+    recipe = recipe_path if isinstance(recipe_path, Recipe) else load_recipe(recipe_path)
     if steps is not None and steps <= 0:
         raise RecipeError(f"--steps must be positive, got {steps}")
     run_dir = run_dir_for(out, recipe, optimizer, seed)
     data_dir = data_dir or Path(recipe.data.dir)
 
-    # Set up: data, micro-batch schedule, held-out windows, model, optimizer; then the loop's hooks.
+    # Set up: data, micro-batch schedule, held-out windows, model, optimizer; then the loop's hooks. The thread count
+    # first: the identity records the environment, threads included.
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
     c = set_up(recipe, optimizer, seed, data_dir)
     identity = c.identity(run_dir.name)
     t = recipe.train
@@ -73,7 +76,6 @@ def train(
     else:  # nothing to resume from (or a run killed before its first checkpoint)
         state = RunState.start(recipe, steps)
         shutil.rmtree(run_dir, ignore_errors=True)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
     run_dir.mkdir(parents=True, exist_ok=True)
     info: RunInfo = {**identity, "total_steps": state.total_steps, "data_dir": str(data_dir)}
     write_json_atomic(run_dir / "run.json", info)

@@ -20,6 +20,7 @@ from nexus_eval.checkpoints import checkpoint_name, content_hash
 from nexus_eval.comparison import pipeline
 from nexus_eval.evaluation import DEFAULT_SEED, runner
 from nexus_eval.evaluation import cache as evalcache
+from nexus_eval.provenance import environment
 from nexus_eval.tasks import task_info
 
 DATA_HASH = "data-0"
@@ -130,6 +131,12 @@ def write_result(
         "n": len(scores),
         "lm_eval_version": "0.4.13",
         "created": created,
+        "provenance": {
+            "model_args": {"dtype": "float32", "device": "cpu", "batch_size": 8},
+            "dtype": "float32",
+            "batch_size": 8,
+            "environment": environment(),
+        },
     }
     path = evalcache.cache_path(cache, key)
     evalcache.write_result(path, result)

@@ -122,3 +122,25 @@ def test_compare_needs_match_loss_or_interpolate(tmp_path: Path) -> None:
     args = ["compare", *map(str, runs), "--tasks", TASK, "--cache", str(tmp_path / "cache"), "--quiet"]
     result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "out")])
     assert result.exit_code == 2 and "--match-loss" in result.output
+
+
+def test_run_rows_carry_provenance_and_the_markdown_flags_what_differs(tmp_path: Path) -> None:
+    runs = make_study(tmp_path / "runs", tmp_path / "cache")
+    results = run_compare(tmp_path, runs)
+    rows = {r["run_id"]: r["provenance"] for r in results["runs"]}
+    assert all(p["data_hash"] == "data-0" and p["evaluation"][0]["backend"] == "hf" for p in rows.values())
+    assert all(
+        p["evaluation"][0]["task_yaml_hashes"] == {TASK: p["evaluation"][0]["task_yaml_hashes"][TASK]}
+        for p in rows.values()
+    )
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## Provenance" in report and "All runs share" in report and "Provenance differs" not in report
+
+    # One run trained under another torch: the footer names the field and both values.
+    newest = sorted(runs[0].glob("ckpt-*"))[-1] / "nexus.json"
+    meta = json.loads(newest.read_text())
+    env = {"code": {}, "python": "3.11", "libraries": {"torch": "9.9"}, "device": {}, "world_size": 1, "platform": "x"}
+    newest.write_text(json.dumps({**meta, "environment": env}))
+    run_compare(tmp_path, runs, out="again")
+    report = (tmp_path / "again" / "report.md").read_text()
+    assert "Provenance differs between runs" in report and "`training.libraries.torch`" in report and "9.9" in report

@@ -1,0 +1,253 @@
+"""`nexus-eval leaderboard reproduce NAME`: redo what leaderboards/NAME.json records and say what came out differently.
+
+The JSON's run rows hold each run's provenance (schema 2): the data build's parameters and hash, the recipe, the
+optimizer and seed, and the evaluation settings. Reproducing builds the data, trains every run, evaluates and compares
+again with the recorded settings, in a scratch directory whose parts are reused when they are already there (so after
+`make demo`, `--out .` reuses the demo's data, runs and eval cache and redoes only the comparison):
+
+    OUT/data            the data build        OUT/runs/<run_id>     each run (resumed if present)
+    OUT/results/eval    the eval cache        OUT/reports/reproduce-NAME   the reproduced results and report
+
+The verdict: `equal` when every number is the same; `provenance differs` when numbers differ and so does some
+provenance field (a different CPU, library or code version; printed, not a failure); `not deterministic` when
+numbers differ with identical provenance, which only nondeterministic code can cause.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nexus_eval.comparison.leaderboard import LEADERBOARD_DIR, check_name, load
+from nexus_eval.comparison.pipeline import compare
+from nexus_eval.comparison.provenance import comparable
+from nexus_eval.comparison.settings import CompareOptions, CompareSettings
+from nexus_eval.data import build_data, load_manifest
+from nexus_eval.display import console
+from nexus_eval.errors import ComparisonError, NexusError
+from nexus_eval.provenance import differences
+from nexus_eval.schema import CompareResults, DataBuild, RunProvenance, RunRow
+from nexus_eval.training import parse_recipe, run_dir_for, train
+
+EQUAL, PROVENANCE_DIFFERS, NOT_DETERMINISTIC = "equal", "provenance differs", "not deterministic"
+# Two numbers are "the same" when they agree to this relative precision (the JSON stores full float64 values, so
+# deterministic code reproduces them exactly; the slack only absorbs a last-bit difference of a summation order).
+REL_TOL = 1e-9
+# Fields of a task/OOD row that are numbers a reader sees.
+NUMBER_FIELDS = ("adamw", "nexus", "mean", "low", "high")
+
+
+@dataclass(frozen=True)
+class NumberDiff:
+    """One number of the leaderboard, committed and reproduced."""
+
+    where: str  # e.g. "target 5.5 · seed 0 · arith_steps1_mc · mean"
+    committed: Any
+    reproduced: Any
+
+    @property
+    def same(self) -> bool:
+        a, b = self.committed, self.reproduced
+        if isinstance(a, int | float) and isinstance(b, int | float):
+            return math.isclose(a, b, rel_tol=REL_TOL, abs_tol=1e-12)
+        return a == b
+
+    @property
+    def difference(self) -> float | None:
+        a, b = self.committed, self.reproduced
+        numbers = isinstance(a, int | float) and isinstance(b, int | float) and not isinstance(a, bool)
+        return float(b - a) if numbers else None
+
+
+@dataclass
+class Reproduction:
+    name: str
+    numbers: list[NumberDiff]  # every compared number, same or not
+    provenance: dict[str, dict[str, tuple[Any, Any]]] = field(default_factory=dict)  # run → field → (then, now)
+    reproduced: CompareResults | None = None
+    out: Path | None = None
+
+    @property
+    def differing(self) -> list[NumberDiff]:
+        return [n for n in self.numbers if not n.same]
+
+    @property
+    def verdict(self) -> str:
+        if not self.differing:
+            return EQUAL
+        return PROVENANCE_DIFFERS if any(self.provenance.values()) else NOT_DETERMINISTIC
+
+
+def recorded_provenance(results: CompareResults, where: str) -> dict[str, RunProvenance]:
+    """run_id → provenance of every run row; ComparisonError when a row has none (a leaderboard of schema 1)."""
+    found = {}
+    for row in results["runs"]:
+        provenance = row.get("provenance")
+        if not provenance or not provenance.get("recipe") or not provenance.get("data_build"):
+            raise ComparisonError(
+                f"{where}: run {row['run_id']} records no provenance (recipe, data build): regenerate the leaderboard "
+                "with `nexus-eval compare ... --leaderboard NAME` before reproducing it"
+            )
+        found[row["run_id"]] = provenance
+    return found
+
+
+def rebuild_data(build: DataBuild, data_dir: Path, progress: bool) -> str:
+    """The data build at data_dir (reused when its hash is the recorded one, else built from the recorded parameters);
+    returns its hash."""
+    if (data_dir / "manifest.json").is_file():
+        found = load_manifest(data_dir)["hash"]
+        if found == build["hash"]:
+            return found
+        raise ComparisonError(
+            f"{data_dir}: holds a data build with hash {found[:12]}…, not the recorded {build['hash'][:12]}…; "
+            "pick an empty --out"
+        )
+    try:
+        return str(build_data(data_dir, **build["params"], progress=progress)["hash"])
+    except TypeError as e:  # parameters this version of `data build` does not take
+        raise ComparisonError(
+            f"recorded data build parameters {build['params']} cannot be rebuilt here ({e})"
+        ) from None
+
+
+def retrain(row: RunRow, provenance: RunProvenance, runs_dir: Path, data_dir: Path, where: str, progress: bool) -> Path:
+    recipe = parse_recipe(dict(provenance["recipe"] or {}), f"{where} run {row['run_id']} recipe")
+    seed = 0 if row["seed"] is None else int(row["seed"])
+    run_dir = run_dir_for(runs_dir, recipe, row["optimizer"], seed)
+    if run_dir.name != row["run_id"]:
+        raise ComparisonError(f"{where}: run {row['run_id']} would be trained again as {run_dir.name}")
+    return train(recipe, row["optimizer"], seed, runs_dir, data_dir, resume=run_dir.is_dir(), progress=progress)
+
+
+def settings_of(results: CompareResults) -> CompareSettings:
+    """The comparison's settings as recorded (the resolved targets and task names)."""
+    s = results["settings"]
+    return CompareSettings(
+        mode=s["mode"],
+        tolerance=s["tolerance"] if s.get("tolerance") is not None else CompareSettings.tolerance,
+        targets=tuple(s["targets"]) or None,
+        suite=s.get("suite"),
+        tasks=tuple(s["tasks"]) or None,
+        backend=s["backend"],
+        limit=s.get("limit"),
+        num_fewshot=s.get("num_fewshot"),
+        bootstrap_resamples=s["bootstrap_resamples"],
+        bootstrap_seed=s.get("bootstrap_seed", 0),
+        level=s.get("level", CompareSettings.level),
+    )
+
+
+def _batch_size(provenance: dict[str, RunProvenance]) -> int:
+    sizes = [e["batch_size"] for p in provenance.values() for e in p.get("evaluation") or []]
+    return sizes[0] if sizes else CompareOptions.batch_size
+
+
+def _row_key(row: dict[str, Any], name_field: str) -> str:
+    return f"target {row['target']:g} · seed {row['seed']} · {row[name_field]}"
+
+
+def number_diffs(committed: CompareResults, reproduced: CompareResults) -> list[NumberDiff]:
+    """Every pair's checkpoints and losses, every task and OOD row's numbers: committed against reproduced."""
+    diffs: list[NumberDiff] = []
+
+    def pairs(results: CompareResults) -> dict[str, Any]:
+        return {f"target {p['target']:g} · seed {p['seed']}": p for p in results["pairs"]}
+
+    before, after = pairs(committed), pairs(reproduced)
+    for key in sorted(set(before) | set(after)):
+        a, b = before.get(key), after.get(key)
+        for side in ("adamw", "nexus"):
+            for part in ("checkpoint", "loss"):
+                then = a[side][part] if a else None
+                now = b[side][part] if b else None
+                diffs.append(NumberDiff(f"{key} · {side} {part}", then, now))
+    for table, name_field in (("tasks", "task"), ("ood", "domain")):
+        rows_a = {_row_key(r, name_field): r for r in committed[table]}
+        rows_b = {_row_key(r, name_field): r for r in reproduced[table]}
+        for key in sorted(set(rows_a) | set(rows_b)):
+            a, b = rows_a.get(key, {}), rows_b.get(key, {})
+            for number in NUMBER_FIELDS:
+                diffs.append(NumberDiff(f"{key} · {number}", a.get(number), b.get(number)))
+    return diffs
+
+
+def provenance_diffs(
+    committed: dict[str, RunProvenance], reproduced: CompareResults
+) -> dict[str, dict[str, tuple[Any, Any]]]:
+    """run → provenance field → (committed, reproduced), for the fields that differ."""
+    now = {r["run_id"]: r.get("provenance") for r in reproduced["runs"]}
+    return {
+        run_id: differences(comparable(then), comparable(now[run_id])) if now.get(run_id) else {"run": (run_id, None)}
+        for run_id, then in committed.items()
+    }
+
+
+def reproduce(name: str, out: Path, leaderboard_dir: Path = LEADERBOARD_DIR, progress: bool = True) -> Reproduction:
+    """Data build → training → evaluation → comparison as leaderboards/NAME.json records them, under `out`."""
+    check_name(name)
+    where = str(leaderboard_dir / f"{name}.json")
+    committed = load(leaderboard_dir / f"{name}.json")
+    provenance = recorded_provenance(committed, where)
+    builds = {p["data_build"]["hash"]: p["data_build"] for p in provenance.values() if p["data_build"]}
+    if len(builds) != 1:
+        raise ComparisonError(f"{where}: runs record {len(builds)} data builds; reproduce needs exactly one")
+    data_dir, runs_dir = out / "data", out / "runs"
+    try:
+        rebuild_data(next(iter(builds.values())), data_dir, progress)
+        run_dirs = [
+            retrain(row, provenance[row["run_id"]], runs_dir, data_dir, where, progress) for row in committed["runs"]
+        ]
+    except NexusError as e:
+        raise ComparisonError(f"reproducing {where}: {e}") from None
+    report_dir = out / "reports" / f"reproduce-{name}"
+    options = CompareOptions(
+        batch_size=_batch_size(provenance),
+        cache_dir=out / "results" / "eval",
+        out=report_dir,
+        geometry_data_dir=data_dir if committed.get("geometry") else None,
+        progress=progress,
+        show=False,
+    )
+    reproduced = compare(run_dirs, settings_of(committed), options)
+    return Reproduction(
+        name,
+        number_diffs(committed, reproduced),
+        provenance_diffs(provenance, reproduced),
+        reproduced,
+        report_dir,
+    )
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return "—" if value is None else str(value)
+
+
+def print_reproduction(rep: Reproduction, limit: int = 40) -> None:
+    """Committed vs reproduced: the numbers that differ (all of them compared), the provenance fields that differ per
+    run, and the verdict."""
+    from rich.table import Table
+
+    shown = console()
+    differing = rep.differing
+    if differing:
+        table = Table(title=f"leaderboard {rep.name}: numbers that differ", show_lines=False)
+        for column in ("where", "committed", "reproduced", "difference"):
+            table.add_column(column, overflow="fold")
+        for n in differing[:limit]:
+            table.add_row(n.where, _shown(n.committed), _shown(n.reproduced), _shown(n.difference))
+        shown.print(table)
+        if len(differing) > limit:
+            shown.print(f"… and {len(differing) - limit} more (all in {rep.out / 'results.json'})")
+    shown.print(f"{len(rep.numbers)} numbers compared, {len(differing)} differ")
+    for run_id, fields in rep.provenance.items():
+        for name, (then, now) in fields.items():
+            shown.print(f"provenance of {run_id}: [bold]{name}[/] {_shown(then)[:60]} → {_shown(now)[:60]}")
+    if not any(rep.provenance.values()):
+        shown.print("provenance: identical for every run")
+    color = {EQUAL: "green", PROVENANCE_DIFFERS: "yellow", NOT_DETERMINISTIC: "red"}[rep.verdict]
+    shown.print(f"[{color}]verdict: {rep.verdict}[/]  (reproduced results: {rep.out})")
