@@ -113,8 +113,10 @@ def leaderboard_reproduce_command(
     directory: LeaderboardDir = Path("leaderboards"),
     quiet: Quiet = False,
 ) -> None:
-    """Re-run what NAME.json records (data build, training, evaluation, comparison) and print committed vs
-    reproduced; exit 1 only when the numbers differ while every provenance field is the same."""
+    """Redo what NAME.json records (data, training, evaluation, comparison); exit 1 only on nondeterminism.
+
+    Prints committed vs reproduced numbers and the provenance fields that differ. Exit 1 only when numbers differ
+    while every provenance field is the same."""
     from nexus_eval.comparison.reproduce import NOT_DETERMINISTIC, print_reproduction, reproduce
 
     rep = reproduce(name, out or Path("build") / f"reproduce-{name}", directory, progress=not quiet)

@@ -58,15 +58,25 @@ def test_a_leaderboard_reproduces_from_its_json_alone(committed: Path, tmp_path:
     row["mean"] += 0.125
     (tampered / "t.json").write_text(json.dumps(results))
     rep = reproduce("t", tmp_path / "again", tampered, progress=False)
+    reproduce_args = [
+        "leaderboard",
+        "reproduce",
+        "t",
+        "--dir",
+        str(tampered),
+        "--out",
+        str(tmp_path / "again"),
+        "--quiet",
+    ]
     assert rep.verdict == NOT_DETERMINISTIC and [n.where.endswith("mean") for n in rep.differing] == [True]
-    cli = CliRunner().invoke(app, ["leaderboard", "reproduce", "t", "--dir", str(tampered), "--out", str(tmp_path / "again"), "--quiet"])  # fmt: skip
+    cli = CliRunner().invoke(app, reproduce_args)
     assert cli.exit_code == 1 and "nondeterminism" in cli.output
 
     # The same difference with another torch recorded: printed, named, exit 0.
     for r in results["runs"]:
         r["provenance"]["training"]["libraries"]["torch"] = "0.0.1"
     (tampered / "t.json").write_text(json.dumps(results))
-    cli = CliRunner().invoke(app, ["leaderboard", "reproduce", "t", "--dir", str(tampered), "--out", str(tmp_path / "again"), "--quiet"])  # fmt: skip
+    cli = CliRunner().invoke(app, reproduce_args)
     assert cli.exit_code == 0, cli.output
     assert "training.libraries.torch" in cli.output and PROVENANCE_DIFFERS in cli.output
 
