@@ -250,13 +250,19 @@ class EstimateFields(TypedDict):
     mean: float | None
     low: float | None
     high: float | None
-    n: int
-    unit: str  # "items" | "seeds" | "pair"
+    n: int  # of the unit: items, seeds (also for "seeds×items") or 1 pair
+    unit: str  # "items" | "seeds" | "seeds×items" (hierarchical bootstrap) | "pair"
     method: str
     excludes_zero: bool
+    items: NotRequired[int]  # "seeds×items": paired items summed over the seeds
 
 
 class TaskRow(EstimateFields):
+    """Per seed: the paired item bootstrap, conditional on that training seed. seed "all" (several seeds): the
+    across-seed estimate, a hierarchical bootstrap over seeds and items, with the Student-t interval over the per-seed
+    differences beside it (t_*; results written before these fields existed hold only the t interval, in low/high);
+    its excludes_zero is true only when both intervals exclude zero (stats.both_exclude_zero)."""
+
     target: float
     seed: str  # a seed label, or "all" for the mean over seeds
     task: str
@@ -264,6 +270,9 @@ class TaskRow(EstimateFields):
     higher_is_better: bool
     adamw: float | None
     nexus: float | None
+    t_low: NotRequired[float | None]
+    t_high: NotRequired[float | None]
+    t_n: NotRequired[int]  # seeds the t interval is over
 
 
 class OodRow(EstimateFields):

@@ -8,9 +8,11 @@ so a result for another task definition or eval seed never enters a comparison.
 The results JSON (out/results.json, and leaderboards/<name>.json) holds everything the Markdown and the plots are
 drawn from, so both can be rebuilt from it alone (nexus_eval.comparison.leaderboard).
 
-Downstream Δ rows: the point estimate and its CI are the mean per-item difference (Nexus − AdamW) over the items both
-checkpoints were scored on; the AdamW/Nexus columns are lm-eval's aggregate metric (the same number for accuracy and
-exact match; for bits-per-byte lm-eval weights documents by length, so the two can differ slightly).
+Downstream Δ rows: per seed, the point estimate and its CI are the mean per-item difference (Nexus − AdamW) over the
+items both checkpoints were scored on (a CI conditional on that training seed); over several seeds, the mean of the
+per-seed differences with a hierarchical bootstrap CI over seeds and items (and the t interval over seeds beside it).
+The AdamW/Nexus columns are lm-eval's aggregate metric (the same number for accuracy and exact match; for bits-per-byte
+lm-eval weights documents by length, so the two can differ slightly).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +32,15 @@ from nexus_eval.comparison.match import BASELINE, CANDIDATE, Checkpoint, Pair, R
 from nexus_eval.comparison.provenance import run_provenance
 from nexus_eval.comparison.report import ALL_SEEDS, print_report, write_report
 from nexus_eval.comparison.settings import CompareOptions, CompareSettings
-from nexus_eval.comparison.stats import is_binary, item_overlap, paired_bootstrap, seed_mean_ci
+from nexus_eval.comparison.stats import (
+    SeedItems,
+    both_exclude_zero,
+    hierarchical_bootstrap,
+    is_binary,
+    item_overlap,
+    paired_bootstrap,
+    seed_mean_ci,
+)
 from nexus_eval.errors import ComparisonError
 from nexus_eval.evaluation import EvalSettings, cached_results, evaluate_with_status
 from nexus_eval.io import finite_json, write_json_atomic
@@ -146,11 +157,11 @@ def _side_metric(side: Side, task: str, metric: str, results: Results) -> tuple[
 def task_rows(
     pairs: list[Pair], tasks: list[str], results: Results, settings: CompareSettings
 ) -> tuple[list[TaskRow], list[OverlapRow]]:
-    """Per pair and task the paired item difference with its bootstrap CI (and the solved-item overlap of 0/1
-    scores); over several seeds, the mean of the per-seed differences with a t CI."""
+    """Per pair and task the paired item difference with its bootstrap CI, conditional on that training seed (and the
+    solved-item overlap of 0/1 scores); over several seeds, the across-seed row (across_seeds)."""
     rows: list[TaskRow] = []
     overlap: list[OverlapRow] = []
-    per_seed: dict[tuple[float, str], list[TaskRow]] = defaultdict(list)
+    per_seed: dict[tuple[float, str], list[tuple[TaskRow, SeedItems | None]]] = defaultdict(list)
     for p in pairs:
         for task in tasks:
             first = results[(p.adamw.checkpoints[0].path, task)]
@@ -167,6 +178,7 @@ def task_rows(
                 "adamw": a_val,
                 "nexus": n_val,
             }
+            items: SeedItems | None = None
             if a_items is not None and n_items is not None:
                 # Ratio metrics (bits per byte, perplexities) weigh items by their length, as lm-eval aggregates.
                 weights = _item_map(first, metric, "item_weights")
@@ -179,35 +191,58 @@ def task_rows(
                     weights=w,
                 )  # fmt: skip
                 row.update(est.to_dict())
+                items = SeedItems(a, b, w) if docs else None
                 if docs and is_binary(a) and is_binary(b):
                     overlap.append({"target": p.target, "seed": p.seed, "task": task, **item_overlap(a, b)})
             else:
                 row.update(mean=n_val - a_val, low=math.nan, high=math.nan, n=0, unit="items", method="no item scores")
                 row["excludes_zero"] = False
             rows.append(row)
-            per_seed[(p.target, task)].append(row)
-    seeds = {p.seed for p in pairs}
-    if len(seeds) > 1:
-        for (target, task), group in per_seed.items():
-            est = seed_mean_ci(np.array([r["mean"] for r in group]))
-            rows.append(
-                {
-                    "target": target,
-                    "seed": ALL_SEEDS,
-                    "task": task,
-                    "metric": group[0]["metric"],
-                    "higher_is_better": group[0]["higher_is_better"],
-                    "adamw": float(np.mean([r["adamw"] for r in group])),
-                    "nexus": float(np.mean([r["nexus"] for r in group])),
-                    **est.to_dict(),
-                }
-            )
+            per_seed[(p.target, task)].append((row, items))
+    if len({p.seed for p in pairs}) > 1:
+        rows += [across_seeds(target, task, group, settings) for (target, task), group in per_seed.items()]
     return rows, overlap
+
+
+def across_seeds(
+    target: float, task: str, group: list[tuple[TaskRow, SeedItems | None]], settings: CompareSettings
+) -> TaskRow:
+    """The ALL_SEEDS row of one target and task: Δ is the mean of the per-seed differences; its CI the hierarchical
+    bootstrap over seeds and then items (the item CIs of single seeds leave out the seed-to-seed variance), with the
+    Student-t interval over the per-seed differences beside it (t_low/t_high/t_n). excludes_zero claims an effect
+    only when both intervals exclude zero (stats.both_exclude_zero: with few seeds the bootstrap alone is too narrow).
+    When a seed lacks item scores there is nothing to resample within it, and the t interval is the row's CI."""
+    rows = [row for row, _ in group]
+    t_est = seed_mean_ci(np.array([r["mean"] for r in rows]))
+    seeds = [items for _, items in group if items is not None]
+    if len(seeds) == len(group):
+        est = hierarchical_bootstrap(
+            seeds, resamples=settings.bootstrap_resamples, seed=settings.bootstrap_seed, level=settings.level
+        )
+    else:
+        est = replace(t_est, method="t over seeds (a seed lacks item scores)")
+    return {
+        "target": target,
+        "seed": ALL_SEEDS,
+        "task": task,
+        "metric": rows[0]["metric"],
+        "higher_is_better": rows[0]["higher_is_better"],
+        "adamw": float(np.mean([r["adamw"] for r in rows])),
+        "nexus": float(np.mean([r["nexus"] for r in rows])),
+        **est.to_dict(),
+        "excludes_zero": both_exclude_zero(est, t_est),
+        "t_low": t_est.low,
+        "t_high": t_est.high,
+        "t_n": t_est.n,
+    }
 
 
 def _side_ood(side: Side) -> dict[str, float]:
     domains = set.intersection(*(set(c.ood_loss) for c in side.checkpoints))
     return {d: sum(w * c.ood_loss[d] for c, w in zip(side.checkpoints, side.weights, strict=True)) for d in domains}
+
+
+OOD_SEED_METHOD = "t over seeds (OOD loss has no items to resample)"
 
 
 def ood_rows(pairs: list[Pair]) -> list[OodRow]:
@@ -236,7 +271,8 @@ def ood_rows(pairs: list[Pair]) -> list[OodRow]:
             by_key[(p.target, domain)].append(row)
     if len({p.seed for p in pairs}) > 1:
         for (target, domain), group in by_key.items():
-            est = seed_mean_ci(np.array([r["mean"] for r in group]))
+            # OOD losses are one number per checkpoint: no items to resample, so the CI is the t interval over seeds.
+            est = replace(seed_mean_ci(np.array([r["mean"] for r in group])), method=OOD_SEED_METHOD)
             a_mean = float(np.mean([r["adamw"] for r in group]))
             n_mean = float(np.mean([r["nexus"] for r in group]))
             rows.append(

@@ -15,11 +15,13 @@ from rich.table import Table
 
 from nexus_eval.comparison.plots import write_figures
 from nexus_eval.comparison.provenance import differing_fields
+from nexus_eval.comparison.stats import HIERARCHICAL_UNIT
 from nexus_eval.display import console
 from nexus_eval.io import write_text_atomic
 from nexus_eval.schema import CompareResults, Environment, EvalSettingsProvenance, OodRow, RunRow, TaskRow
 
 ALL_SEEDS = "all"
+CONDITIONAL = "conditional on the training seed (item bootstrap; does not include seed-to-seed variance)"
 
 
 def num(x: Any, digits: int = 4) -> str:
@@ -30,10 +32,29 @@ def signed(x: Any, digits: int = 4) -> str:
     return "—" if x is None else f"{x:+.{digits}f}"
 
 
+def interval(low: Any, high: Any) -> str:
+    return "—" if low is None or high is None else f"[{low:+.4f}, {high:+.4f}]"
+
+
 def ci(row: TaskRow | OodRow) -> str:
-    if row.get("low") is None or row.get("high") is None:
-        return "—"
-    return f"[{row['low']:+.4f}, {row['high']:+.4f}]"
+    return interval(row.get("low"), row.get("high"))
+
+
+def hierarchical_ci(row: TaskRow) -> str:
+    return ci(row) if row.get("unit") == HIERARCHICAL_UNIT else "—"
+
+
+def t_ci(row: TaskRow) -> str:
+    """The t interval over seeds: beside the hierarchical CI, or the row's own CI (results written before the
+    hierarchical bootstrap, or a seed without item scores)."""
+    if "t_low" in row:
+        return interval(row.get("t_low"), row.get("t_high"))
+    return ci(row) if row.get("unit") == "seeds" else "—"
+
+
+def seeds_n(row: TaskRow) -> str:
+    seeds = f"{row.get('t_n', row['n'])} seeds"
+    return f"{seeds}, {row['items']} items" if row.get("items") else seeds
 
 
 def excludes(row: TaskRow | OodRow) -> str:
@@ -73,18 +94,39 @@ def _delta_columns(row: TaskRow | OodRow) -> dict[str, str]:
     }
 
 
-def tasks_frame(results: CompareResults, seeds: str) -> pd.DataFrame:
-    """seeds="all": the mean-over-seeds rows (if several seeds), else the per-seed rows."""
-    keep = [r for r in results["tasks"] if (r["seed"] == ALL_SEEDS) == (seeds == ALL_SEEDS)]
+def _task_columns(row: TaskRow) -> dict[str, str]:
+    return {
+        "task": row["task"],
+        "metric": row["metric"] + ("" if row["higher_is_better"] else " (↓ better)"),
+    }
+
+
+def headline_frame(results: CompareResults) -> pd.DataFrame:
+    """The across-seed rows: Δ with its hierarchical (seeds × items) CI and the t interval over seeds."""
     rows = [
         {
             "target loss": target(r["target"]),
-            "seed": r["seed"],
-            "task": r["task"],
-            "metric": r["metric"] + ("" if r["higher_is_better"] else " (↓ better)"),
-            **_delta_columns(r),
+            **_task_columns(r),
+            "AdamW": num(r["adamw"]),
+            "Nexus": num(r["nexus"]),
+            "Δ (Nexus − AdamW)": signed(r["mean"]),
+            "95% CI, seeds × items": hierarchical_ci(r),
+            "95% CI, t over seeds": t_ci(r),
+            "n": seeds_n(r),
+            "both CIs exclude 0": excludes(r),
         }
-        for r in keep
+        for r in results["tasks"]
+        if r["seed"] == ALL_SEEDS
+    ]
+    return pd.DataFrame(rows)
+
+
+def tasks_frame(results: CompareResults) -> pd.DataFrame:
+    """The per-seed rows: paired item bootstrap, conditional on each training seed."""
+    rows = [
+        {"target loss": target(r["target"]), "seed": r["seed"], **_task_columns(r), **_delta_columns(r)}
+        for r in results["tasks"]
+        if r["seed"] != ALL_SEEDS
     ]
     return pd.DataFrame(rows)
 
@@ -131,6 +173,17 @@ def geometry_frame(results: CompareResults) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def headline_note(resamples: int) -> str:
+    return (
+        "Δ: mean over training seeds of each seed's paired item difference. 95% CI, seeds × items (the headline): "
+        f"hierarchical bootstrap, {resamples} resamples of the seeds with replacement and, within each drawn seed, "
+        "of its items, so it includes the seed-to-seed variance. 95% CI, t over seeds: Student t over the per-seed "
+        "Δ (n − 1 degrees of freedom). An effect is claimed only where both exclude 0: with a handful of seeds the "
+        "bootstrap over seeds alone is too narrow. Where the seeds × items CI is absent (a seed without item scores, "
+        "or results written before it), the t interval decides."
+    )
+
+
 def sections(results: CompareResults) -> list[tuple[str, pd.DataFrame, str]]:
     """(heading, table, note under it) in report order; empty tables are left out."""
     several_seeds = any(r["seed"] == ALL_SEEDS for r in results["tasks"])
@@ -141,13 +194,17 @@ def sections(results: CompareResults) -> list[tuple[str, pd.DataFrame, str]]:
         else f"Pairs differ by at most {results['settings']['tolerance']:g} nats/token in held-out mixture loss "
         "(measured by the harness, nexus.json heldout_loss)."
     )
-    boot = f"paired bootstrap over items, {results['settings']['bootstrap_resamples']} resamples"
+    resamples = results["settings"]["bootstrap_resamples"]
+    per_seed_note = f"95% CI: paired bootstrap over items, {resamples} resamples; {CONDITIONAL}."
     out = [("Loss-matched pairs", pairs_frame(results), pair_note)]
     if several_seeds:
-        out.append(("Downstream, mean over seeds", tasks_frame(results, ALL_SEEDS), "95% CI: Student t over seeds."))
-        out.append(("Downstream, per seed", tasks_frame(results, "per-seed"), f"95% CI: {boot}."))
+        out.append(("Downstream across seeds (headline)", headline_frame(results), headline_note(resamples)))
+        heading = "Downstream per seed, conditional on the training seed"
+        per_seed_note += " The effect across seeds is the table above."
     else:
-        out.append(("Downstream", tasks_frame(results, "per-seed"), f"95% CI: {boot}."))
+        heading = "Downstream, conditional on the training seed"
+        per_seed_note += " An across-seed estimate needs ≥ 2 training seeds; this comparison has one."
+    out.append((heading, tasks_frame(results), per_seed_note))
     out.append(
         (
             "Solved-item overlap",
@@ -157,7 +214,8 @@ def sections(results: CompareResults) -> list[tuple[str, pd.DataFrame, str]]:
     )
     ood_note = "Loss in nats/token on held-out domains never trained on (each checkpoint's nexus.json)"
     if several_seeds:
-        out.append(("Out-of-distribution loss, mean over seeds", ood_frame(results, ALL_SEEDS), ood_note + "; t CI."))
+        ood_ci = "; 95% CI: Student t over seeds (one loss per checkpoint: no items to resample, so no item bootstrap)."
+        out.append(("Out-of-distribution loss, mean over seeds", ood_frame(results, ALL_SEEDS), ood_note + ood_ci))
         out.append(("Out-of-distribution loss, per seed", ood_frame(results, "per-seed"), ood_note + "."))
     else:
         out.append(("Out-of-distribution loss", ood_frame(results, "per-seed"), ood_note + "; one seed: no CI."))

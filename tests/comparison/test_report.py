@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typer.testing import CliRunner
 
 from nexus_eval.cli import app
 from nexus_eval.comparison import CompareOptions, CompareSettings, compare
+from nexus_eval.comparison.report import render_markdown
 from nexus_eval.schema import CompareResults
 from tests.comparison.synthetic_runs import (
     OTHER_TASK,
@@ -64,12 +66,68 @@ def test_no_effect_is_not_claimed_and_seeds_get_a_t_interval(tmp_path: Path) -> 
     runs = make_study(tmp_path / "runs", tmp_path / "cache", seeds=(0, 1, 2), bonus=0.0)
     results = run_compare(tmp_path, runs)
     across = [r for r in results["tasks"] if r["seed"] == "all"]
-    assert len(across) == 2 and all(r["n"] == 3 and r["unit"] == "seeds" for r in across)
+    assert len(across) == 2 and all(r["n"] == 3 and r["unit"] == "seeds×items" and r["items"] == 450 for r in across)
+    assert all(r["t_n"] == 3 and r["t_low"] < r["mean"] < r["t_high"] for r in across)
     assert not any(r["excludes_zero"] for r in across)
     ood = [r for r in results["ood"] if r["seed"] == "all"]
-    assert ood and all(r["n"] == 3 and r["high"] is not None for r in ood)
+    assert ood and all(r["n"] == 3 and r["high"] is not None and "no items" in r["method"] for r in ood)
     report = (tmp_path / "out" / "report.md").read_text()
-    assert "## Downstream, mean over seeds" in report and "3 seeds" in report
+    assert "## Downstream across seeds (headline)" in report and "3 seeds, 450 items" in report
+
+
+def test_across_seeds_headline_comes_first_and_carries_the_seed_variance(tmp_path: Path) -> None:
+    """Seeds that disagree: each seed's item CI excludes zero, with opposite signs; the across-seed row does not."""
+    runs = make_study(tmp_path / "runs", tmp_path / "cache", seeds=(0,), bonus=3.0)
+    runs += make_study(tmp_path / "runs", tmp_path / "cache", seeds=(1,), bonus=-3.0)
+    results = run_compare(tmp_path, runs, targets=(5.0,))
+    per_seed = {r["seed"]: r for r in results["tasks"] if r["seed"] != "all"}
+    assert per_seed["0"]["low"] > 0 and per_seed["1"]["high"] < 0
+    (across,) = [r for r in results["tasks"] if r["seed"] == "all"]
+    assert across["low"] < 0 < across["high"] and not across["excludes_zero"]
+    assert across["mean"] == pytest.approx((per_seed["0"]["mean"] + per_seed["1"]["mean"]) / 2)
+
+    report = (tmp_path / "out" / "report.md").read_text()
+    headline = report.index("## Downstream across seeds (headline)")
+    conditional = report.index("## Downstream per seed, conditional on the training seed")
+    assert report.index("## Loss-matched pairs") < headline < conditional < report.index("## Solved-item overlap")
+    assert "does not include seed-to-seed variance" in report[conditional:]
+    table = report[headline:conditional]
+    assert "95% CI, seeds × items" in table and "95% CI, t over seeds" in table and "2 seeds, 300 items" in table
+
+
+def test_the_terminal_report_leads_with_the_headline(tmp_path: Path) -> None:
+    runs = make_study(tmp_path / "runs", tmp_path / "cache", seeds=(0, 1), bonus=0.5)
+    args = ["compare", *map(str, runs), "--match-loss", "--tasks", TASK, "--cache", str(tmp_path / "cache")]
+    shown = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "cli"), "--resamples", "500", "--quiet"])
+    assert shown.exit_code == 0, shown.output
+    headline = shown.output.index("Downstream across seeds (headline)")
+    assert headline < shown.output.index("Downstream per seed, conditional on the training seed")
+
+
+def test_one_seed_is_labelled_conditional_and_says_what_an_across_seed_estimate_needs(tmp_path: Path) -> None:
+    runs = make_study(tmp_path / "runs", tmp_path / "cache", seeds=(0,), bonus=0.5)
+    results = run_compare(tmp_path, runs)
+    assert all(r["seed"] != "all" and "t_low" not in r for r in results["tasks"])
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## Downstream, conditional on the training seed" in report and "headline" not in report
+    assert "does not include seed-to-seed variance" in report and "needs ≥ 2 training seeds" in report
+
+
+def test_results_written_before_the_hierarchical_bootstrap_still_render(tmp_path: Path) -> None:
+    """Old across-seed rows hold the t interval in low/high and no t_*/items: it shows as the t CI."""
+    runs = make_study(tmp_path / "runs", tmp_path / "cache", seeds=(0, 1), bonus=0.5)
+    results = run_compare(tmp_path, runs, targets=(5.0,))
+    old = copy.deepcopy(results)
+    for row in old["tasks"]:
+        if row["seed"] == "all":
+            t_interval = {"low": row.pop("t_low"), "high": row.pop("t_high"), "unit": "seeds", "method": "t over seeds"}
+            del row["t_n"], row["items"]
+            row.update(t_interval)
+    md = render_markdown(old, "old")
+    (line,) = [x for x in md.splitlines() if x.startswith("| 5 ") and TASK in x and "seeds |" in x]
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    (new,) = [r for r in results["tasks"] if r["seed"] == "all"]
+    assert cells[6] == "—" and cells[7] == f"[{new['t_low']:+.4f}, {new['t_high']:+.4f}]" and cells[8] == "2 seeds"
 
 
 def test_same_inputs_same_outputs(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""Paired bootstrap and seed CIs: coverage near nominal, effect detection, reproducibility, overlap counts."""
+"""Paired bootstrap, seed and hierarchical CIs: coverage near nominal, effect detection, seed variance,
+reproducibility, weights, overlap counts."""
 
 from __future__ import annotations
 
@@ -7,7 +8,17 @@ import time
 import numpy as np
 import pytest
 
-from nexus_eval.comparison.stats import bootstrap_means, item_overlap, paired_bootstrap, seed_mean_ci, t_quantile_975
+from nexus_eval.comparison.stats import (
+    HIERARCHICAL_UNIT,
+    SeedItems,
+    bootstrap_means,
+    both_exclude_zero,
+    hierarchical_bootstrap,
+    item_overlap,
+    paired_bootstrap,
+    seed_mean_ci,
+    t_quantile_975,
+)
 
 
 def paired_items(rng: np.random.Generator, n: int, p_base: float, p_other: float) -> tuple[np.ndarray, np.ndarray]:
@@ -92,3 +103,97 @@ def test_weighted_items_give_the_difference_of_lm_eval_style_ratio_aggregates() 
     assert est.mean == pytest.approx(aggregate) and est.low < est.mean < est.high and est.high < 0
     with pytest.raises(ValueError):
         paired_bootstrap(base, other, weights=np.zeros(200))
+
+
+def seeds_with_spread(
+    seed_effects: tuple[float, ...], items: int = 300, item_sd: float = 0.05, rng_seed: int = 0
+) -> list[SeedItems]:
+    """Paired scores per training seed whose differences centre on that seed's effect, tight within the seed."""
+    rng = np.random.default_rng(rng_seed)
+    out = []
+    for effect in seed_effects:
+        base = rng.normal(2.3, 0.3, items)
+        out.append(SeedItems(base, base + effect + rng.normal(0.0, item_sd, items)))
+    return out
+
+
+def test_hierarchical_ci_carries_the_seed_to_seed_variance() -> None:
+    """The study's arith_gold_bpb at 5.0: per-seed item CIs exclude zero with opposite signs, the across-seed
+    interval must not."""
+    seeds = seeds_with_spread((0.116, 0.027, -0.372))
+    per_seed = [paired_bootstrap(s.baseline, s.candidate, resamples=2000) for s in seeds]
+    assert all(e.excludes_zero for e in per_seed)
+    assert {e.low > 0 for e in per_seed} == {True, False}  # opposite signs
+    est = hierarchical_bootstrap(seeds, resamples=4000)
+    t_est = seed_mean_ci(np.array([e.mean for e in per_seed]))
+    assert est.low < 0 < est.high and not est.excludes_zero
+    assert est.mean == pytest.approx(np.mean([e.mean for e in per_seed]))
+    assert (est.n, est.items, est.unit) == (3, 900, HIERARCHICAL_UNIT)
+    width, t_width = est.high - est.low, t_est.high - t_est.low
+    assert width > 10 * max(e.high - e.low for e in per_seed)  # far wider than any seed's item CI
+    assert width > 0.1 * t_width  # and of the t interval's order of magnitude
+    assert est.to_dict()["items"] == 900 and "items" not in per_seed[0].to_dict()
+
+
+def test_hierarchical_ci_finds_an_effect_every_seed_shares() -> None:
+    seeds = seeds_with_spread((0.10, 0.12, 0.11, 0.09, 0.13))
+    est = hierarchical_bootstrap(seeds, resamples=2000)
+    assert est.excludes_zero and 0.09 < est.low < est.mean < est.high < 0.13
+
+
+def test_hierarchical_bootstrap_is_reproducible_and_seeded() -> None:
+    seeds = seeds_with_spread((0.05, -0.02, 0.01), items=100, item_sd=0.2)
+    first, again = hierarchical_bootstrap(seeds, 1000, seed=0), hierarchical_bootstrap(seeds, 1000, seed=0)
+    assert first == again
+    other = hierarchical_bootstrap(seeds, 1000, seed=1)
+    assert (other.low, other.high) != (first.low, first.high) and other.mean == first.mean
+
+
+def test_hierarchical_bootstrap_honours_ratio_weights() -> None:
+    """Each seed's statistic is its weighted mean Σw·d / Σw, in the point estimate and in every resample."""
+    d = np.r_[np.zeros(100), np.ones(100)]
+    heavy_ones = np.r_[np.ones(100), np.full(100, 1000.0)]
+    seeds = [SeedItems(np.zeros(200), d, heavy_ones), SeedItems(np.zeros(200), d, heavy_ones)]
+    weighted = hierarchical_bootstrap(seeds, resamples=1000)
+    assert weighted.mean == pytest.approx((heavy_ones * d).sum() / heavy_ones.sum())
+    assert weighted.low > 0.95  # a resample holding any heavy item sits near 1, where an unweighted mean sits at ½
+    assert "weighted" in weighted.method
+    unweighted = hierarchical_bootstrap([SeedItems(s.baseline, s.candidate) for s in seeds], resamples=1000)
+    assert unweighted.mean == 0.5 and unweighted.low < 0.5 < unweighted.high < 0.6
+    # Identical seeds of identical items: every resample collapses onto the weighted mean.
+    flat = [SeedItems(np.zeros(3), np.full(3, 0.2), np.array([1.0, 2.0, 3.0]))] * 2
+    assert hierarchical_bootstrap(flat, resamples=200).low == pytest.approx(0.2)
+    with pytest.raises(ValueError):
+        hierarchical_bootstrap([SeedItems(np.zeros(2), np.ones(2), np.array([1.0, 0.0]))] * 2)
+
+
+def test_no_across_seed_interval_from_fewer_than_two_seeds() -> None:
+    (one,) = seeds_with_spread((0.3,))
+    single = hierarchical_bootstrap([one])
+    assert single.n == 1 and single.mean == pytest.approx(0.3, abs=0.01) and np.isnan(single.low)
+    assert not single.excludes_zero
+    assert hierarchical_bootstrap([]).n == 0
+    with pytest.raises(ValueError):
+        hierarchical_bootstrap([one, SeedItems(np.zeros(0), np.zeros(0))])  # a seed without items
+
+
+def test_hierarchical_bootstrap_is_fast() -> None:
+    seeds = seeds_with_spread((0.0, 0.01, 0.02, 0.03, 0.04))
+    start = time.perf_counter()
+    hierarchical_bootstrap(seeds, resamples=10_000)
+    assert time.perf_counter() - start < 2.0
+
+
+def test_a_claim_over_few_seeds_needs_the_t_interval_too() -> None:
+    """No true effect, seed-to-seed spread, 3 seeds: the bootstrap over seeds alone cannot reach past the extreme
+    seeds and excludes zero far above its nominal 5%; requiring the t interval too brings the rate back down."""
+    rng = np.random.default_rng(11)
+    trials, bootstrap_only, both = 200, 0, 0
+    for trial in range(trials):
+        seeds = seeds_with_spread(tuple(rng.normal(0.0, 0.1, 3)), items=20, item_sd=0.01, rng_seed=trial)
+        est = hierarchical_bootstrap(seeds, resamples=400, seed=trial)
+        t_est = seed_mean_ci(np.array([s.candidate.mean() - s.baseline.mean() for s in seeds]))
+        bootstrap_only += est.excludes_zero
+        both += both_exclude_zero(est, t_est)
+    assert bootstrap_only / trials > 0.12
+    assert both / trials <= 0.09
