@@ -10,6 +10,7 @@ nexus.json is read by other tools, an eval result by lm-eval users, a leaderboar
 | CheckpointMeta | runs/<run>/ckpt-NNNNNN/nexus.json                | training              | evaluation, comparison |
 | MetricsRow     | runs/<run>/metrics.jsonl (one per line)          | training              | comparison (curves)    |
 | EvalResult     | results/eval/<hash>/<task>.<backend>.<key>.json  | evaluation (cache.py) | comparison             |
+| ItemSample     | the same path, .samples.jsonl.gz (one per line)  | evaluation (cache.py) | samples, comparison    |
 | CompareResults | reports/<name>/results.json, leaderboards/*.json | comparison            | leaderboard, plots     |
 """
 
@@ -20,7 +21,7 @@ from typing import Any, NotRequired, TypedDict
 # nexus.json, run.json and metrics.jsonl carry no version field yet: their format as of version 1 is what is below.
 # A change that readers must notice adds a "schema" field with version 2.
 CHECKPOINT_META_VERSION = 1
-EVAL_RESULT_SCHEMA = 2  # 2: provenance (and per-item samples beside the result)
+EVAL_RESULT_SCHEMA = 2  # 2: provenance, and per-item samples stored beside each result
 COMPARE_RESULTS_SCHEMA = 2  # 2: run rows carry provenance; schema 1 files still load
 COMPARE_RESULTS_READABLE = (1, 2)
 COMPARE_RESULTS_KIND = "nexus-eval-compare"
@@ -165,7 +166,29 @@ class EvalResult(EvalKey):
     n: int
     lm_eval_version: str
     created: str  # ISO time
+    samples: str  # name of the ItemSample file beside this result (gzip JSON lines, one per doc_id, in order)
     provenance: EvalProvenance
+
+
+class ChoiceScore(TypedDict):
+    """One continuation a loglikelihood or multiple-choice item scored."""
+
+    text: str  # the continuation (lm-eval's second request argument)
+    loglikelihood: float | None  # log P(text | prompt), nats; None if not finite
+    is_greedy: bool | None  # whether greedy decoding from the prompt yields exactly this text
+
+
+class ItemSample(TypedDict):
+    """One evaluated item as lm-eval logged it (`--log_samples`), merged over the task's filters."""
+
+    doc_id: int
+    output_type: str  # "multiple_choice" | "loglikelihood" | "loglikelihood_rolling" | "generate_until"
+    prompt: str  # context of the item's first request (rolling loglikelihood: the scored text itself)
+    target: Any  # lm-eval's target: text, or for multiple choice the gold choice (index, indices or text)
+    resps: list[Any]  # the model's raw responses, one list per request (generate_until: the generated texts)
+    filtered_resps: dict[str, Any]  # filter name → what it kept of resps (generate_until: the extracted answer)
+    choices: list[ChoiceScore]  # multiple_choice / loglikelihood: each continuation scored; else empty
+    scores: dict[str, float | None]  # "metric,filter" → this item's score, as in EvalResult.item_scores
 
 
 # ---- comparison --------------------------------------------------------------------------------------------------

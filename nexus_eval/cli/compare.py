@@ -43,6 +43,10 @@ def compare_command(
     out: Path = typer.Option(Path("reports/compare"), "--out", help="Dir for report.md, results.json and PNGs"),
     leaderboard: str | None = typer.Option(None, "--leaderboard", help="Also write leaderboards/NAME.{json,md,png}"),
     geometry: bool = typer.Option(False, "--geometry", help="Add gradient-cosine / minima columns per pair (slow)"),
+    disagreements: bool = typer.Option(
+        False, "--disagreements", help="List the items each pair scores differently (out/disagreements.md)"
+    ),
+    task: str | None = typer.Option(None, "--task", help="With --disagreements: only this one of the tasks"),
     data: DataDir = Path("data"),
     resamples: int = typer.Option(10_000, "--resamples", help="Bootstrap resamples"),
     quiet: Quiet = False,
@@ -71,6 +75,8 @@ def compare_command(
         out=out,
         leaderboard=leaderboard,
         geometry_data_dir=data if geometry else None,
+        disagreements=disagreements,
+        disagreement_task=task,
         progress=not quiet,
     )
     compare(run_dirs, settings, options)

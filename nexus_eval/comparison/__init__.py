@@ -3,7 +3,8 @@ statistics, tables, plots and leaderboards. Depends on every stage below it; nev
 
 Modules, each importing only those before it: stats (bootstrap and t intervals), match (runs → pairs),
 settings (CompareSettings, CompareOptions), plots (PNG figures), report (Markdown and terminal tables),
-leaderboard (leaderboards/NAME.{json,md,png}), pipeline (compare(): the entry point).
+leaderboard (leaderboards/NAME.{json,md,png}), disagreements (the items a pair scores differently, from the eval
+samples), pipeline (compare(): the entry point).
 """
 
 from nexus_eval.comparison.leaderboard import check, load, refresh, write_leaderboard

@@ -2,6 +2,9 @@
 
 The Markdown is a pure function of the JSON (fixed number formatting, no timestamps), so `check` can tell whether a
 committed .md is exactly what its .json produces; `refresh` rewrites every .md and .png from the JSON.
+
+<name>.disagreements.md (`compare --leaderboard NAME --disagreements`) is generated from the eval samples, not from
+the JSON: `check` accepts it beside its <name>.json without comparing it, and `refresh` leaves it alone.
 """
 
 from __future__ import annotations
@@ -31,12 +34,18 @@ REQUIRED = {
     "curves": list,
 }
 SETTINGS = ("mode", "tasks", "backend", "bootstrap_resamples")
+DISAGREEMENTS_SUFFIX = ".disagreements.md"
 
 
 def check_name(name: str) -> str:
     if not is_safe_name(name):
         raise ComparisonError(f"--leaderboard {name!r}: {SAFE_NAME_RULE} (it names leaderboards/NAME.md)")
     return name
+
+
+def disagreements_path(name: str, directory: Path = LEADERBOARD_DIR) -> Path:
+    """leaderboards/NAME.disagreements.md: the items each pair of the leaderboard scores differently."""
+    return directory / f"{check_name(name)}{DISAGREEMENTS_SUFFIX}"
 
 
 def validate(results: Any, where: str) -> CompareResults:
@@ -116,6 +125,7 @@ def check(directory: Path = LEADERBOARD_DIR) -> list[str]:
         elif md.read_text() != expected:
             problems.append(f"{md}: differs from what {path} produces; run `nexus-eval leaderboard refresh`")
     for md in sorted(directory.glob("*.md")):
-        if md.stem not in jsons and md.name.lower() != "readme.md":
-            problems.append(f"{md}: no {md.stem}.json beside it to generate it from")
+        name = md.name.removesuffix(DISAGREEMENTS_SUFFIX) if md.name.endswith(DISAGREEMENTS_SUFFIX) else md.stem
+        if name not in jsons and md.name.lower() != "readme.md":
+            problems.append(f"{md}: no {name}.json beside it to generate it from")
     return problems

@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from nexus_eval.checkpoints import content_hash
-from nexus_eval.comparison.leaderboard import check_name, write_leaderboard
+from nexus_eval.comparison.disagreements import find_disagreements, print_disagreements, write_disagreements
+from nexus_eval.comparison.leaderboard import check_name, disagreements_path, write_leaderboard
 from nexus_eval.comparison.match import BASELINE, CANDIDATE, Checkpoint, Pair, Run, Side, Unmatched, load_runs, match
 from nexus_eval.comparison.provenance import run_provenance
 from nexus_eval.comparison.report import ALL_SEEDS, print_report, write_report
@@ -339,6 +340,38 @@ def metric_points(runs: list[Run], tasks: list[str], results: Results, metrics: 
     return points
 
 
+# ---- disagreements ----------------------------------------------------------------------------------------------
+
+
+def disagreement_tasks(tasks: list[str], names: list[str], options: CompareOptions) -> list[str]:
+    """The task names to list disagreements for: --task (given as a name or as one of the --tasks), else all."""
+    if options.disagreement_task is None:
+        return names
+    if not options.disagreements:
+        raise ComparisonError(f"--task {options.disagreement_task}: only with --disagreements")
+    chosen = options.disagreement_task
+    for given, name in zip(tasks, names, strict=True):
+        if chosen in (given, name):
+            return [name]
+    raise ComparisonError(f"--task {chosen}: not among the compared tasks ({', '.join(names)})")
+
+
+def write_all_disagreements(pairs: list[Pair], tasks: list[str], results: Results, options: CompareOptions) -> None:
+    """out/disagreements.md (and leaderboards/NAME.disagreements.md), printed unless options.show is off."""
+    found = find_disagreements(pairs, tasks, results, options.cache_dir)
+    path = write_disagreements(found, options.out / "disagreements.md", "Disagreements: AdamW vs Nexus")
+    if options.leaderboard is not None:
+        name = options.leaderboard
+        preamble = (
+            f"> Generated from the eval samples of the pairs in `{name}.json` by `nexus-eval compare --leaderboard "
+            f"{name} --disagreements`; `nexus-eval leaderboard check` does not compare it with the JSON."
+        )
+        title = f"Leaderboard: {name} — disagreements"
+        write_disagreements(found, disagreements_path(name, options.leaderboard_dir), title, preamble)
+    if options.show:
+        print_disagreements(found, path)
+
+
 # ---- the entry point ------------------------------------------------------------------------------------------
 
 
@@ -398,7 +431,8 @@ def compare(
     run_dirs: list[Path], settings: CompareSettings, options: CompareOptions = CompareOptions()
 ) -> CompareResults:
     """Match, evaluate what is missing, compute paired statistics, write out/{results.json,report.md,*.png}
-    (and leaderboards/<leaderboard>.{json,md,png}); returns the results dict."""
+    (and leaderboards/<leaderboard>.{json,md,png}; with options.disagreements also out/disagreements.md and
+    leaderboards/<leaderboard>.disagreements.md); returns the results dict."""
     if options.leaderboard is not None:
         check_name(options.leaderboard)  # before any evaluation: a bad name should not cost a run
     runs = load_runs(run_dirs)
@@ -407,6 +441,7 @@ def compare(
     )
     tasks = requested_tasks(settings.suite, settings.tasks)
     names = [task_name(t) for t in tasks]
+    listed = disagreement_tasks(tasks, names, options)  # a bad --task should not cost an evaluation either
     results = gather_results(runs, pairs, tasks, names, settings, options)
     used = settings.resolved(targets=[p.target for p in pairs] + [u.target for u in unmatched], tasks=names)
     geometry = geometry_rows(pairs, options.geometry_data_dir) if options.geometry_data_dir is not None else None
@@ -418,4 +453,6 @@ def compare(
         write_leaderboard(report, options.leaderboard, options.leaderboard_dir)
     if options.show:
         print_report(report, options.out)
+    if options.disagreements:
+        write_all_disagreements(pairs, listed, results, options)
     return report

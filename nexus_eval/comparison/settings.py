@@ -81,6 +81,8 @@ class CompareOptions:
     """How a comparison runs and where it writes; nothing here changes the numbers it reports.
 
     geometry_data_dir: None, no geometry columns; a data dir, gradient cosine and minima MSD per pair measured on it.
+    disagreements: list the items each pair scores differently (out/disagreements.md, and beside the leaderboard);
+    disagreement_task: only for this task (a name or YAML path among the compared tasks), else for every task.
     """
 
     batch_size: int = 8
@@ -89,5 +91,7 @@ class CompareOptions:
     leaderboard: str | None = None
     leaderboard_dir: Path = Path("leaderboards")
     geometry_data_dir: Path | None = None
+    disagreements: bool = False
+    disagreement_task: str | None = None
     progress: bool = True
     show: bool = True

@@ -1,8 +1,10 @@
 """Evaluation: checkpoints × lm-eval tasks × backend → cached results with per-item scores, and held-out loss of any
-checkpoint. Modules: runner (evaluate), cache (the only reader/writer of result files), backends (hf, vllm), loss
-(`nexus-eval loss`), show (the eval table). Depends on data, training (held-out loss), tasks; never on comparison.
+checkpoint. Modules: runner (evaluate), cache (the only reader/writer of result and sample files), samples (per-item
+records from lm-eval's logged samples), backends (hf, vllm), loss (`nexus-eval loss`), show (the eval table),
+show_samples (`nexus-eval samples`). Depends on data, training (held-out loss), tasks; never on comparison.
 """
 
+from nexus_eval.evaluation.cache import read_samples
 from nexus_eval.evaluation.runner import (
     DEFAULT_SEED,
     EvalSettings,
@@ -11,4 +13,4 @@ from nexus_eval.evaluation.runner import (
     evaluate_with_status,
 )
 
-__all__ = ["DEFAULT_SEED", "EvalSettings", "cached_results", "evaluate", "evaluate_with_status"]
+__all__ = ["DEFAULT_SEED", "EvalSettings", "cached_results", "evaluate", "evaluate_with_status", "read_samples"]

@@ -1,26 +1,33 @@
-"""The eval results cache: one JSON per (checkpoint content, task definition, backend, settings), validated on read.
+"""The eval results cache: one JSON per (checkpoint content, task definition, backend, settings), validated on read,
+and beside it the per-item samples (schema.ItemSample, gzip JSON lines: `<result stem>.samples.jsonl.gz`).
 
-The only module that reads or writes result files: the runner looks results up through `cache_slots` (runner.py),
-and comparison, leaderboard and bench go through the runner (`evaluate`, `cached_results`).
+The only module that reads or writes result and sample files: the runner looks results up through `cache_slots`
+(runner.py), comparison, leaderboard and bench go through the runner (`evaluate`, `cached_results`), and every reader
+of samples calls `read_samples`.
 
-A file is trusted only if it parses, carries the expected key fields and every per-item list is aligned with its
-doc_ids; anything else (a truncated write from another tool, a hand edit, an older schema) is recomputed.
+A file is trusted only if it parses, carries the expected key fields, every per-item list is aligned with its doc_ids
+and its samples file is complete (gzip intact, one line per doc_id); anything else (a truncated write from another
+tool, a hand edit, an older schema, deleted samples) is recomputed. The samples are written before the result, so a
+valid result implies its samples.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
+import zlib
 from pathlib import Path
 from typing import Any
 
 from nexus_eval.errors import EvalError
-from nexus_eval.io import SAFE_NAME_RULE, finite_json, is_safe_name, write_json_atomic
-from nexus_eval.schema import EVAL_RESULT_SCHEMA, EvalKey, EvalResult
+from nexus_eval.io import SAFE_NAME_RULE, atomic_path, finite_json, is_safe_name, write_json_atomic
+from nexus_eval.schema import EVAL_RESULT_SCHEMA, EvalKey, EvalResult, ItemSample
 
 SCHEMA = EVAL_RESULT_SCHEMA
 KEY_FIELDS = ("checkpoint_hash", "task", "task_version", "yaml_hash", "backend", "num_fewshot", "limit", "seed")
 DICT_FIELDS = ("metrics", "stderr", "higher_is_better", "item_scores", "provenance")
+SAMPLES_SUFFIX = ".samples.jsonl.gz"
 
 
 def cache_key(
@@ -37,12 +44,22 @@ def cache_key(
     return EvalKey(**dict(zip(KEY_FIELDS, values, strict=True)))
 
 
-def cache_path(cache_dir: Path, key: EvalKey) -> Path:
-    """cache_dir/<checkpoint hash>/<task>.<backend>.<hash of the whole key>.json"""
+def _stem(key: EvalKey) -> str:
+    """<task>.<backend>.<hash of the whole key>: the name of a result file without its suffix."""
     if not is_safe_name(key["task"]) or not is_safe_name(key["backend"]):  # the names become the file name
         raise EvalError(f"task {key['task']!r} / backend {key['backend']!r}: {SAFE_NAME_RULE}")
     key_hash = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return cache_dir / key["checkpoint_hash"][:16] / f"{key['task']}.{key['backend']}.{key_hash}.json"
+    return f"{key['task']}.{key['backend']}.{key_hash}"
+
+
+def cache_path(cache_dir: Path, key: EvalKey) -> Path:
+    """cache_dir/<checkpoint hash>/<task>.<backend>.<hash of the whole key>.json"""
+    return cache_dir / key["checkpoint_hash"][:16] / f"{_stem(key)}.json"
+
+
+def samples_name(key: EvalKey) -> str:
+    """The file name of a result's samples, beside the result (EvalResult.samples)."""
+    return f"{_stem(key)}{SAMPLES_SUFFIX}"
 
 
 def _is_number(value: Any) -> bool:
@@ -83,17 +100,60 @@ def problems(result: Any, key: EvalKey) -> list[str]:
             found.append(f"per-item {name!r} not aligned with doc_ids")
     if not result["item_scores"]:
         found.append("no per-item scores")
+    if result.get("samples") != samples_name(key):
+        found.append(f"samples {result.get('samples')!r} is not {samples_name(key)!r}")
     return found
 
 
+def _line_count(path: Path) -> int | None:
+    """Lines of a gzip file, read through (the gzip CRC catches a damaged file); None when unreadable."""
+    try:
+        with gzip.open(path, "rb") as stream:
+            return sum(1 for _ in stream)
+    except (OSError, EOFError, zlib.error):
+        return None
+
+
 def read_cached(path: Path, key: EvalKey) -> EvalResult | None:
-    """The stored result, or None when there is none or it is corrupt, partial or for another key."""
+    """The stored result, or None when there is none, it is corrupt, partial or for another key, or its samples file
+    is missing or incomplete (so that the caller recomputes both)."""
     try:
         result = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
-    return None if problems(result, key) else result
+    if problems(result, key) or _line_count(path.parent / result["samples"]) != len(result["doc_ids"]):
+        return None
+    return result
 
 
-def write_result(path: Path, result: EvalResult) -> None:
+def _sample_line(item: ItemSample) -> str:
+    # default=str: a task's target may be any value its doc_to_target returns; the file must still be written
+    return json.dumps(finite_json(item), sort_keys=True, ensure_ascii=False, default=str) + "\n"
+
+
+def write_result(path: Path, result: EvalResult, samples: list[ItemSample]) -> None:
+    """The samples (gzip JSON lines, in doc_ids order), then the result that names them; each written atomically."""
+    if [item["doc_id"] for item in samples] != result["doc_ids"]:
+        raise EvalError(f"{path}: samples are not one per doc_id of the result, in order")
+    with atomic_path(path.parent / result["samples"]) as tmp, tmp.open("wb") as raw:
+        # mtime 0 and no file name in the header: the same samples give the same bytes
+        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as stream:
+            stream.writelines(_sample_line(item).encode("utf-8") for item in samples)
     write_json_atomic(path, finite_json(result))
+
+
+def read_samples(cache_dir: Path, result: EvalResult) -> list[ItemSample]:
+    """The per-item samples of a cached result (one per doc_id, in its order); EvalError naming the file when they
+    are missing or damaged."""
+    key = cache_key(*(result[field] for field in KEY_FIELDS))
+    path = cache_path(cache_dir, key).parent / samples_name(key)
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as stream:
+            items = [json.loads(line) for line in stream]
+    except FileNotFoundError:
+        raise EvalError(f"{path}: samples of {result['task']} missing; evaluate again with `nexus-eval eval`") from None
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise EvalError(f"{path}: unreadable samples ({type(e).__name__}: {e})") from None
+    if [item.get("doc_id") if isinstance(item, dict) else None for item in items] != result["doc_ids"]:
+        raise EvalError(f"{path}: samples do not match the doc_ids of their result")
+    return items

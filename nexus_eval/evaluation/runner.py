@@ -1,8 +1,9 @@
 """Evaluation: checkpoints × lm-eval tasks × backend → one cached result JSON per combination, with per-item scores.
 
 Everything goes through lm-eval's `simple_evaluate` with the tasks in tasks/ (TaskManager(include_path=...)) and
-`log_samples=True`: the per-item scores are what the paired statistics downstream resample. A model is loaded once
-per checkpoint and only when at least one of its results is missing from the cache.
+`log_samples=True`: the per-item scores are what the paired statistics downstream resample, and the logged samples
+are stored beside each result (samples.py, `nexus-eval samples`). A model is loaded once per checkpoint and only when
+at least one of its results is missing from the cache.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from nexus_eval.display import checkpoint_label, progress_bar
 from nexus_eval.errors import EvalError
 from nexus_eval.evaluation import backends
 from nexus_eval.evaluation import cache as evalcache
+from nexus_eval.evaluation.samples import item_samples
 from nexus_eval.io import SAFE_NAME_RULE, is_safe_name
 from nexus_eval.provenance import environment
 from nexus_eval.schema import EvalKey, EvalProvenance, EvalResult
@@ -209,6 +211,7 @@ def to_result(
         "lm_eval_version": lm_eval.__version__,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "provenance": provenance,
+        "samples": evalcache.samples_name(key),
     }
 
 
@@ -347,7 +350,7 @@ def evaluate_with_status(
                     bar.describe(f"{label}: {slot.spec.name}")
                     output = run_task(lm, slot.spec, task_manager, settings.num_fewshot, settings.limit, settings.seed)
                     result = to_result(output, slot.spec, slot.key, ckpt, provenance)
-                    evalcache.write_result(slot.path, result)
+                    evalcache.write_result(slot.path, result, item_samples(output, slot.spec.name, result))
                     found.append((result, False))
                     bar.advance()
             finally:

@@ -3,7 +3,8 @@
 A run dir has run.json, metrics.jsonl and ckpt-* dirs with config.json (distinct per checkpoint, so content hashes
 differ) and nexus.json; eval results are written through nexus_eval.evaluation.cache under the key the evaluation
 stage looks up (content hash, the registry task's version and YAML hash, backend, settings, eval seed), so compare()
-finds them and never has to evaluate. `block_evaluation` makes any attempt to evaluate raise EvaluationBlocked.
+finds them and never has to evaluate. Each result gets fake multiple-choice samples whose picked choice agrees with
+its score (fake_samples). `block_evaluation` makes any attempt to evaluate raise EvaluationBlocked.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from nexus_eval.comparison import pipeline
 from nexus_eval.evaluation import DEFAULT_SEED, runner
 from nexus_eval.evaluation import cache as evalcache
 from nexus_eval.provenance import environment
+from nexus_eval.schema import ChoiceScore, ItemSample
 from nexus_eval.tasks import task_info
 
 DATA_HASH = "data-0"
@@ -90,6 +92,44 @@ def make_run(
     return run_dir
 
 
+CHOICES = 3
+
+
+def fake_answer(doc_id: int, choice: int) -> str:
+    return f" {doc_id * 10 + choice}"
+
+
+def fake_samples(doc_ids: list[int], scores: list[float], metric: str) -> list[ItemSample]:
+    """Multiple-choice items with gold choice doc_id % 3, whose most likely choice is the gold one exactly when the
+    item's score is ≥ 0.5 (else the next one)."""
+    items: list[ItemSample] = []
+    for doc_id, score in zip(doc_ids, scores, strict=True):
+        gold = doc_id % CHOICES
+        picked = gold if score >= 0.5 else (gold + 1) % CHOICES
+        choices: list[ChoiceScore] = [
+            {
+                "text": fake_answer(doc_id, k),
+                "loglikelihood": -1.0 if k == picked else -5.0 - k,
+                "is_greedy": k == picked,
+            }
+            for k in range(CHOICES)
+        ]
+        logged = [[c["loglikelihood"], c["is_greedy"]] for c in choices]
+        items.append(
+            {
+                "doc_id": doc_id,
+                "output_type": "multiple_choice",
+                "prompt": f"Question {doc_id}?\nAnswer:",
+                "target": gold,
+                "resps": [[pair] for pair in logged],
+                "filtered_resps": {metric.partition(",")[2]: logged},
+                "choices": choices,
+                "scores": {metric: float(score)},
+            }
+        )
+    return items
+
+
 def write_result(
     cache: Path,
     ckpt: Path,
@@ -105,7 +145,8 @@ def write_result(
     created: str = "2025-01-01T00:00:00",
 ) -> Path:
     """One eval result (schema.EvalResult) for ckpt × task with the given per-item scores, stored in the cache under
-    its key; task_version / yaml_hash default to the registry task's current ones (give others for a stale entry)."""
+    its key, with fake samples beside it; task_version / yaml_hash default to the registry task's current ones (give
+    others for a stale entry)."""
     version, current_hash = task_key(task)
     key = evalcache.cache_key(
         content_hash(ckpt),
@@ -137,9 +178,10 @@ def write_result(
             "batch_size": 8,
             "environment": environment(),
         },
+        "samples": evalcache.samples_name(key),
     }
     path = evalcache.cache_path(cache, key)
-    evalcache.write_result(path, result)
+    evalcache.write_result(path, result, fake_samples(doc_ids, result["item_scores"][metric], metric))
     return path
 
 

@@ -28,13 +28,16 @@ def test_compare_evaluates_the_matched_checkpoints_for_real(
     out, cache = tmp_path / "report", tmp_path / "cache"
     args = [str(tiny_runs["adamw"]), str(tiny_runs["nexus"]), "--match-loss", "--targets", "100", "--tolerance", "50"]
     args += ["--tasks", str(task_yaml), "--limit", str(LIMIT), "--cache", str(cache), "--out", str(out)]
-    result = CliRunner().invoke(app, ["compare", *args, "--resamples", "200", "--quiet"])
+    result = CliRunner().invoke(app, ["compare", *args, "--resamples", "200", "--quiet", "--disagreements"])
     assert result.exit_code == 0, result.output
     results = json.loads((out / "results.json").read_text())
     assert (out / "report.md").is_file() and len(results["pairs"]) == 1
     pair, row = results["pairs"][0], results["tasks"][0]
     ckpts = {side: tiny_runs["adamw"].parent / pair[side]["checkpoint"] for side in ("adamw", "nexus")}
     assert all(c.is_dir() for c in ckpts.values()) and len(list(cache.rglob("*.json"))) == 2  # evaluated: both sides
+    # From the real samples: two different models give every document a different log-likelihood.
+    listed = [line for line in (out / "disagreements.md").read_text().splitlines() if line.startswith("| ")]
+    assert len(listed) == 1 + LIMIT and all(line.count("| LL -") == 2 for line in listed[1:])
 
     direct = evaluate(list(ckpts.values()), [str(task_yaml)], limit=LIMIT, cache_dir=tmp_path / "fresh", progress=False)
     by_side = {side: next(r for r in direct if r["checkpoint"] == str(c)) for side, c in ckpts.items()}
