@@ -45,6 +45,12 @@ def compare_command(
     geometry: bool = typer.Option(False, "--geometry", help="Add gradient-cosine / minima columns per pair (slow)"),
     data: DataDir = Path("data"),
     resamples: int = typer.Option(10_000, "--resamples", help="Bootstrap resamples"),
+    allow_mismatch: list[str] | None = typer.Option(
+        None,
+        "--allow-mismatch",
+        help="Pair runs that differ in FIELD anyway (e.g. optim.lr, data_hash; repeatable or comma list); "
+        "the report keeps a warning",
+    ),
     quiet: Quiet = False,
 ) -> None:
     """Loss-matched AdamW vs Nexus: pairs, evaluation of what is missing, paired bootstrap CIs, tables and plots."""
@@ -64,6 +70,7 @@ def compare_command(
         limit=limit,
         num_fewshot=num_fewshot,
         bootstrap_resamples=resamples,
+        allow_mismatch=tuple(f for given in allow_mismatch or [] for f in comma_list(given) or []),
     )
     options = CompareOptions(
         batch_size=batch_size,

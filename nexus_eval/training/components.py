@@ -3,6 +3,8 @@ name and seed define. The trainer's loop uses them; so do tests and the benchmar
 
 from __future__ import annotations
 
+import hashlib
+import json
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +36,7 @@ class Components:
 
     def identity(self, run_id: str) -> RunIdentity:
         """What run.json and every nexus.json of this run say about how it was trained."""
-        return {
+        identity: RunIdentity = {
             "run_id": run_id,
             "optimizer": self.optimizer,
             "optimizer_hparams": optimizer_hparams(self.recipe.optim, self.optimizer),
@@ -45,6 +47,41 @@ class Components:
             "code_version": code_version(),
             "model_params": count_params(self.model),
         }
+        if (tokenizer := tokenizer_hash(self.manifest)) is not None:
+            identity["tokenizer_hash"] = tokenizer
+        if (heldout := heldout_hash(self.manifest, self.recipe)) is not None:
+            identity["heldout_hash"] = heldout
+        return identity
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
+def tokenizer_hash(manifest: dict[str, Any]) -> str | None:
+    """sha256 over the sha256 of the build's tokenizer files (manifest "files"); None for a build without them."""
+    files = {name: h for name, h in (manifest.get("files") or {}).items() if name.startswith("tokenizer/")}
+    return _digest(files) if files else None
+
+
+def heldout_hash(manifest: dict[str, Any], recipe: Recipe) -> str | None:
+    """sha256 of what the held-out loss (the loss compare matches on) is measured on, as HeldOut reads it: the val
+    token files of the sources the recipe trains on, every OOD file, the window length and count, and the mixture
+    weights that average the sources. None when the manifest lacks the hash of one of those files."""
+    weights = {s: w for s, w in recipe.data.mixture.items() if w > 0}
+    names = [f"val/{s}.bin" for s in sorted(weights)] + [f"ood/{d}.bin" for d in sorted(manifest.get("ood") or {})]
+    hashes = manifest.get("files") or {}
+    if any(name not in hashes for name in names):
+        return None
+    total = sum(weights.values())
+    return _digest(
+        {
+            "files": {name: hashes[name] for name in names},
+            "context": recipe.model.context,
+            "eval_windows": recipe.train.eval_windows,
+            "weights": {s: w / total for s, w in sorted(weights.items())},
+        }
+    )
 
 
 def set_up(recipe: Recipe, optimizer: str, seed: int, data_dir: Path) -> Components:
