@@ -82,6 +82,11 @@ class RunIdentity(TypedDict):
     data_build: NotRequired[DataBuild]
     # run.json: the process that last started or resumed the run; nexus.json: the one that trained up to it
     environment: NotRequired[Environment]
+    # Written since the fairness guards (comparison/guards.py); runs trained before lack them, and the guards then
+    # compare data_hash instead. sha256 of the data build's tokenizer files (manifest "files" entries) ...
+    tokenizer_hash: NotRequired[str]
+    # ... and of what the held-out loss is measured on: the val/OOD token files, context, eval_windows, mixture weights.
+    heldout_hash: NotRequired[str]
 
 
 class RunInfo(RunIdentity):
@@ -344,6 +349,14 @@ class RunCurve(TypedDict):
     points: list[CurvePoint]
 
 
+class AllowedMismatch(TypedDict):
+    """Two runs of a comparison that differ in a guarded field, paired anyway because of --allow-mismatch FIELD."""
+
+    field: str  # "data_hash", "tokenizer", "heldout", "model" or a recipe key such as "optim.lr"
+    runs: list[str]  # the two run_ids
+    values: list[Any]  # their values of the field, in the order of `runs` (None: not recorded)
+
+
 class CompareResults(TypedDict):
     """results.json of `nexus-eval compare` and leaderboards/<name>.json: all that tables and plots are drawn from."""
 
@@ -359,3 +372,4 @@ class CompareResults(TypedDict):
     geometry: list[dict[str, Any]]
     points: list[MetricPoint]
     curves: list[RunCurve]
+    allowed_mismatches: NotRequired[list[AllowedMismatch]]  # empty: every guarded field agreed; absent in old files

@@ -49,6 +49,12 @@ def compare_command(
     task: str | None = typer.Option(None, "--task", help="With --disagreements: only this one of the tasks"),
     data: DataDir = Path("data"),
     resamples: int = typer.Option(10_000, "--resamples", help="Bootstrap resamples"),
+    allow_mismatch: list[str] | None = typer.Option(
+        None,
+        "--allow-mismatch",
+        help="Pair runs that differ in FIELD anyway (e.g. optim.lr, data_hash; repeatable or comma list); "
+        "the report keeps a warning",
+    ),
     quiet: Quiet = False,
 ) -> None:
     """Loss-matched AdamW vs Nexus: pairs, evaluation of what is missing, paired bootstrap CIs, tables and plots."""
@@ -68,6 +74,7 @@ def compare_command(
         limit=limit,
         num_fewshot=num_fewshot,
         bootstrap_resamples=resamples,
+        allow_mismatch=tuple(f for given in allow_mismatch or [] for f in comma_list(given) or []),
     )
     options = CompareOptions(
         batch_size=batch_size,

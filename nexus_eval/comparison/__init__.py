@@ -1,10 +1,11 @@
 """Comparison: loss-matched AdamW/Nexus pairs, their eval results (through nexus_eval.evaluation), paired
 statistics, tables, plots and leaderboards. Depends on every stage below it; never on the CLI.
 
-Modules, each importing only those before it: stats (bootstrap and t intervals), match (runs → pairs),
-settings (CompareSettings, CompareOptions), plots (PNG figures), report (Markdown and terminal tables),
-leaderboard (leaderboards/NAME.{json,md,png}), disagreements (the items a pair scores differently, from the eval
-samples), pipeline (compare(): the entry point).
+Modules, each importing only those before it: stats (bootstrap and t intervals), match (runs → pairs), guards
+(the runs were trained alike but for the optimizer), settings (CompareSettings, CompareOptions), plots (PNG figures),
+provenance (what each run row records of how it was made), report (Markdown and terminal tables), leaderboard
+(leaderboards/NAME.{json,md,png}), disagreements (the items a pair scores differently, from the eval samples),
+pipeline (compare(): the entry point), reproduce (`leaderboard reproduce`: a leaderboard redone from its JSON).
 """
 
 from nexus_eval.comparison.leaderboard import check, load, refresh, write_leaderboard

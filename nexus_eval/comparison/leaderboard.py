@@ -33,6 +33,8 @@ REQUIRED = {
     "points": list,
     "curves": list,
 }
+# Keys added since schema 1 was first written: older results lack them, so they are checked only when present.
+OPTIONAL = {"allowed_mismatches": list}
 SETTINGS = ("mode", "tasks", "backend", "bootstrap_resamples")
 DISAGREEMENTS_SUFFIX = ".disagreements.md"
 
@@ -55,6 +57,9 @@ def validate(results: Any, where: str) -> CompareResults:
     for key, kind in REQUIRED.items():
         if not isinstance(results.get(key), kind):
             raise ComparisonError(f"{where}: malformed compare results (key {key!r} missing or not a {kind.__name__})")
+    for key, kind in OPTIONAL.items():
+        if key in results and not isinstance(results[key], kind):
+            raise ComparisonError(f"{where}: malformed compare results (key {key!r} not a {kind.__name__})")
     if results["kind"] != COMPARE_RESULTS_KIND or results["schema"] not in COMPARE_RESULTS_READABLE:
         readable = " or ".join(map(str, COMPARE_RESULTS_READABLE))
         raise ComparisonError(f"{where}: not compare results of schema {readable} (kind {results['kind']!r})")

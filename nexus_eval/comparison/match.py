@@ -1,7 +1,8 @@
 """Loss matching: which AdamW and Nexus checkpoints stand at the same held-out pretraining loss.
 
 Runs are grouped by optimizer and seed (run.json, else a checkpoint's nexus.json). Seeds pair AdamW seed s with
-Nexus seed s; when the two optimizers share no seed and each has one run, those two runs are paired.
+Nexus seed s, never two different seeds (the seed fixes the initial weights and the batch order: a pair across seeds
+would compare those too). What else the runs must share is checked by guards.py.
 
 Exact matching (default): for each target loss T and seed, each run offers its checkpoints "at T" — the one written
 for crossing T (nexus.json "target_loss" == T), and the nearest one at or below T and the nearest one above T when
@@ -66,6 +67,8 @@ class Run:
     data_hash: str | None
     targets: tuple[float, ...]
     checkpoints: tuple[Checkpoint, ...]  # oldest first
+    # run.json (RunInfo) as read, else the newest nexus.json: what guards.py compares between runs
+    info: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,7 @@ class Side:
 @dataclass(frozen=True)
 class Pair:
     target: float
-    seed: str  # "0", or "1/0" (Nexus seed / AdamW seed) when seeds differ
+    seed: str  # the seed both runs were trained with, e.g. "0"
     adamw: Side
     nexus: Side
 
@@ -150,7 +153,14 @@ def load_run(run_dir: Path) -> Run:
     checkpoints = tuple(_checkpoint(c, run_id, optimizer, seed) for c in ckpts)
     targets = {float(t) for t in recipe_targets} | {c.target_loss for c in checkpoints if c.target_loss is not None}
     return Run(
-        run_dir, run_id, optimizer, seed, info.get("data_hash"), tuple(sorted(targets, reverse=True)), checkpoints
+        run_dir,
+        run_id,
+        optimizer,
+        seed,
+        info.get("data_hash"),
+        tuple(sorted(targets, reverse=True)),
+        checkpoints,
+        dict(info),
     )
 
 
@@ -188,19 +198,12 @@ def seed_groups(runs: list[Run]) -> list[tuple[str, Run, Run]]:
         if not group:
             found = ", ".join(sorted(str(r.path) for r in runs))
             raise ComparisonError(f"compare: no {name} run among the RUN_DIRs ({found}); need both adamw and nexus")
-    hashes = {r.data_hash for r in runs if r.data_hash}
-    if len(hashes) > 1:
-        raise ComparisonError(
-            f"compare: runs were trained on different data builds (data_hash {', '.join(sorted(hashes))})"
-        )
     common = sorted((s for s in baseline if s in candidate), key=lambda s: (s is None, s))
     if common:
         return [(str(s), baseline[s], candidate[s]) for s in common]
-    if len(baseline) == 1 and len(candidate) == 1:
-        (sb, rb), (sc, rc) = next(iter(baseline.items())), next(iter(candidate.items()))
-        return [(f"{sc}/{sb}", rb, rc)]
     raise ComparisonError(
-        f"compare: adamw seeds {sorted(map(str, baseline))} and nexus seeds {sorted(map(str, candidate))} share none"
+        f"compare: adamw seeds {sorted(map(str, baseline))} and nexus seeds {sorted(map(str, candidate))} share none; "
+        "runs of different seeds are never paired (train the missing seed)"
     )
 
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from nexus_eval.checkpoints import content_hash
 from nexus_eval.comparison.disagreements import find_disagreements, print_disagreements, write_disagreements
+from nexus_eval.comparison.guards import check_runs, warn_mismatches
 from nexus_eval.comparison.leaderboard import check_name, disagreements_path, write_leaderboard
 from nexus_eval.comparison.match import BASELINE, CANDIDATE, Checkpoint, Pair, Run, Side, Unmatched, load_runs, match
 from nexus_eval.comparison.provenance import run_provenance
@@ -436,6 +437,8 @@ def compare(
     if options.leaderboard is not None:
         check_name(options.leaderboard)  # before any evaluation: a bad name should not cost a run
     runs = load_runs(run_dirs)
+    allowed = check_runs(runs, settings.allow_mismatch)  # before any evaluation: unfair pairs cost nothing
+    warn_mismatches(allowed)
     pairs, unmatched = match(
         runs, settings.tolerance, list(settings.targets) if settings.targets else None, settings.interpolate
     )
@@ -446,6 +449,7 @@ def compare(
     used = settings.resolved(targets=[p.target for p in pairs] + [u.target for u in unmatched], tasks=names)
     geometry = geometry_rows(pairs, options.geometry_data_dir) if options.geometry_data_dir is not None else None
     report = build_results(runs, pairs, unmatched, results, used, geometry)
+    report["allowed_mismatches"] = [m.record() for m in allowed]
     options.out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(options.out / "results.json", report)
     write_report(report, options.out)

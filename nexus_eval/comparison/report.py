@@ -295,6 +295,26 @@ def provenance_lines(results: CompareResults) -> list[str]:
     return [*lines, ""]
 
 
+def mismatch_value(value: Any) -> str:
+    return "unrecorded" if value is None else json.dumps(value, sort_keys=True)
+
+
+def mismatch_warning(results: CompareResults) -> list[str]:
+    """A warning block listing the differences between runs that --allow-mismatch let through (none: no lines)."""
+    allowed = results.get("allowed_mismatches") or []
+    if not allowed:
+        return []
+    lines = [
+        "> **Warning: these runs were not trained alike.** They differ in the fields below, and were paired anyway "
+        "(`--allow-mismatch`): differences in the results may come from these, not only from the optimizer.",
+        ">",
+    ]
+    for m in allowed:
+        (a, b), (va, vb) = m["runs"], m["values"]
+        lines.append(f"> - `{m['field']}`: `{a}` {mismatch_value(va)} vs `{b}` {mismatch_value(vb)}")
+    return lines + [""]
+
+
 def render_markdown(
     results: CompareResults, title: str, preamble: str = "", figures: list[tuple[str, str]] | None = None
 ) -> str:
@@ -307,6 +327,7 @@ def render_markdown(
     if preamble:
         lines += [preamble, ""]
     lines += [f"Runs: {runs}. Evaluated: {what}, backend `{s['backend']}`{limit}{shots}. Mode: {s['mode']}.", ""]
+    lines += mismatch_warning(results)
     for heading, frame, note in sections(results):
         lines += [f"## {heading}", "", note, "", to_markdown(frame), ""]
         if heading == "Loss-matched pairs" and results["unmatched"]:

@@ -137,6 +137,7 @@ def settings_of(results: CompareResults) -> CompareSettings:
         bootstrap_resamples=s["bootstrap_resamples"],
         bootstrap_seed=s.get("bootstrap_seed", 0),
         level=s.get("level", CompareSettings.level),
+        allow_mismatch=tuple(sorted({m["field"] for m in results.get("allowed_mismatches") or []})),
     )
 
 

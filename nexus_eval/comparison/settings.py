@@ -20,6 +20,8 @@ class CompareSettings:
     """How checkpoints are paired and what they are evaluated and compared on.
 
     targets: target losses (None: the recipes', else a grid); tasks: task names or YAML paths (None: the suite's).
+    allow_mismatch: fields in which the runs may differ (guards.py); the differences it lets through are recorded in
+    results["allowed_mismatches"], one by one, rather than in the settings record.
     After a comparison, `resolved(...)` holds what it actually used, and `to_record()` of that is results["settings"].
     """
 
@@ -34,10 +36,11 @@ class CompareSettings:
     bootstrap_resamples: int = RESAMPLES
     bootstrap_seed: int = 0
     level: float = LEVEL
+    allow_mismatch: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # Sequences given as lists are stored as tuples: the settings stay hashable and immutable.
-        for name in ("targets", "tasks"):
+        for name in ("targets", "tasks", "allow_mismatch"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, tuple):
                 object.__setattr__(self, name, tuple(value))
@@ -73,6 +76,7 @@ class CompareSettings:
     def to_record(self) -> CompareSettingsRecord:
         """The settings object of the results JSON (call it on `resolved(...)` settings)."""
         record = {**asdict(self), "targets": list(self.targets or ()), "tasks": list(self.tasks or ())}
+        record.pop("allow_mismatch")  # what it let through is results["allowed_mismatches"]
         return CompareSettingsRecord(**{**record, "tolerance": None if self.interpolate else self.tolerance})
 
 

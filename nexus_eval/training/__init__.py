@@ -13,6 +13,7 @@ Modules, in the order a run uses them:
     grad_cosine  per-source gradient cosines and the window of steps they are summed over
     metrics_log  metrics.jsonl
     checkpointer checkpoints with trainer state, pruning of old optimizer state, exact resume
+    resume       what --resume checks first: the run's data build, recipe and total steps
     state        RunState (the loop's counters) and TrainerState (optimizer/state.pt)
     loop         train(): the phases above, in order
 """

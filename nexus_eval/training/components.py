@@ -35,7 +35,7 @@ class Components:
 
     def identity(self, run_id: str) -> RunIdentity:
         """What run.json and every nexus.json of this run say about how it was trained."""
-        return {
+        identity: RunIdentity = {
             "run_id": run_id,
             "optimizer": self.optimizer,
             "optimizer_hparams": optimizer_hparams(self.recipe.optim, self.optimizer),
@@ -48,6 +48,41 @@ class Components:
             "data_build": data_build(self.manifest),
             "environment": environment("cpu"),
         }
+        if (tokenizer := tokenizer_hash(self.manifest)) is not None:
+            identity["tokenizer_hash"] = tokenizer
+        if (heldout := heldout_hash(self.manifest, self.recipe)) is not None:
+            identity["heldout_hash"] = heldout
+        return identity
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
+def tokenizer_hash(manifest: dict[str, Any]) -> str | None:
+    """sha256 over the sha256 of the build's tokenizer files (manifest "files"); None for a build without them."""
+    files = {name: h for name, h in (manifest.get("files") or {}).items() if name.startswith("tokenizer/")}
+    return _digest(files) if files else None
+
+
+def heldout_hash(manifest: dict[str, Any], recipe: Recipe) -> str | None:
+    """sha256 of what the held-out loss (the loss compare matches on) is measured on, as HeldOut reads it: the val
+    token files of the sources the recipe trains on, every OOD file, the window length and count, and the mixture
+    weights that average the sources. None when the manifest lacks the hash of one of those files."""
+    weights = {s: w for s, w in recipe.data.mixture.items() if w > 0}
+    names = [f"val/{s}.bin" for s in sorted(weights)] + [f"ood/{d}.bin" for d in sorted(manifest.get("ood") or {})]
+    hashes = manifest.get("files") or {}
+    if any(name not in hashes for name in names):
+        return None
+    total = sum(weights.values())
+    return _digest(
+        {
+            "files": {name: hashes[name] for name in names},
+            "context": recipe.model.context,
+            "eval_windows": recipe.train.eval_windows,
+            "weights": {s: w / total for s, w in sorted(weights.items())},
+        }
+    )
 
 
 def set_up(recipe: Recipe, optimizer: str, seed: int, data_dir: Path) -> Components:
@@ -85,8 +120,5 @@ def set_up(recipe: Recipe, optimizer: str, seed: int, data_dir: Path) -> Compone
 
 def data_build(manifest: dict[str, Any]) -> DataBuild:
     """The data build as a run records it: its hash, the parameters that made it and its tokenizer's hash."""
-    tokenizer_dir = str(manifest.get("tokenizer_dir", "tokenizer"))
-    files = manifest.get("files") or {}
-    tokenizer = {name: entry for name, entry in sorted(files.items()) if name.startswith(f"{tokenizer_dir}/")}
-    digest = hashlib.sha256(json.dumps(tokenizer, sort_keys=True).encode()).hexdigest()[:16] if tokenizer else None
-    return {"hash": manifest["hash"], "params": dict(manifest.get("params") or {}), "tokenizer_hash": digest}
+    params = dict(manifest.get("params") or {})
+    return {"hash": manifest["hash"], "params": params, "tokenizer_hash": tokenizer_hash(manifest)}

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from nexus_eval.checkpoints import list_checkpoints
 from nexus_eval.display import progress_bar
 from nexus_eval.errors import RecipeError
 from nexus_eval.io import write_json_atomic
@@ -30,6 +31,7 @@ from nexus_eval.training.metrics_log import MetricsLog, Throughput
 from nexus_eval.training.monitor import HeldOutMonitor
 from nexus_eval.training.optimizer import set_lr
 from nexus_eval.training.recipe import Recipe, load_recipe, lr_at
+from nexus_eval.training.resume import resumed_recipe
 from nexus_eval.training.state import RunState
 from nexus_eval.training.step import NonFiniteLoss, StepResult, outer_step
 
@@ -55,6 +57,10 @@ def train(
         raise RecipeError(f"--steps must be positive, got {steps}")
     run_dir = run_dir_for(out, recipe, optimizer, seed)
     data_dir = data_dir or Path(recipe.data.dir)
+    if resume and list_checkpoints(run_dir):  # checked before the costly set-up: the same data, recipe and steps
+        recipe = resumed_recipe(run_dir, recipe, steps, data_dir)
+    elif steps is not None:  # recorded as part of the recipe: run.json's recipe and hash say how long it trained
+        recipe = recipe.with_steps(steps)
 
     # Set up: data, micro-batch schedule, held-out windows, model, optimizer; then the loop's hooks. The thread count
     # first: the identity records the environment, threads included.
@@ -74,7 +80,7 @@ def train(
         state = resume_run(checkpointer, c, cosine)
         metrics.truncate(state.step)
     else:  # nothing to resume from (or a run killed before its first checkpoint)
-        state = RunState.start(recipe, steps)
+        state = RunState.start(recipe)
         shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     info: RunInfo = {**identity, "total_steps": state.total_steps, "data_dir": str(data_dir)}

@@ -78,6 +78,32 @@ class Recipe:
     def hash(self) -> str:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
+    def with_steps(self, steps: int) -> Recipe:
+        """This recipe training `steps` outer steps: a `--steps` override is part of the recipe a run records, so
+        its recipe dict and hash say how long it was really trained (the lr schedule depends on it)."""
+        return dataclasses.replace(self, train=dataclasses.replace(self.train, steps=steps))
+
+
+SECTIONS: dict[str, type] = {"model": ModelSpec, "data": DataSpec, "optim": OptimSpec, "train": TrainSpec}
+
+
+def recipe_keys() -> list[str]:
+    """Every key a recipe has, as flat_recipe names them: "name", then "section.key" ("optim.lr", ...)."""
+    return ["name"] + [f"{section}.{f.name}" for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
+
+
+def flat_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
+    """A recipe dict (Recipe.to_dict(), or as read back from run.json) as "section.key" → value, JSON-normalized
+    (tuples as lists), so that a recipe in memory and one read from a file compare key by key."""
+    normalized = json.loads(json.dumps(recipe))
+    flat: dict[str, Any] = {}
+    for key, value in normalized.items():
+        if key in SECTIONS and isinstance(value, dict):
+            flat.update({f"{key}.{inner}": v for inner, v in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
 
 def _section(cls: type, raw: dict[str, Any], where: str) -> Any:
     known = {f.name: f for f in dataclasses.fields(cls)}
@@ -110,12 +136,11 @@ def _section(cls: type, raw: dict[str, Any], where: str) -> Any:
 
 
 def parse_recipe(raw: dict[str, Any], where: str) -> Recipe:
-    sections = {"model": ModelSpec, "data": DataSpec, "optim": OptimSpec, "train": TrainSpec}
-    unknown = sorted(set(raw) - set(sections) - {"name"})
+    unknown = sorted(set(raw) - set(SECTIONS) - {"name"})
     if unknown:
-        raise RecipeError(f"{where}: unknown key {unknown[0]!r} (known: name, {', '.join(sections)})")
+        raise RecipeError(f"{where}: unknown key {unknown[0]!r} (known: name, {', '.join(SECTIONS)})")
     parts = {}
-    for key, cls in sections.items():
+    for key, cls in SECTIONS.items():
         value = raw.get(key, {})
         if not isinstance(value, dict):
             raise RecipeError(f"{where}: [{key}] must be a table")

@@ -15,7 +15,7 @@ from nexus_eval.training.recipe import Recipe
 class RunState:
     """The loop's counters: saved in every checkpoint's trainer state, restored on resume."""
 
-    total_steps: int  # the recipe's train.steps or --steps; a resumed run keeps the value it started with
+    total_steps: int  # the recipe's train.steps (--steps is applied to the recipe); a resumed run keeps its own
     step: int = 0  # outer steps completed
     tokens: int = 0  # training tokens seen
     targets_left: list[float] = field(default_factory=list)  # recipe targets not crossed yet, largest first

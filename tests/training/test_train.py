@@ -14,10 +14,17 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from nexus_eval.checkpoints import STATE_FILE, list_checkpoints, load_model, non_finite_weights, read_meta
+from nexus_eval.checkpoints import (
+    STATE_FILE,
+    checkpoint_name,
+    list_checkpoints,
+    load_model,
+    non_finite_weights,
+    read_meta,
+)
 from nexus_eval.cli import app
 from nexus_eval.optim import Nexus
-from nexus_eval.training import RunState, load_recipe, run_dir_for, set_up, train, train_step
+from nexus_eval.training import Recipe, RunState, load_recipe, run_dir_for, set_up, train, train_step
 from nexus_eval.training.recipe import OptimSpec, lr_at
 from nexus_eval.training.schedule import MicroBatch
 from tests.conftest import write_recipe
@@ -258,3 +265,61 @@ def test_a_diverging_run_keeps_its_last_good_checkpoint(optimizer: str, tiny_dat
         assert "no checkpoint was written" in out
     for line in (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").exists() else []:
         json.loads(line, parse_constant=lambda c: pytest.fail(f"non-finite {c} in metrics.jsonl"))
+
+
+def recorded_run(run: Path, recipe: Recipe, data_hash: str, total_steps: int) -> Path:
+    """A run directory as training leaves it for --resume's checks: run.json and a checkpoint's nexus.json."""
+    info = {"recipe": recipe.to_dict(), "recipe_hash": recipe.hash(), "data_hash": data_hash, "data_dir": "data0"}
+    info["total_steps"] = total_steps
+    (run / checkpoint_name(total_steps)).mkdir(parents=True)
+    (run / checkpoint_name(total_steps) / "nexus.json").write_text(json.dumps({**info, "step": total_steps}))
+    (run / "run.json").write_text(json.dumps(info))
+    return run
+
+
+def test_resume_refuses_another_data_build_recipe_or_total_steps(tiny_data_dir: Path, tmp_path: Path) -> None:
+    """--resume checks the run's recorded data build, recipe and total steps before anything is set up: a
+    continuation must be the recorded run, and the lr schedule depends on the total steps."""
+    recipe_path = write_recipe(tmp_path, tiny_data_dir)
+    recipe = load_recipe(recipe_path)
+    data_hash = json.loads((tiny_data_dir / "manifest.json").read_text())["hash"]
+    out = tmp_path / "runs"
+    run = recorded_run(out / "t-adamw-s0", recipe.with_steps(4), data_hash, 4)
+    other = recorded_run(out / "t-nexus-s0", recipe, "f" * 64, 6)
+    lr = tmp_path / "lr"
+    lr.mkdir()
+    lr_path = write_recipe(lr, tiny_data_dir, lr=1e-3)
+    cases = [
+        (recipe_path, "adamw", ["--steps", "6"], f"--resume --steps 6: {run} was started for 4 steps"),
+        (recipe_path, "adamw", ["--steps", "5"], "start a new run"),
+        (recipe_path, "nexus", [], f"{other} was trained on data build ffffffffffff but --data {tiny_data_dir} is"),
+        (recipe_path, "nexus", [], f"build {data_hash[:12]}; resume it on its own data build (it was trained with"),
+        (lr_path, "adamw", [], f"differs from the recipe {run} was trained with in optim.lr (0.001 vs recorded"),
+    ]
+    for path, optimizer, extra, message in cases:
+        code, output = cli("train", str(path), "--optimizer", optimizer, "--out", str(out), "--resume", *extra)
+        assert code == 2 and len(output.strip().splitlines()) == 1, output
+        assert message in output, (extra, output)
+
+
+@pytest.mark.slow
+def test_steps_override_is_part_of_the_recorded_recipe(tiny_data_dir: Path, tmp_path: Path) -> None:
+    """`--steps 2` records a 2-step recipe (another recipe_hash than the recipe's own 6 steps); the run resumes
+    with its own total, given or not, and refuses another."""
+    recipe_path = write_recipe(tmp_path, tiny_data_dir)
+    args = ["train", str(recipe_path), "--optimizer", "nexus", "--out", str(tmp_path / "runs"), "--quiet"]
+    code, output = cli(*args, "--steps", "2")
+    assert code == 0, output
+    run = tmp_path / "runs" / "t-nexus-s0"
+    info = json.loads((run / "run.json").read_text())
+    recipe = load_recipe(recipe_path)
+    assert info["total_steps"] == 2 and info["recipe"]["train"]["steps"] == 2
+    assert info["recipe_hash"] == recipe.with_steps(2).hash() != recipe.hash()
+    assert read_meta(list_checkpoints(run)[-1])["recipe_hash"] == info["recipe_hash"]
+    assert len(info["tokenizer_hash"]) == len(info["heldout_hash"]) == 64
+    for extra in ([], ["--steps", "2"]):  # nothing left to train: no error, the same recorded recipe
+        code, output = cli(*args, "--resume", *extra)
+        assert code == 0, (extra, output)
+    assert json.loads((run / "run.json").read_text())["recipe_hash"] == info["recipe_hash"]
+    code, output = cli(*args, "--resume", "--steps", "3")
+    assert code == 2 and "was started for 2 steps" in output, output
