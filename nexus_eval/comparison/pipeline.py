@@ -356,6 +356,7 @@ def compare(
     (and leaderboards/<leaderboard>.{json,md,png}); returns the results dict."""
     if options.leaderboard is not None:
         check_name(options.leaderboard)  # before any evaluation: a bad name should not cost a run
+    options.check()
     runs = load_runs(run_dirs)
     pairs, unmatched = match(
         runs, settings.tolerance, list(settings.targets) if settings.targets else None, settings.interpolate
