@@ -102,12 +102,27 @@ def content_hash(ckpt: Path) -> str:
     return digest.hexdigest()
 
 
+def check_weight_files(ckpt: Path) -> None:
+    """CheckpointError naming the file when a safetensors weight file of `ckpt` is truncated or corrupt: its header
+    must parse and cover the whole file. Reads the headers only; every loader calls it first, because the loaders'
+    own errors for such a file are tracebacks."""
+    from safetensors import SafetensorError, safe_open
+
+    for path in sorted(ckpt.glob("*.safetensors")) if ckpt.is_dir() else []:
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f"{path}: unreadable weights ({e}): the checkpoint is truncated or corrupt") from None
+
+
 def non_finite_weights(ckpt: Path) -> list[str]:
     """Names of the tensors in a checkpoint's safetensors files that hold NaN or inf (a diverged run's weights).
     Other formats (GGUF, .bin) are not read here."""
     import torch
     from safetensors import safe_open
 
+    check_weight_files(ckpt)
     bad = []
     for path in sorted(ckpt.glob("*.safetensors")) if ckpt.is_dir() else []:
         with safe_open(str(path), framework="pt") as weights:
@@ -152,6 +167,7 @@ def load_model(ckpt: Path, dtype: str = "float32") -> tuple[Any, Any]:
         raise CheckpointError(f"{ckpt}: not a checkpoint (no config.json or .gguf file)")
     if gguf is None and not any((ckpt / name).exists() for name in TOKENIZER_FILES):
         raise CheckpointError(f"{ckpt}: checkpoint has no tokenizer ({' / '.join(TOKENIZER_FILES)})")
+    check_weight_files(ckpt)
     kwargs: dict[str, Any] = {"gguf_file": gguf.name} if gguf is not None else {}
     where = gguf.parent if gguf is not None else ckpt
     try:
@@ -171,6 +187,7 @@ __all__ = [
     "META_FILE",
     "STATE_FILE",
     "TOKENIZER_FILES",
+    "check_weight_files",
     "checkpoint_name",
     "content_hash",
     "gguf_file",

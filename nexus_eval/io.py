@@ -6,6 +6,7 @@ never leaves a half-written file that a later run would trust.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
@@ -42,6 +43,22 @@ def atomic_path(path: Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the lock file `path` (created if missing, never removed) while the block runs.
+
+    Processes doing the same work take turns: the second waits, then finds the first one's result. fcntl.flock
+    locks belong to the open file, so the kernel releases them when the holder exits or is killed: a killed
+    process never leaves a stale lock. Advisory: only code that takes the same lock waits."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -436,6 +436,7 @@ def compare(
     leaderboards/<leaderboard>.disagreements.md); returns the results dict."""
     if options.leaderboard is not None:
         check_name(options.leaderboard)  # before any evaluation: a bad name should not cost a run
+    options.check()
     runs = load_runs(run_dirs)
     allowed = check_runs(runs, settings.allow_mismatch)  # before any evaluation: unfair pairs cost nothing
     warn_mismatches(allowed)

@@ -51,7 +51,9 @@ class CompareSettings:
         if self.limit is not None and self.limit <= 0:
             raise ComparisonError(f"--limit must be positive (got {self.limit})")
         if self.bootstrap_resamples < MIN_RESAMPLES:
-            raise ComparisonError(f"bootstrap resamples must be ≥ {MIN_RESAMPLES} (got {self.bootstrap_resamples})")
+            raise ComparisonError(
+                f"--resamples: bootstrap resamples must be ≥ {MIN_RESAMPLES} (got {self.bootstrap_resamples})"
+            )
         if self.mode not in (MATCH_LOSS, INTERPOLATE):
             raise ComparisonError(f"compare: mode must be {MATCH_LOSS!r} or {INTERPOLATE!r} (got {self.mode!r})")
         if self.tolerance < 0:
@@ -99,3 +101,10 @@ class CompareOptions:
     disagreement_task: str | None = None
     progress: bool = True
     show: bool = True
+
+    def check(self) -> None:
+        """ComparisonError naming the flag whose directory is a file: found before the evaluations, not after."""
+        dirs = {"--out": self.out, "--cache": self.cache_dir, "--data": self.geometry_data_dir}
+        for flag, path in dirs.items():
+            if path is not None and path.exists() and not path.is_dir():
+                raise ComparisonError(f"{flag} {path}: is a file, not a directory")

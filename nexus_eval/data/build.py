@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 from nexus_eval.data.collect import Collected, collect, in_val
 from nexus_eval.data.contamination import NGRAM, NgramIndex
 from nexus_eval.data.sources import Source, default_ood, default_sources, gsm8k_test_questions, text_dir_part
-from nexus_eval.data.tokenizer import EOS_TOKEN, PAD_TOKEN, encode_stream, train_tokenizer
+from nexus_eval.data.store import sha256_file
+from nexus_eval.data.tokenizer import EOS_TOKEN, MAX_VOCAB, MIN_VOCAB, PAD_TOKEN, encode_stream, train_tokenizer
 from nexus_eval.display import progress_display
 from nexus_eval.errors import DataError
 
@@ -50,10 +51,11 @@ def build_data(
     """Build the data dir at `out_dir` and return its manifest (also written as out_dir/manifest.json)."""
     _check_params(vocab_size, max_chars_per_source, max_chars_per_ood, val_fraction, math_generated)
     out_dir = Path(out_dir)
-    if out_dir.exists() and not (out_dir / "manifest.json").is_file() and any(out_dir.iterdir()):
-        raise DataError(f"--out {out_dir}: exists and is not a data build (no manifest.json); pick another directory")
-    train_sources = default_sources(gsm8k_dir, math_generated, seed) + _user_sources("--source", extra_sources)
-    ood_sources = default_ood() + _user_sources("--ood", extra_ood)
+    _check_out(out_dir)
+    # The user's sources first: a typo in a flag is reported before the default sources are looked for.
+    user_sources, user_ood = _user_sources("--source", extra_sources), _user_sources("--ood", extra_ood)
+    train_sources = default_sources(gsm8k_dir, math_generated, seed) + user_sources
+    ood_sources = default_ood() + user_ood
     _check_unique_names(train_sources, ood_sources)
     test = gsm8k_test_questions(gsm8k_dir)
     is_contaminated = NgramIndex(test[1]) if test else None
@@ -123,7 +125,7 @@ def build_data(
                 "dropped_docs": {c.name: c.contaminated for c in collected},
             },
             "duplicates_dropped": {c.name: c.duplicates for c in collected + ood},
-            "files": {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()},
+            "files": {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()},
         }
         manifest["hash"] = content_hash(manifest)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
@@ -185,7 +187,19 @@ def _check_unique_names(train_sources: list[Source], ood_sources: list[Source]) 
             raise DataError(f"--source/--ood {name}: the name is already used by another source or OOD domain")
 
 
+def _check_out(out_dir: Path) -> None:
+    """--out must be a directory we may replace: absent, empty, or an earlier data build."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"--out {out_dir}: is a file, not a directory; pick another path")
+    if out_dir.exists() and not (out_dir / "manifest.json").is_file() and any(out_dir.iterdir()):
+        raise DataError(f"--out {out_dir}: exists and is not a data build (no manifest.json); pick another directory")
+    if out_dir.parent.exists() and not out_dir.parent.is_dir():
+        raise DataError(f"--out {out_dir}: {out_dir.parent} is a file, not a directory")
+
+
 def _check_params(vocab: int, max_source: int, max_ood: int, val_fraction: float, math_generated: int) -> None:
+    if not MIN_VOCAB <= vocab <= MAX_VOCAB:  # checked here too: the tokenizer is trained after minutes of reading
+        raise DataError(f"--vocab-size {vocab}: must be between {MIN_VOCAB} and {MAX_VOCAB} (uint16 token ids)")
     if max_source < 1000:
         raise DataError(f"--max-chars-per-source {max_source}: must be at least 1000")
     if max_ood < 1000:
@@ -194,14 +208,6 @@ def _check_params(vocab: int, max_source: int, max_ood: int, val_fraction: float
         raise DataError(f"--val-fraction {val_fraction}: must be in (0, 0.5)")
     if math_generated < 0:
         raise DataError(f"--math-generated {math_generated}: must be >= 0")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _replace_dir(tmp: Path, out_dir: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -15,6 +16,18 @@ if TYPE_CHECKING:  # transformers takes a second to import: only load_tokenizer 
     from transformers import PreTrainedTokenizerFast
 
 SPLITS = ("train", "val", "ood")
+# What every reader of a manifest relies on (data build writes them all): checked once, where the manifest is read.
+MANIFEST_KEYS = {
+    "version": int,
+    "vocab_size": int,
+    "eos_id": int,
+    "tokenizer_dir": str,
+    "sources": dict,
+    "ood": dict,
+    "files": dict,
+    "hash": str,
+}
+TOKEN_BYTES = 2  # uint16
 
 
 def load_manifest(data_dir: Path) -> dict:
@@ -22,9 +35,18 @@ def load_manifest(data_dir: Path) -> dict:
     if not path.is_file():
         raise DataError(f"{path} missing: run `nexus-eval data build`")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DataError(f"{path}: not valid JSON ({e}); rebuild with `nexus-eval data build`") from None
+    if not isinstance(manifest, dict):
+        raise DataError(f"{path}: not a data build manifest (a JSON object); rebuild with `nexus-eval data build`")
+    for key, kind in MANIFEST_KEYS.items():
+        if not isinstance(manifest.get(key), kind):
+            raise DataError(
+                f"{path}: not a data build manifest (key {key!r} missing or not of type {kind.__name__}); "
+                "rebuild with `nexus-eval data build`"
+            )
+    return manifest
 
 
 def train_source_names(manifest: dict) -> list[str]:
@@ -47,21 +69,67 @@ def _entry(data_dir: Path, split: str, name: str) -> dict:
     return group[name]
 
 
-def open_tokens(data_dir: Path, split: str, name: str) -> np.memmap:
-    """Read-only uint16 token stream of one source/domain; documents are separated by the eos id."""
-    path = Path(data_dir) / _entry(data_dir, split, name)["files"][split]
+# Files whose sha256 matched the manifest in this process: (resolved path, size, mtime) → checked. Hashing reads the
+# whole file (≈ 1 s per GB): nothing at demo size (a few MB), seconds per process for a multi-GB build, paid once per
+# file and process; a file changed since (new size or mtime) is hashed again.
+_VERIFIED: set[tuple[str, int, int]] = set()
+
+
+def verified_file(data_dir: Path, relative: str) -> Path:
+    """data_dir/relative after checking it against manifest.json: present, and its sha256 the one the build
+    recorded (once per process and file). A file truncated, replaced or edited since the build would otherwise train
+    or measure silently under the intact build's data hash."""
+    manifest = load_manifest(data_dir)
+    path = Path(data_dir) / relative
     if not path.is_file():
         raise DataError(f"{path} missing: rebuild with `nexus-eval data build`")
+    expected = manifest["files"].get(relative)
+    if expected is None:
+        raise DataError(f"{path}: not listed in {data_dir}/manifest.json; rebuild with `nexus-eval data build`")
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _VERIFIED:
+        if sha256_file(path) != expected:
+            raise DataError(
+                f"{path}: content differs from its sha256 in {data_dir}/manifest.json (changed or corrupted since "
+                "the build); rebuild with `nexus-eval data build`"
+            )
+        _VERIFIED.add(key)
+    return path
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def open_tokens(data_dir: Path, split: str, name: str) -> np.memmap:
+    """Read-only uint16 token stream of one source/domain; documents are separated by the eos id.
+
+    Its size is checked against the manifest's token count on every open (a truncated file, even to an odd number
+    of bytes, is a DataError naming it), its content against the manifest's sha256 once per process."""
+    entry = _entry(data_dir, split, name)
+    path = Path(data_dir) / entry["files"][split]
+    if not path.is_file():
+        raise DataError(f"{path} missing: rebuild with `nexus-eval data build`")
+    tokens = int(entry["tokens"][split])
+    if (size := path.stat().st_size) != tokens * TOKEN_BYTES:
+        raise DataError(
+            f"{path}: {size} bytes, but {data_dir}/manifest.json lists {tokens} tokens ({tokens * TOKEN_BYTES} bytes): "
+            "truncated or replaced since the build; rebuild with `nexus-eval data build`"
+        )
+    verified_file(data_dir, entry["files"][split])
     return np.memmap(path, dtype=np.uint16, mode="r")
 
 
 def read_docs(data_dir: Path, split: str, name: str) -> list[str]:
-    """Raw text documents of a val or OOD split (the .jsonl written beside the tokens)."""
+    """Raw text documents of a val or OOD split (the .jsonl written beside the tokens), checked like the tokens."""
     if split == "train":
         raise DataError("raw documents are kept for the val and ood splits only, not train")
-    path = Path(data_dir) / _entry(data_dir, split, name)["files"][f"{split}_jsonl"]
-    if not path.is_file():
-        raise DataError(f"{path} missing: rebuild with `nexus-eval data build`")
+    path = verified_file(data_dir, _entry(data_dir, split, name)["files"][f"{split}_jsonl"])
     return [json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from nexus_eval.checkpoints import TOKENIZER_FILES, gguf_file
+from nexus_eval.checkpoints import TOKENIZER_FILES, check_weight_files, gguf_file
 from nexus_eval.errors import EvalError
 
 BACKENDS = ("hf", "vllm")
@@ -81,6 +81,7 @@ def check_checkpoint(ckpt: Path, backend: str) -> None:
     if not any((ckpt / name).exists() for name in TOKENIZER_FILES):
         raise EvalError(f"{ckpt}: checkpoint has no tokenizer ({' / '.join(TOKENIZER_FILES)})")
     config = _read_config(ckpt)
+    check_weight_files(ckpt)  # a truncated model.safetensors: one line now, not a traceback from the loader later
     tokens = tokenizer_size(ckpt)
     vocab = config.get("vocab_size")
     if isinstance(vocab, int) and tokens > vocab:

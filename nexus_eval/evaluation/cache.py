@@ -44,6 +44,11 @@ def cache_key(
     return EvalKey(**dict(zip(KEY_FIELDS, values, strict=True)))
 
 
+def lock_path(cache_dir: Path, checkpoint_hash: str) -> Path:
+    """The lock file of one checkpoint's cache entries: cache_dir/<checkpoint hash>.lock, beside their directory."""
+    return cache_dir / f"{checkpoint_hash[:16]}.lock"
+
+
 def _stem(key: EvalKey) -> str:
     """<task>.<backend>.<hash of the whole key>: the name of a result file without its suffix."""
     if not is_safe_name(key["task"]) or not is_safe_name(key["backend"]):  # the names become the file name

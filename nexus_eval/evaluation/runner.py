@@ -13,18 +13,18 @@ import hashlib
 import logging
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nexus_eval.checkpoints import content_hash, non_finite_weights, resolve_checkpoints
-from nexus_eval.display import checkpoint_label, progress_bar
+from nexus_eval.display import ProgressBar, checkpoint_label, progress_bar
 from nexus_eval.errors import EvalError
 from nexus_eval.evaluation import backends
 from nexus_eval.evaluation import cache as evalcache
 from nexus_eval.evaluation.samples import item_samples
-from nexus_eval.io import SAFE_NAME_RULE, is_safe_name
+from nexus_eval.io import SAFE_NAME_RULE, file_lock, is_safe_name
 from nexus_eval.provenance import environment
 from nexus_eval.schema import EvalKey, EvalProvenance, EvalResult
 from nexus_eval.tasks import registry
@@ -121,6 +121,8 @@ class EvalSettings:
             raise EvalError(f"--num-fewshot must be ≥ 0 (got {self.num_fewshot})")
         if self.batch_size <= 0:
             raise EvalError(f"--batch-size must be positive (got {self.batch_size})")
+        if self.cache_dir.exists() and not self.cache_dir.is_dir():  # found before the work whose result it would keep
+            raise EvalError(f"--cache {self.cache_dir}: is a file, not a directory")
         backends.check_backend(self.backend)
 
     def task_specs(self) -> list[TaskSpec]:
@@ -306,6 +308,44 @@ def cached_results(
     return found
 
 
+def take_cached(
+    slots: list[CacheSlot], ckpt: Path, found: list[tuple[EvalResult, bool]], bar: ProgressBar
+) -> list[CacheSlot]:
+    """Move the slots the cache holds into `found` (flagged cached); return the ones still missing."""
+    todo = []
+    for slot in slots:
+        if slot.result is not None:
+            found.append((slot.cached_for(ckpt), True))
+            bar.advance()
+        else:
+            todo.append(slot)
+    return todo
+
+
+def missing_work(
+    ckpts: list[Path],
+    specs: list[TaskSpec],
+    settings: EvalSettings,
+    hashes: dict[Path, str] | None,
+    found: list[tuple[EvalResult, bool]],
+    bar: ProgressBar,
+) -> Iterator[tuple[Path, list[CacheSlot]]]:
+    """(checkpoint, its cache slots still missing), yielded while holding that checkpoint's cache lock, so that a
+    concurrent `eval` of the same checkpoint waits and then reuses these results instead of computing them again.
+    Results the cache holds, before or after the wait, go to `found`."""
+    for ckpt in ckpts:
+        bar.describe(f"{checkpoint_label(ckpt)}: hashing")
+        ckpt_hash = checkpoint_hash(ckpt, hashes)
+        missing = take_cached(cache_slots(ckpt_hash, specs, settings), ckpt, found, bar)
+        if not missing:
+            continue
+        with file_lock(evalcache.lock_path(settings.cache_dir, ckpt_hash)):
+            # Read the missing ones again under the lock: what another process wrote while we waited is reused.
+            again = cache_slots(ckpt_hash, [slot.spec for slot in missing], settings)
+            if todo := take_cached(again, ckpt, found, bar):
+                yield ckpt, todo
+
+
 def evaluate_with_status(
     checkpoints: list[Path], settings: EvalSettings, progress: bool = True, hashes: dict[Path, str] | None = None
 ) -> list[tuple[EvalResult, bool]]:
@@ -322,19 +362,13 @@ def evaluate_with_status(
         check_context(ckpt, specs)
     found: list[tuple[EvalResult, bool]] = []
     task_manager = None
-    with _quiet_libraries(), progress_bar("eval", len(ckpts) * len(specs), enabled=progress) as bar:
-        for ckpt in ckpts:
+    with (
+        _quiet_libraries(),
+        progress_bar("eval", len(ckpts) * len(specs), enabled=progress) as bar,
+        closing(missing_work(ckpts, specs, settings, hashes, found, bar)) as work,
+    ):
+        for ckpt, todo in work:
             label = checkpoint_label(ckpt)
-            bar.describe(f"{label}: hashing")
-            todo = []
-            for slot in cache_slots(checkpoint_hash(ckpt, hashes), specs, settings):
-                if slot.result is not None:
-                    found.append((slot.cached_for(ckpt), True))
-                    bar.advance()
-                else:
-                    todo.append(slot)
-            if not todo:
-                continue
             if bad := non_finite_weights(ckpt):
                 raise EvalError(f"{ckpt}: {len(bad)} weight tensors hold NaN or inf (e.g. {bad[0]}): a diverged run?")
             if task_manager is None:

@@ -33,7 +33,9 @@ def source_batches(
     tokens = open_tokens(data_dir, split, source)
     path = Path(tokens.filename) if tokens.filename else data_dir / split / source
     if len(tokens) < context + 1:
-        raise DataError(f"{path}: {len(tokens)} tokens, fewer than one window of context+1 = {context + 1}")
+        raise DataError(
+            f"{path}: {len(tokens)} tokens, fewer than one window of --context + 1 = {context + 1}; lower --context"
+        )
     rng = np.random.default_rng([seed, zlib.crc32(source.encode()), SPLIT_CODES[split]])
     offsets = rng.integers(0, len(tokens) - context, size=(n_batches, batch_size))
     batches = []

@@ -157,7 +157,11 @@ def _chosen_sources(data_dir: Path, sources: list[str] | None) -> list[str]:
 def _context(ckpt: Path, context: int | None) -> int:
     """The window length: `context` when given, else the checkpoint's max_position_embeddings."""
     config = json.loads((ckpt / "config.json").read_text()) if (ckpt / "config.json").exists() else {}
-    context = context or config.get("max_position_embeddings")
+    trained = config.get("max_position_embeddings")
+    if context is not None and (context < 2 or (trained and context > trained)):
+        limit = f" and at most {ckpt}'s {trained} (max_position_embeddings in config.json)" if trained else ""
+        raise NexusError(f"--context {context}: must be at least 2{limit}")
+    context = context or trained
     if not context or context < 2:
         raise CheckpointError(f"{ckpt}: no max_position_embeddings in config.json; pass --context")
     return context

@@ -6,6 +6,7 @@ Modules, in the order a run uses them:
     schedule     which source and token windows each (seed, step, micro-batch) trains on
     model        LLaMA presets, the initial weights of a seed, the training loss
     optimizer    AdamW, and Nexus around that AdamW, from the recipe's [optim]
+    memory       the run's peak memory, estimated before set-up allocates: a recipe that cannot fit is refused
     components   set_up: the data, schedule, held-out windows, model and optimizer of one run
     step         one outer step on K micro-batches: where AdamW and Nexus differ
     heldout      held-out and OOD loss on fixed windows of the data build

@@ -3,13 +3,21 @@ recipe says, and resume exactly from the newest checkpoint that has it."""
 
 from __future__ import annotations
 
+import pickle
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
-from nexus_eval.checkpoints import STATE_FILE, checkpoint_name, list_checkpoints, save_checkpoint
+from nexus_eval.checkpoints import (
+    CKPT_PREFIX,
+    STATE_FILE,
+    check_weight_files,
+    checkpoint_name,
+    list_checkpoints,
+    save_checkpoint,
+)
 from nexus_eval.errors import CheckpointError
 from nexus_eval.schema import CheckpointMeta, HeldOutLoss, RunIdentity
 from nexus_eval.training.components import Components
@@ -25,6 +33,14 @@ class Checkpointer:
     def checkpoints(self) -> list[Path]:
         return list_checkpoints(self.run_dir)
 
+    def remove_partial(self) -> list[Path]:
+        """Remove the temp dirs of checkpoint writes that a kill interrupted (save_checkpoint's .ckpt-*.tmp); they
+        are never read, only take space. Call before training writes: the write in flight is this process's own."""
+        partial = sorted(p for p in self.run_dir.glob(f".{CKPT_PREFIX}*.tmp") if p.is_dir())
+        for path in partial:
+            shutil.rmtree(path, ignore_errors=True)
+        return partial
+
     def save(self, model: Any, tokenizer: Any, meta: CheckpointMeta, state: TrainerState) -> Path:
         ckpt = save_checkpoint(self.run_dir / checkpoint_name(meta["step"]), model, tokenizer, meta, state)
         # Optimizer state only beside the newest checkpoint: resuming needs no more, and it is 2-3x the weights.
@@ -39,7 +55,20 @@ class Checkpointer:
         if not with_state:
             raise CheckpointError(f"--resume: {self.run_dir} has no checkpoint with optimizer state to resume from")
         ckpt = with_state[-1]
-        return ckpt, torch.load(ckpt / STATE_FILE, weights_only=False)
+        return ckpt, load_trainer_state(ckpt / STATE_FILE)
+
+
+def load_trainer_state(path: Path) -> TrainerState:
+    """optimizer/state.pt, or CheckpointError naming it when it is truncated, corrupt or not a trainer state."""
+    try:
+        state = torch.load(path, weights_only=False)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as e:
+        reason = str(e).split(". ")[0].strip() or type(e).__name__  # torch's first sentence; the rest is advice
+        raise CheckpointError(f"{path}: unreadable optimizer state ({reason}): truncated or corrupt") from None
+    if not isinstance(state, dict) or (missing := set(TrainerState.__required_keys__) - set(state)):
+        what = f"lacks {sorted(missing)[0]!r}" if isinstance(state, dict) else "is not a dict"
+        raise CheckpointError(f"{path}: not a trainer state (it {what})")
+    return cast(TrainerState, state)
 
 
 def checkpoint_meta(
@@ -80,6 +109,7 @@ def resume_run(checkpointer: Checkpointer, c: Components, cosine: CosineWindow) 
     ckpt, saved = checkpointer.latest_state()
     if saved["recipe_hash"] != c.recipe.hash() or saved["optimizer_name"] != c.optimizer:
         raise CheckpointError(f"--resume: {ckpt} was trained with another recipe or optimizer than {c.recipe.path}")
+    check_weight_files(ckpt)
     loaded = LlamaForCausalLM.from_pretrained(ckpt, dtype=torch.float32)
     c.model.load_state_dict(loaded.state_dict())
     c.opt.load_state_dict(saved["optimizer"])

@@ -9,11 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from nexus_eval.data import load_manifest, load_tokenizer, open_tokens
 from nexus_eval.errors import RecipeError
 from nexus_eval.provenance import code_version_label, environment
 from nexus_eval.schema import DataBuild, RunIdentity
 from nexus_eval.training.heldout import HeldOut
+from nexus_eval.training.memory import check_training_memory
 from nexus_eval.training.model import build_model, count_params, llama_config
 from nexus_eval.training.optimizer import Optimizer, build_optimizer, check_optimizer_name, optimizer_hparams
 from nexus_eval.training.recipe import Recipe
@@ -95,10 +98,13 @@ def set_up(recipe: Recipe, optimizer: str, seed: int, data_dir: Path) -> Compone
             f"{recipe.path}: data.mixture names source {missing[0]!r} that {data_dir}/manifest.json lacks "
             f"(has: {', '.join(sorted(manifest['sources']))})"
         )
+    check_training_memory(recipe, optimizer, manifest)  # before anything large is allocated
     tokenizer = load_tokenizer(data_dir)
     mixture = {s: w for s, w in recipe.data.mixture.items() if w > 0}
+    streams = {s: open_tokens(data_dir, "train", s) for s in mixture}
+    check_stream_lengths(recipe, data_dir, streams, sorted(manifest["ood"]))
     schedule = MicroBatchSchedule(
-        {s: open_tokens(data_dir, "train", s) for s in mixture},
+        streams,
         mixture,
         recipe.optim.micro_batch,
         recipe.model.context,
@@ -122,3 +128,18 @@ def data_build(manifest: dict[str, Any]) -> DataBuild:
     """The data build as a run records it: its hash, the parameters that made it and its tokenizer's hash."""
     params = dict(manifest.get("params") or {})
     return {"hash": manifest["hash"], "params": params, "tokenizer_hash": tokenizer_hash(manifest)}
+
+
+def check_stream_lengths(recipe: Recipe, data_dir: Path, train: dict[str, np.memmap], ood: list[str]) -> None:
+    """Every token stream the run reads must hold a window of model.context + 1 tokens (+1 for the random start of
+    a training window); a shorter one is a RecipeError naming the file, not an error deep inside numpy."""
+    context = recipe.model.context
+    streams = [(stream, context + 2) for stream in train.values()]
+    streams += [(open_tokens(data_dir, "val", s), context + 1) for s in sorted(train)]
+    streams += [(open_tokens(data_dir, "ood", d), context + 1) for d in ood]
+    for stream, need in streams:
+        if len(stream) < need:
+            raise RecipeError(
+                f"{recipe.path}: model.context {context} needs at least {need} tokens per stream, but "
+                f"{stream.filename} holds {len(stream)}; lower model.context or build more data"
+            )

@@ -13,6 +13,7 @@ from typing import Any
 
 from nexus_eval.errors import RecipeError
 from nexus_eval.io import SAFE_NAME_RULE, is_safe_name
+from nexus_eval.training.model import PRESETS
 
 OPTIMIZERS = ("adamw", "nexus")
 SCHEDULES = ("wsd", "cosine")
@@ -114,25 +115,43 @@ def _section(cls: type, raw: dict[str, Any], where: str) -> Any:
     defaults = cls()
     for key, value in raw.items():
         default = getattr(defaults, key)
-        if isinstance(default, bool):
-            ok = isinstance(value, bool)
-        elif isinstance(default, float):
-            ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-            value = float(value)
-        elif isinstance(default, int):
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        elif isinstance(default, tuple):
-            ok = isinstance(value, list) and all(isinstance(v, int | float) for v in value)
-            value = tuple(sorted((float(v) for v in value), reverse=True))
-        elif isinstance(default, dict):
-            ok = isinstance(value, dict) and all(isinstance(v, int | float) and v >= 0 for v in value.values())
-            value = {k: float(v) for k, v in value.items()}
-        else:
-            ok = isinstance(value, str)
-        if not ok:
-            raise RecipeError(f"{where}.{key}: expected {type(default).__name__}, got {value!r}")
-        values[key] = value
+        converted = _typed(default, value)
+        if converted is None:
+            raise RecipeError(f"{where}.{key}: expected {_type_name(default)}, got {value!r}")
+        values[key] = converted
     return cls(**values)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _typed(default: Any, value: Any) -> Any:
+    """`value` as the type of the field whose default is `default`, or None when it is not of that type (checked
+    before any conversion: float("fast") would be a traceback, not a message naming the key)."""
+    if isinstance(default, bool):
+        return value if isinstance(value, bool) else None
+    if isinstance(default, float):
+        return float(value) if _is_number(value) else None
+    if isinstance(default, int):
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+    if isinstance(default, tuple):  # target losses: numbers, stored largest first
+        if not isinstance(value, list) or not all(_is_number(v) for v in value):
+            return None
+        return tuple(sorted((float(v) for v in value), reverse=True))
+    if isinstance(default, dict):  # the mixture: source name → weight ≥ 0
+        if not isinstance(value, dict) or not all(_is_number(v) and v >= 0 for v in value.values()):
+            return None
+        return {k: float(v) for k, v in value.items()}
+    return value if isinstance(value, str) else None
+
+
+def _type_name(default: Any) -> str:
+    if isinstance(default, tuple):
+        return "a list of numbers"
+    if isinstance(default, dict):
+        return "a table of source = weight ≥ 0"
+    return type(default).__name__
 
 
 def parse_recipe(raw: dict[str, Any], where: str) -> Recipe:
@@ -155,6 +174,8 @@ def parse_recipe(raw: dict[str, Any], where: str) -> Recipe:
 
 def check(recipe: Recipe, where: str) -> None:
     o, t = recipe.optim, recipe.train
+    if recipe.model.preset not in PRESETS:
+        raise RecipeError(f"{where}: model.preset must be one of {', '.join(PRESETS)}, got {recipe.model.preset!r}")
     positive = {
         "optim.lr": o.lr,
         "optim.micro_batch": o.micro_batch,
@@ -180,6 +201,8 @@ def check(recipe: Recipe, where: str) -> None:
 
 
 def load_recipe(path: Path) -> Recipe:
+    if path.is_dir():
+        raise RecipeError(f"{path}: is a directory, not a recipe file (e.g. train/tiny.toml)")
     if not path.is_file():
         raise RecipeError(f"{path}: recipe not found")
     try:

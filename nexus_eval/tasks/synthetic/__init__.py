@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+from nexus_eval.errors import EvalError
 from nexus_eval.io import write_text_atomic
 from nexus_eval.tasks.synthetic import arith, code, compare
 from nexus_eval.tasks.synthetic.common import jsonl
@@ -69,6 +70,8 @@ def task_files(tasks_dir: Path) -> dict[Path, str]:
 
 def generate(tasks_dir: Path) -> list[Path]:
     """(Re)write the synthetic suites under `tasks_dir`; returns the files written."""
+    if tasks_dir.exists() and not tasks_dir.is_dir():
+        raise EvalError(f"--out {tasks_dir}: is a file, not a tasks directory")
     files = task_files(tasks_dir)
     for path, text in files.items():
         write_text_atomic(path, text)
