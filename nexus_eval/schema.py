@@ -11,6 +11,7 @@ nexus.json is read by other tools, an eval result by lm-eval users, a leaderboar
 | MetricsRow     | runs/<run>/metrics.jsonl (one per line)          | training              | comparison (curves)    |
 | EvalResult     | results/eval/<hash>/<task>.<backend>.<key>.json  | evaluation (cache.py) | comparison             |
 | ItemSample     | the same path, .samples.jsonl.gz (one per line)  | evaluation (cache.py) | samples, comparison    |
+| MeasuredLoss   | results/loss/<hash16>.<key16>.json               | evaluation (loss.py)  | comparison (series)    |
 | CompareResults | reports/<name>/results.json, leaderboards/*.json | comparison            | leaderboard, plots     |
 """
 
@@ -22,6 +23,7 @@ from typing import Any, NotRequired, TypedDict
 # A change that readers must notice adds a "schema" field with version 2.
 CHECKPOINT_META_VERSION = 1
 EVAL_RESULT_SCHEMA = 2  # 2: provenance, and per-item samples stored beside each result
+MEASURED_LOSS_SCHEMA = 1
 COMPARE_RESULTS_SCHEMA = 2  # 2: run rows carry provenance; schema 1 files still load
 COMPARE_RESULTS_READABLE = (1, 2)
 COMPARE_RESULTS_KIND = "nexus-eval-compare"
@@ -194,6 +196,35 @@ class ItemSample(TypedDict):
     filtered_resps: dict[str, Any]  # filter name → what it kept of resps (generate_until: the extracted answer)
     choices: list[ChoiceScore]  # multiple_choice / loglikelihood: each continuation scored; else empty
     scores: dict[str, float | None]  # "metric,filter" → this item's score, as in EvalResult.item_scores
+
+
+class LossKey(TypedDict):
+    """What a measured loss depends on: the loss cache key (nexus_eval.evaluation.loss)."""
+
+    checkpoint_hash: str  # sha256 of the files that define the model (checkpoints.content_hash)
+    data_hash: str  # the data build's manifest hash
+    windows: int  # held-out windows per source (nats/token)
+    docs: int  # documents per source/domain (bits per byte)
+    loss_version: int  # loss.LOSS_VERSION: bumped when the measurement changes
+
+
+class MeasuredLoss(LossKey):
+    """Held-out and OOD loss of one checkpoint, measured by the harness on a data build (`nexus-eval loss`).
+
+    Loss values are None where not finite (a diverged model)."""
+
+    schema: int  # MEASURED_LOSS_SCHEMA
+    checkpoint: str  # path at measurement time (informative; the hash is the identity)
+    created: str  # ISO time
+    context: int  # tokens per window / document chunk
+    same_tokenizer: bool  # the checkpoint's tokenizer is the data build's: the nats/token fields are measured
+    val_loss: float | None  # nats/token, mixture over the recipe's sources (None: another tokenizer)
+    val_loss_per_source: dict[str, float | None]  # empty with another tokenizer
+    ood_loss: dict[str, float | None]  # nats/token per OOD domain; empty with another tokenizer
+    bits_per_byte: float | None  # Σ bits / Σ UTF-8 bytes over the val documents of every source (the same bytes
+    # for every checkpoint of a data build, whatever its tokenizer)
+    val_bits_per_byte: dict[str, float | None]  # per source
+    ood_bits_per_byte: dict[str, float | None]  # per OOD domain
 
 
 # ---- comparison --------------------------------------------------------------------------------------------------

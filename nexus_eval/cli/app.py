@@ -10,7 +10,7 @@ import os
 
 import typer
 
-from nexus_eval.cli import compare, data, evaluate, geometry, samples, tasks, train
+from nexus_eval.cli import compare, data, evaluate, geometry, samples, series, tasks, train
 
 # No hub: every tokenizer, model and dataset comes from the repo, a package or a local build.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -28,5 +28,6 @@ app.add_typer(tasks.app, name="tasks")
 app.command("eval")(evaluate.eval_command)
 app.command("samples")(samples.samples_command)
 app.command("geometry")(geometry.geometry_command)
+app.add_typer(series.app, name="series")
 app.command("compare")(compare.compare_command)
 app.add_typer(compare.leaderboard_app, name="leaderboard")

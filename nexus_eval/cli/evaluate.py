@@ -14,6 +14,7 @@ from nexus_eval.cli.options import (
     DataDir,
     EvalCache,
     Limit,
+    LossCache,
     NumFewshot,
     Quiet,
     Suite,
@@ -63,10 +64,14 @@ def loss_command(
     data: DataDir = Path("data"),
     windows: int = typer.Option(16, "--windows", help="Held-out windows per source (same-tokenizer nats/token)"),
     docs: int = typer.Option(20, "--docs", help="Documents per source/domain for bits per byte"),
+    cache: LossCache = Path("results/loss"),
 ) -> None:
-    """Held-out and OOD loss of any checkpoint, measured on the harness's own data (nats/token and bits/byte)."""
-    from nexus_eval.evaluation.loss import measure_checkpoint
+    """Held-out and OOD loss of any checkpoint, measured on the harness's own data (nats/token and bits/byte),
+    cached per checkpoint content and data build."""
+    from nexus_eval.evaluation.loss import measured_loss
 
     if windows <= 0 or docs <= 0:
         raise NexusError("--windows and --docs must be positive")
-    typer.echo(json.dumps(measure_checkpoint(checkpoint, data, windows, docs), indent=2, sort_keys=True))
+    lookup = measured_loss(checkpoint, data, windows, docs, cache)
+    typer.echo(f"loss of {checkpoint}: {lookup.source}", err=True)  # stderr: stdout stays the JSON
+    typer.echo(json.dumps(lookup.record, indent=2, sort_keys=True))

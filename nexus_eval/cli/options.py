@@ -20,6 +20,7 @@ Limit = Annotated[int | None, typer.Option("--limit", help="First N items per ta
 NumFewshot = Annotated[int | None, typer.Option("--num-fewshot", help="Override the tasks' few-shot count")]
 BatchSize = Annotated[int, typer.Option("--batch-size", help="Batch size of the hf backend (vllm batches itself)")]
 EvalCache = Annotated[Path, typer.Option("--cache", help="Cache dir of eval result JSONs")]
+LossCache = Annotated[Path, typer.Option("--cache", help="Cache dir of measured losses (JSON per checkpoint)")]
 
 # ---- common to most commands -----------------------------------------------------------------------------------------
 DataDir = Annotated[Path, typer.Option("--data", help="Data dir built by `nexus-eval data build`")]

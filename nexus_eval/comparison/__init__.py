@@ -5,7 +5,9 @@ Modules, each importing only those before it: stats (bootstrap and t intervals),
 (the runs were trained alike but for the optimizer), settings (CompareSettings, CompareOptions), plots (PNG figures),
 provenance (what each run row records of how it was made), report (Markdown and terminal tables), leaderboard
 (leaderboards/NAME.{json,md,png}), disagreements (the items a pair scores differently, from the eval samples),
-pipeline (compare(): the entry point), reproduce (`leaderboard reproduce`: a leaderboard redone from its JSON).
+pipeline (compare(): the entry point), reproduce (`leaderboard reproduce`: a leaderboard redone from its JSON),
+series (checkpoint series of any origin: harness runs, HF checkpoint dirs, GGUF, series files; the loss unit) and
+series_show (`series show`: each series' checkpoints with their measured, cached loss).
 """
 
 from nexus_eval.comparison.leaderboard import check, load, refresh, write_leaderboard

@@ -1,7 +1,8 @@
 """Evaluation: checkpoints × lm-eval tasks × backend → cached results with per-item scores, and held-out loss of any
 checkpoint. Modules: runner (evaluate), cache (the only reader/writer of result and sample files), samples (per-item
-records from lm-eval's logged samples), backends (hf, vllm), loss (`nexus-eval loss`), show (the eval table),
-show_samples (`nexus-eval samples`). Depends on data, training (held-out loss), tasks; never on comparison.
+records from lm-eval's logged samples), backends (hf, vllm), loss (`nexus-eval loss`, the measured-loss cache),
+show (the eval table), show_samples (`nexus-eval samples`). Depends on data, training (held-out loss), tasks;
+never on comparison.
 """
 
 from nexus_eval.evaluation.cache import read_samples
