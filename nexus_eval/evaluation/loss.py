@@ -24,8 +24,8 @@ from typing import Any, Literal
 import torch
 
 from nexus_eval.checkpoints import check_weight_files, content_hash, gguf_file, is_checkpoint, load_model, read_meta
-from nexus_eval.data import load_manifest, load_tokenizer, read_docs
-from nexus_eval.errors import CheckpointError, EvalError
+from nexus_eval.data import load_manifest, read_docs
+from nexus_eval.errors import CheckpointError, DataError, EvalError
 from nexus_eval.io import finite_json, write_json_atomic
 from nexus_eval.schema import MEASURED_LOSS_SCHEMA, LossKey, MeasuredLoss
 from nexus_eval.training.heldout import HeldOut, model_device
@@ -106,7 +106,8 @@ def shares_data_tokenizer(ckpt: Path, data_dir: Path) -> bool:
     data_json = Path(data_dir) / load_manifest(data_dir)["tokenizer_dir"] / "tokenizer.json"
     key = str(data_json.resolve())
     if key not in _DATA_VOCAB:
-        load_tokenizer(data_dir)  # its checks: a DataError naming a missing tokenizer
+        if not data_json.is_file():
+            raise DataError(f"{data_json} missing: rebuild with `nexus-eval data build`")
         _DATA_VOCAB[key] = _tokenizer_vocab(data_json)
     return _tokenizer_vocab(own) == _DATA_VOCAB[key]
 

