@@ -11,7 +11,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -86,3 +86,25 @@ def finite_json(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def record_problems(record: Any, key: Mapping[str, Any], schema: int, strings: tuple[str, ...] = ()) -> list[str]:
+    """Why a stored JSON record cannot stand for `key`: not an object, a key field that differs, another schema
+    version, a string field missing. Caches validate what they read with this first, then their own fields."""
+    if not isinstance(record, dict):
+        return ["not a JSON object"]
+    found = [f"{f} is {record.get(f)!r}, expected {v!r}" for f, v in key.items() if record.get(f) != v]
+    if record.get("schema") != schema:
+        found.append(f"schema {record.get('schema')!r} is not {schema}")
+    return found + [f"{f} missing" for f in strings if not isinstance(record.get(f), str)]
+
+
+def read_json_object(path: Path, error: Callable[[str], Exception], what: str = "") -> dict[str, Any]:
+    """The JSON object in `path`; otherwise error("<what><path>: ...") naming the file and what is wrong."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise error(f"{what}{path}: unreadable JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise error(f"{what}{path}: expected a JSON object")
+    return data

@@ -20,7 +20,6 @@ a fraction between the two checkpoints' scores).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
@@ -30,6 +29,7 @@ import numpy as np
 
 from nexus_eval.checkpoints import list_checkpoints, read_meta
 from nexus_eval.errors import ComparisonError
+from nexus_eval.io import read_json_object
 from nexus_eval.schema import CheckpointMeta, SideSummary
 
 BASELINE, CANDIDATE = "adamw", "nexus"
@@ -109,16 +109,6 @@ class Unmatched:
     reason: str
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ComparisonError(f"{path}: unreadable JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise ComparisonError(f"{path}: expected a JSON object")
-    return data
-
-
 def _checkpoint(path: Path, run_id: str, optimizer: str, seed: int | None) -> Checkpoint:
     meta = cast(CheckpointMeta, read_meta(path))
     loss = meta.get("heldout_loss")
@@ -142,7 +132,11 @@ def load_run(run_dir: Path) -> Run:
     ckpts = list_checkpoints(run_dir)
     if not ckpts:
         raise ComparisonError(f"{run_dir}: not a run directory (no ckpt-*/nexus.json)")
-    info = _read_json(run_dir / "run.json") if (run_dir / "run.json").exists() else read_meta(ckpts[-1])
+    info = (
+        read_json_object(run_dir / "run.json", ComparisonError)
+        if (run_dir / "run.json").exists()
+        else read_meta(ckpts[-1])
+    )
     optimizer = info.get("optimizer")
     if optimizer not in (BASELINE, CANDIDATE):
         raise ComparisonError(f"{run_dir}: optimizer {optimizer!r} in run.json/nexus.json is not adamw or nexus")

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from nexus_eval.errors import EvalError
-from nexus_eval.io import SAFE_NAME_RULE, atomic_path, finite_json, is_safe_name, write_json_atomic
+from nexus_eval.io import SAFE_NAME_RULE, atomic_path, finite_json, is_safe_name, record_problems, write_json_atomic
 from nexus_eval.schema import EVAL_RESULT_SCHEMA, EvalKey, EvalResult, ItemSample
 
 SCHEMA = EVAL_RESULT_SCHEMA
@@ -77,14 +77,9 @@ def _is_score(value: Any) -> bool:
 
 def problems(result: Any, key: EvalKey) -> list[str]:
     """Why a stored result cannot be used for this key (empty when it can)."""
+    found = record_problems(result, key, SCHEMA, ("checkpoint", "lm_eval_version", "created"))
     if not isinstance(result, dict):
-        return ["not a JSON object"]
-    found = [f"{f} is {result.get(f)!r}, expected {key[f]!r}" for f in KEY_FIELDS if result.get(f) != key[f]]
-    if result.get("schema") != SCHEMA:
-        found.append(f"schema {result.get('schema')!r} is not {SCHEMA}")
-    for field in ("checkpoint", "lm_eval_version", "created"):
-        if not isinstance(result.get(field), str):
-            found.append(f"{field} missing")
+        return found
     if any(not isinstance(result.get(field), dict) for field in DICT_FIELDS):
         return [*found, "metrics/stderr/higher_is_better/item_scores/provenance missing"]
     metrics = result["metrics"]

@@ -26,14 +26,13 @@ import torch
 from nexus_eval.checkpoints import check_weight_files, content_hash, gguf_file, is_checkpoint, load_model, read_meta
 from nexus_eval.data import load_manifest, read_docs
 from nexus_eval.errors import CheckpointError, DataError, EvalError
-from nexus_eval.io import finite_json, write_json_atomic
+from nexus_eval.io import finite_json, record_problems, write_json_atomic
 from nexus_eval.schema import MEASURED_LOSS_SCHEMA, LossKey, MeasuredLoss
 from nexus_eval.training.heldout import HeldOut, model_device
 
 # Bump when what is measured changes (windows, documents, formula): older cache files then no longer match.
 LOSS_VERSION = 1
 DEFAULT_LOSS_CACHE = Path("results/loss")
-KEY_FIELDS = ("checkpoint_hash", "data_hash", "windows", "docs", "loss_version")
 MAX_CONTEXT = 512
 
 LossUnit = Literal["nats", "bpb"]
@@ -168,12 +167,9 @@ def _is_loss_dict(value: Any) -> bool:
 
 def loss_problems(record: Any, key: LossKey) -> list[str]:
     """Why a stored measurement cannot be used for this key (empty when it can)."""
+    found = record_problems(record, key, MEASURED_LOSS_SCHEMA, ("checkpoint", "created"))
     if not isinstance(record, dict):
-        return ["not a JSON object"]
-    found = [f"{f} is {record.get(f)!r}, expected {key[f]!r}" for f in KEY_FIELDS if record.get(f) != key[f]]
-    if record.get("schema") != MEASURED_LOSS_SCHEMA:
-        found.append(f"schema {record.get('schema')!r} is not {MEASURED_LOSS_SCHEMA}")
-    found += [f"{f} missing" for f in ("checkpoint", "created") if not isinstance(record.get(f), str)]
+        return found
     if not isinstance(record.get("context"), int) or not isinstance(record.get("same_tokenizer"), bool):
         found.append("context / same_tokenizer missing")
     if not _is_loss(record.get("val_loss")) or not _is_loss(record.get("bits_per_byte", "")):

@@ -15,6 +15,7 @@ from typing import Any
 from nexus_eval.checkpoints import list_checkpoints, read_meta
 from nexus_eval.data import load_manifest
 from nexus_eval.errors import CheckpointError, DataError, RecipeError
+from nexus_eval.io import read_json_object
 from nexus_eval.training.recipe import Recipe, flat_recipe
 
 SHOWN_HASH = 12  # hex digits of a hash in messages
@@ -24,13 +25,7 @@ def recorded_identity(run_dir: Path) -> dict[str, Any]:
     """run.json (RunInfo), else the newest checkpoint's nexus.json (a run.json lost by hand)."""
     path = run_dir / "run.json"
     if path.exists():
-        try:
-            info = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"--resume: {path}: unreadable JSON ({e})") from None
-        if not isinstance(info, dict):
-            raise CheckpointError(f"--resume: {path}: expected a JSON object")
-        return info
+        return read_json_object(path, CheckpointError, "--resume: ")
     return dict(read_meta(list_checkpoints(run_dir)[-1]))
 
 
