@@ -28,15 +28,9 @@ from nexus_eval.schema import (
 TOKENIZER_EXTRAS = ("tokenizer_config.json", "special_tokens_map.json")
 
 
-def _run_info(run: Run) -> dict[str, Any]:
-    path = run.path / "run.json"
-    try:
-        return cast(dict[str, Any], json.loads(path.read_text())) if path.is_file() else {}
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
-def tokenizer_hash(ckpt: Path) -> str | None:
+def checkpoint_tokenizer_hash(ckpt: Path) -> str | None:
+    """sha256 of the tokenizer files a checkpoint holds: defined for any checkpoint, ours or external (training's
+    run.json tokenizer_hash is of the data build's files instead)."""
     return files_hash([ckpt / name for name in (*TOKENIZER_FILES, *TOKENIZER_EXTRAS)])
 
 
@@ -63,7 +57,7 @@ def evaluation_provenance(results: list[EvalResult]) -> list[EvalSettingsProvena
 def run_provenance(run: Run, results: list[EvalResult]) -> RunProvenance:
     """One run's provenance: its training record (newest checkpoint, else run.json) and the evaluation behind
     `results` (the eval results of its checkpoints that the comparison used)."""
-    info = cast(RunInfo, _run_info(run))
+    info = cast(RunInfo, run.info)  # run.json as match.load_run read it (else the newest nexus.json)
     newest = run.checkpoints[-1].path
     meta = cast(CheckpointMeta, read_meta(newest))
     training = cast(Environment | None, meta.get("environment") or info.get("environment"))
@@ -72,7 +66,7 @@ def run_provenance(run: Run, results: list[EvalResult]) -> RunProvenance:
         "data_build": meta.get("data_build") or info.get("data_build"),
         "recipe_hash": meta.get("recipe_hash") or info.get("recipe_hash"),
         "recipe": meta.get("recipe") or info.get("recipe"),
-        "tokenizer_hash": tokenizer_hash(newest),
+        "tokenizer_hash": checkpoint_tokenizer_hash(newest),
         "code_version": meta.get("code_version") or info.get("code_version"),
         "training": training,
         "evaluation": evaluation_provenance(results),

@@ -38,6 +38,7 @@ class Components:
 
     def identity(self, run_id: str) -> RunIdentity:
         """What run.json and every nexus.json of this run say about how it was trained."""
+        build = data_build(self.manifest)
         identity: RunIdentity = {
             "run_id": run_id,
             "optimizer": self.optimizer,
@@ -48,11 +49,11 @@ class Components:
             "data_hash": self.manifest["hash"],
             "code_version": code_version_label(),
             "model_params": count_params(self.model),
-            "data_build": data_build(self.manifest),
+            "data_build": build,
             "environment": environment("cpu"),
         }
-        if (tokenizer := tokenizer_hash(self.manifest)) is not None:
-            identity["tokenizer_hash"] = tokenizer
+        if build["tokenizer_hash"] is not None:
+            identity["tokenizer_hash"] = build["tokenizer_hash"]
         if (heldout := heldout_hash(self.manifest, self.recipe)) is not None:
             identity["heldout_hash"] = heldout
         return identity
