@@ -24,8 +24,10 @@ from typing import Any, NotRequired, TypedDict
 CHECKPOINT_META_VERSION = 1
 EVAL_RESULT_SCHEMA = 2  # 2: provenance, and per-item samples stored beside each result
 MEASURED_LOSS_SCHEMA = 1
-COMPARE_RESULTS_SCHEMA = 2  # 2: run rows carry provenance; schema 1 files still load
-COMPARE_RESULTS_READABLE = (1, 2)
+# 2: run rows carry provenance. 3: series: rows name their series, the sides are "reference" and "candidate" (were
+# "adamw" and "nexus"), a loss unit. Files of schema 1 and 2 still load (comparison.results_schema.upgraded).
+COMPARE_RESULTS_SCHEMA = 3
+COMPARE_RESULTS_READABLE = (1, 2, 3)
 COMPARE_RESULTS_KIND = "nexus-eval-compare"
 
 
@@ -205,6 +207,8 @@ class LossKey(TypedDict):
     data_hash: str  # the data build's manifest hash
     windows: int  # held-out windows per source (nats/token)
     docs: int  # documents per source/domain (bits per byte)
+    max_context: int  # windows and document chunks are min(model context, max_context) tokens
+    mixture: dict[str, float] | None  # source weights of the nats/token loss (None: the recipe's, else uniform)
     loss_version: int  # loss.LOSS_VERSION: bumped when the measurement changes
 
 
@@ -244,6 +248,20 @@ class CompareSettingsRecord(TypedDict):
     bootstrap_resamples: int
     bootstrap_seed: int
     level: float
+    reference: str  # the label every other series is matched against (schema 3)
+    series: list[str]  # every series label, the reference first
+    loss_unit: str  # "nats" (nats/token) | "bpb" (bits per byte), what every loss of the comparison is in
+
+
+class ExternalChecks(TypedDict):
+    """What the harness could check about a series it did not train, and what it could not."""
+
+    origin: str  # "hf" (checkpoint directories), "gguf" or "file" (a series file)
+    tokenizer: str  # "data build's" | "its own" (then the comparison is in bits per byte)
+    parameters: int | None  # from the safetensors headers
+    architecture: str | None  # model_type, layers, hidden size (config.json)
+    context: int | None  # the model's longest context (config.json)
+    not_checked: list[str]  # training data, decontamination, recipe and seed
 
 
 class EvalSettingsProvenance(TypedDict):
@@ -272,14 +290,17 @@ class RunProvenance(TypedDict):
 
 class RunRow(TypedDict):
     run_id: str
-    optimizer: str
+    series: str  # its series label (schema 3; older files: the optimizer)
+    optimizer: str | None  # a harness run's; None for an external series
     seed: int | None
     checkpoints: int
+    external: bool  # not trained by this harness: `checks` says what could be checked
+    checks: NotRequired[ExternalChecks]
     provenance: NotRequired[RunProvenance]  # schema 2
 
 
 class SideSummary(TypedDict):
-    """One optimizer's side of a pair: a checkpoint, or two bracketing ones when interpolating."""
+    """One series' side of a pair: a checkpoint, or two bracketing ones when interpolating."""
 
     checkpoint: str  # run/ckpt-NNNNNN, or "a ↔ b"
     loss: float
@@ -292,19 +313,21 @@ class SideSummary(TypedDict):
 class PairRow(TypedDict):
     target: float
     seed: str
-    adamw: SideSummary
-    nexus: SideSummary
-    delta_loss: float
+    series: str  # the candidate side's series (matched against the reference)
+    reference: SideSummary
+    candidate: SideSummary
+    delta_loss: float  # candidate − reference
 
 
 class UnmatchedRow(TypedDict):
     target: float
     seed: str
+    series: str
     reason: str
 
 
 class EstimateFields(TypedDict):
-    """A difference Nexus − AdamW with its 95% CI (stats.Estimate.to_dict)."""
+    """A difference candidate − reference (e.g. Nexus − AdamW) with its 95% CI (stats.Estimate.to_dict)."""
 
     mean: float | None
     low: float | None
@@ -324,11 +347,12 @@ class TaskRow(EstimateFields):
 
     target: float
     seed: str  # a seed label, or "all" for the mean over seeds
+    series: str
     task: str
     metric: str
     higher_is_better: bool
-    adamw: float | None
-    nexus: float | None
+    reference: float | None
+    candidate: float | None
     t_low: NotRequired[float | None]
     t_high: NotRequired[float | None]
     t_n: NotRequired[int]  # seeds the t interval is over
@@ -337,14 +361,18 @@ class TaskRow(EstimateFields):
 class OodRow(EstimateFields):
     target: float
     seed: str
+    series: str
     domain: str
-    adamw: float | None
-    nexus: float | None
+    reference: float | None
+    candidate: float | None
 
 
 class OverlapRow(TypedDict):
+    """Solved items: baseline = the reference series, candidate = the other."""
+
     target: float
     seed: str
+    series: str
     task: str
     n: int
     baseline_solved: int
@@ -357,7 +385,7 @@ class OverlapRow(TypedDict):
 class MetricPoint(TypedDict):
     """A checkpoint's downstream metric at its held-out loss (the metric-vs-loss plot)."""
 
-    optimizer: str
+    series: str
     seed: int | None
     run_id: str
     checkpoint: str
@@ -375,7 +403,7 @@ class CurvePoint(TypedDict):
 
 class RunCurve(TypedDict):
     run_id: str
-    optimizer: str
+    series: str
     seed: int | None
     points: list[CurvePoint]
 

@@ -28,9 +28,25 @@ leaderboard_app = typer.Typer(no_args_is_help=True, help="Generated leaderboards
 
 @one_line_errors
 def compare_command(
-    run_dirs: list[Path] = typer.Argument(..., help="Run directories (or a directory of runs, e.g. runs/)"),
-    match_loss: bool = typer.Option(False, "--match-loss", help="Pair AdamW/Nexus checkpoints of equal held-out loss"),
-    tolerance: float = typer.Option(0.01, "--tolerance", help="Largest |Δloss| of a pair, nats/token"),
+    series: list[str] | None = typer.Argument(
+        None,
+        help="Series as [LABEL=]PATH: run directories (or a directory of runs, e.g. runs/; labelled by optimizer), "
+        "a directory of Hugging Face checkpoints, a GGUF file or directory",
+    ),
+    more_series: list[str] | None = typer.Option(None, "--series", help="One more series, LABEL=PATH (repeatable)"),
+    series_file: list[Path] | None = typer.Option(
+        None, "--series-file", help="TOML file of [[series]] (label, checkpoints; repeatable)"
+    ),
+    reference: str | None = typer.Option(
+        None, "--reference", help="Series label every other series is matched against (default: adamw, else the first)"
+    ),
+    loss_unit: str = typer.Option(
+        "auto",
+        "--loss-unit",
+        help="auto (nats/token when every series has the data's tokenizer, else bpb) | nats | bpb",
+    ),
+    match_loss: bool = typer.Option(False, "--match-loss", help="Pair checkpoints of equal held-out loss"),
+    tolerance: float = typer.Option(0.01, "--tolerance", help="Largest |Δloss| of a pair, in the loss unit"),
     targets: str | None = typer.Option(None, "--targets", help="Target losses, e.g. 3.2,3.0 (default: the recipes')"),
     interpolate: bool = typer.Option(False, "--interpolate", help="Interpolate metrics linearly in loss at targets"),
     suite: Suite = "reasoning",
@@ -48,6 +64,7 @@ def compare_command(
     ),
     task: str | None = typer.Option(None, "--task", help="With --disagreements: only this one of the tasks"),
     data: DataDir = Path("data"),
+    loss_cache: Path = typer.Option(Path("results/loss"), "--loss-cache", help="Cache of measured held-out losses"),
     resamples: int = typer.Option(10_000, "--resamples", help="Bootstrap resamples"),
     allow_mismatch: list[str] | None = typer.Option(
         None,
@@ -57,7 +74,8 @@ def compare_command(
     ),
     quiet: Quiet = False,
 ) -> None:
-    """Loss-matched AdamW vs Nexus: pairs, evaluation of what is missing, paired bootstrap CIs, tables and plots."""
+    """Loss-matched series (AdamW vs Nexus, or any checkpoint series): pairs, evaluation of what is missing, paired
+    bootstrap CIs, tables and plots. Held-out loss is the harness's own, on --data, for every series."""
     from nexus_eval.comparison import CompareOptions, CompareSettings, compare
 
     if not match_loss and not interpolate:
@@ -75,6 +93,8 @@ def compare_command(
         num_fewshot=num_fewshot,
         bootstrap_resamples=resamples,
         allow_mismatch=tuple(f for given in allow_mismatch or [] for f in comma_list(given) or []),
+        reference=reference,
+        loss_unit=loss_unit,
     )
     options = CompareOptions(
         batch_size=batch_size,
@@ -85,8 +105,10 @@ def compare_command(
         disagreements=disagreements,
         disagreement_task=task,
         progress=not quiet,
+        data_dir=data,
+        loss_cache_dir=loss_cache,
     )
-    compare(run_dirs, settings, options)
+    compare([*(series or []), *(more_series or [])], settings, options, list(series_file or []))
 
 
 @leaderboard_app.command("refresh")

@@ -1,5 +1,5 @@
-"""Disagreements: the items on which loss-matched AdamW and Nexus checkpoints score differently, both answers side by
-side (`nexus-eval compare --disagreements`).
+"""Disagreements: the items on which loss-matched checkpoints of two series (e.g. AdamW and Nexus) score differently,
+both answers side by side (`nexus-eval compare --disagreements`).
 
 For every pair and task: the primary metric's per-item scores of the two checkpoints (an interpolated side stands for
 its nearer checkpoint, the one with the larger weight: answers cannot be interpolated), the items both were scored on
@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from nexus_eval.comparison.match import Checkpoint, Pair, Side
-from nexus_eval.comparison.report import num, target
+from nexus_eval.comparison.report import DISPLAY_NAMES, num, target
 from nexus_eval.display import console
 from nexus_eval.errors import ComparisonError
 from nexus_eval.evaluation import read_samples
@@ -40,10 +40,10 @@ class Disagreement:
 
     doc_id: int
     target: str  # the gold answer as a reader wants it (the gold choice's text for multiple choice)
-    adamw_answer: str
-    nexus_answer: str
-    adamw_score: float
-    nexus_score: float
+    reference_answer: str
+    candidate_answer: str
+    reference_score: float
+    candidate_score: float
 
 
 @dataclass(frozen=True)
@@ -55,17 +55,19 @@ class TaskDisagreements:
     task: str
     metric: str  # "metric,filter": the task's primary metric
     higher_is_better: bool
-    adamw: str  # checkpoint label (run/ckpt-NNNNNN)
-    nexus: str
+    reference_series: str  # series labels, e.g. "adamw" and "nexus"
+    candidate_series: str
+    reference: str  # checkpoint label (run/ckpt-NNNNNN)
+    candidate: str
     compared: int  # items both checkpoints were scored on
     items: tuple[Disagreement, ...]
 
     def better(self, side: str) -> int:
-        """Items on which `side` ("adamw" | "nexus") scores better than the other."""
+        """Items on which `side` ("reference" | "candidate") scores better than the other."""
         sign = 1 if self.higher_is_better else -1
-        if side == "adamw":
-            return sum(sign * (d.adamw_score - d.nexus_score) > 0 for d in self.items)
-        return sum(sign * (d.nexus_score - d.adamw_score) > 0 for d in self.items)
+        if side == "reference":
+            return sum(sign * (d.reference_score - d.candidate_score) > 0 for d in self.items)
+        return sum(sign * (d.candidate_score - d.reference_score) > 0 for d in self.items)
 
 
 def nearer(side: Side) -> Checkpoint:
@@ -95,7 +97,7 @@ class _Samples:
 def _pair_task(
     pair: Pair, task: str, results: Mapping[tuple[Path, str], EvalResult], samples: _Samples
 ) -> TaskDisagreements:
-    a_ckpt, n_ckpt = nearer(pair.adamw), nearer(pair.nexus)
+    a_ckpt, n_ckpt = nearer(pair.reference), nearer(pair.candidate)
     a_result, n_result = results.get((a_ckpt.path, task)), results.get((n_ckpt.path, task))
     if a_result is None or n_result is None:
         missing = a_ckpt if a_result is None else n_ckpt
@@ -110,10 +112,10 @@ def _pair_task(
         Disagreement(
             doc_id=d,
             target=target_text(a_items[d]),
-            adamw_answer=answer_text(a_items[d], metric),
-            nexus_answer=answer_text(n_items[d], metric),
-            adamw_score=a_scores[d],
-            nexus_score=n_scores[d],
+            reference_answer=answer_text(a_items[d], metric),
+            candidate_answer=answer_text(n_items[d], metric),
+            reference_score=a_scores[d],
+            candidate_score=n_scores[d],
         )
         for d in differ
     )
@@ -123,8 +125,10 @@ def _pair_task(
         task=task,
         metric=metric,
         higher_is_better=bool((a_result.get("higher_is_better") or {}).get(metric, True)),
-        adamw=a_ckpt.label,
-        nexus=n_ckpt.label,
+        reference_series=a_ckpt.series,
+        candidate_series=n_ckpt.series,
+        reference=a_ckpt.label,
+        candidate=n_ckpt.label,
         compared=len(common),
         items=items,
     )
@@ -141,10 +145,16 @@ def find_disagreements(
 # ---- Markdown and terminal ------------------------------------------------------------------------------------
 
 
+def _names(group: TaskDisagreements) -> tuple[str, str]:
+    """The two series as the report names them (AdamW, Nexus; other labels as they are)."""
+    return tuple(DISPLAY_NAMES.get(s, s) for s in (group.reference_series, group.candidate_series))  # type: ignore[return-value]
+
+
 def _summary(group: TaskDisagreements) -> str:
+    ref, cand = _names(group)
     return (
-        f"AdamW `{group.adamw}` vs Nexus `{group.nexus}`: {len(group.items)} of {group.compared} items differ "
-        f"(AdamW better on {group.better('adamw')}, Nexus on {group.better('nexus')})"
+        f"{ref} `{group.reference}` vs {cand} `{group.candidate}`: {len(group.items)} of {group.compared} items "
+        f"differ ({ref} better on {group.better('reference')}, {cand} on {group.better('candidate')})"
     )
 
 
@@ -172,13 +182,14 @@ def render_disagreements(groups: list[TaskDisagreements], title: str, preamble: 
         lines += [f"## {_heading(group)}", "", _summary(group) + ".", ""]
         if not group.items:
             continue
+        ref, cand = _names(group)
         lines += [
-            "| doc id | target | AdamW answer | AdamW score | Nexus answer | Nexus score |",
+            f"| doc id | target | {ref} answer | {ref} score | {cand} answer | {cand} score |",
             "|---:|---|---|---:|---|---:|",
         ]
         lines += [
-            f"| {d.doc_id} | {_md_cell(d.target)} | {_md_cell(d.adamw_answer)} | {num(d.adamw_score)} "
-            f"| {_md_cell(d.nexus_answer)} | {num(d.nexus_score)} |"
+            f"| {d.doc_id} | {_md_cell(d.target)} | {_md_cell(d.reference_answer)} | {num(d.reference_score)} "
+            f"| {_md_cell(d.candidate_answer)} | {num(d.candidate_score)} |"
             for d in group.items
         ]
         lines += [""]
@@ -199,16 +210,20 @@ def print_disagreements(
         more = len(group.items) - rows
         caption = _summary(group) + (f"; {more} more in {written}" if more > 0 else "")
         table = Table(title=f"disagreements · {_heading(group)}", caption=caption)
-        for column in ("doc id", "target", "AdamW answer", "AdamW", "Nexus answer", "Nexus"):
-            table.add_column(column, justify="right" if column in ("doc id", "AdamW", "Nexus") else "left")
+        ref, cand = _names(group)
+        for column, right in (
+            ("doc id", True), ("target", False), (f"{ref} answer", False), (ref, True), (f"{cand} answer", False),
+            (cand, True),
+        ):  # fmt: skip
+            table.add_column(column, justify="right" if right else "left")
         for d in group.items[:rows]:
             table.add_row(
                 str(d.doc_id),
                 one_line(d.target, CELL),
-                one_line(d.adamw_answer, CELL),
-                num(d.adamw_score),
-                one_line(d.nexus_answer, CELL),
-                num(d.nexus_score),
+                one_line(d.reference_answer, CELL),
+                num(d.reference_score),
+                one_line(d.candidate_answer, CELL),
+                num(d.candidate_score),
             )
         out.print(table)
     out.print(f"written: {written}")

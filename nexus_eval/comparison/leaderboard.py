@@ -15,6 +15,7 @@ from typing import Any
 
 from nexus_eval.comparison.plots import write_overview
 from nexus_eval.comparison.report import render_markdown
+from nexus_eval.comparison.results_schema import upgraded
 from nexus_eval.errors import ComparisonError
 from nexus_eval.io import SAFE_NAME_RULE, is_safe_name, write_json_atomic, write_text_atomic
 from nexus_eval.schema import COMPARE_RESULTS_KIND, COMPARE_RESULTS_READABLE, CompareResults
@@ -65,7 +66,10 @@ def validate(results: Any, where: str) -> CompareResults:
         raise ComparisonError(f"{where}: not compare results of schema {readable} (kind {results['kind']!r})")
     if missing := [k for k in SETTINGS if k not in results["settings"]]:
         raise ComparisonError(f"{where}: malformed compare results (settings lack {missing[0]!r})")
-    return results
+    try:
+        return upgraded(results)
+    except (KeyError, TypeError, AttributeError) as e:
+        raise ComparisonError(f"{where}: malformed compare results ({type(e).__name__}: {e})") from None
 
 
 def load(path: Path) -> CompareResults:
@@ -100,7 +104,7 @@ def write_files(name: str, results: CompareResults, directory: Path) -> list[Pat
 def write_leaderboard(results: CompareResults, name: str, directory: Path = LEADERBOARD_DIR) -> list[Path]:
     """leaderboards/NAME.json (the results as given) + the .md and .png generated from it."""
     check_name(name)
-    validate(results, f"--leaderboard {name}")
+    validate(results, f"--leaderboard {name}")  # what a reader would refuse is never written
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{name}.json"
     write_json_atomic(path, results)

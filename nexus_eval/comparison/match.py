@@ -1,8 +1,15 @@
-"""Loss matching: which AdamW and Nexus checkpoints stand at the same held-out pretraining loss.
+"""Loss matching: which checkpoints of two series stand at the same held-out pretraining loss.
 
-Runs are grouped by optimizer and seed (run.json, else a checkpoint's nexus.json). Seeds pair AdamW seed s with
-Nexus seed s, never two different seeds (the seed fixes the initial weights and the batch order: a pair across seeds
-would compare those too). What else the runs must share is checked by guards.py.
+A comparison has two or more series (labels), one of them the reference; each other series is matched against the
+reference. A series holds one run per training seed: the harness's runs are labelled by their optimizer unless a
+label is given (so AdamW vs Nexus is the reference "adamw" against the series "nexus"), runs of other origins by
+their label (external.py). Seeds pair reference seed s with seed s of the other series, never two different seeds
+(the seed fixes the initial weights and the batch order: a pair across seeds would compare those too); a series of
+one run with no recorded seed (an external one) pairs with a reference of one run. What else the harness's runs must
+share is checked by guards.py.
+
+Losses are in the comparison's unit (nats/token or bits per byte, external.py), measured by the harness on the same
+held-out data for every series.
 
 Exact matching (default): for each target loss T and seed, each run offers its checkpoints "at T" — the one written
 for crossing T (nexus.json "target_loss" == T), and the nearest one at or below T and the nearest one above T when
@@ -32,7 +39,7 @@ from nexus_eval.errors import ComparisonError
 from nexus_eval.io import read_json_object
 from nexus_eval.schema import CheckpointMeta, SideSummary
 
-BASELINE, CANDIDATE = "adamw", "nexus"
+BASELINE, CANDIDATE = "adamw", "nexus"  # the optimizers of the harness (guards.OWN_FIELDS)
 GRID_POINTS = 5
 # A checkpoint not written for crossing a target stands for it only this close (or 2× the tolerance, if wider).
 MIN_REACH = 0.05
@@ -42,13 +49,13 @@ MIN_REACH = 0.05
 class Checkpoint:
     path: Path
     run_id: str
-    optimizer: str
+    series: str  # the label of its series
     seed: int | None
     step: int
     tokens: int
-    loss: float  # harness-measured held-out mixture loss, nats/token
+    loss: float  # harness-measured held-out mixture loss, in the comparison's unit
     target_loss: float | None
-    ood_loss: dict[str, float] = field(hash=False, compare=False)  # per held-out domain, nats/token
+    ood_loss: dict[str, float] = field(hash=False, compare=False)  # per held-out domain, in the comparison's unit
 
     @property
     def label(self) -> str:
@@ -62,18 +69,20 @@ class Checkpoint:
 class Run:
     path: Path
     run_id: str
-    optimizer: str
+    label: str  # its series
+    optimizer: str | None  # a harness run's; None for an external one
     seed: int | None
     data_hash: str | None
     targets: tuple[float, ...]
     checkpoints: tuple[Checkpoint, ...]  # oldest first
     # run.json (RunInfo) as read, else the newest nexus.json: what guards.py compares between runs
     info: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    external: bool = False  # not a run of this harness: no recorded recipe or data to check (external.py)
 
 
 @dataclass(frozen=True)
 class Side:
-    """One optimizer's side of a pair: a checkpoint, or (interpolating) two with weight on the second."""
+    """One series' side of a pair: a checkpoint, or (interpolating) two with weight on the second."""
 
     checkpoints: tuple[Checkpoint, ...]
     weights: tuple[float, ...]
@@ -93,23 +102,42 @@ class Side:
 @dataclass(frozen=True)
 class Pair:
     target: float
-    seed: str  # the seed both runs were trained with, e.g. "0"
-    adamw: Side
-    nexus: Side
+    seed: str  # the seed both runs were trained with, e.g. "0" ("-": not recorded)
+    series: str  # the label of the candidate side's series
+    reference: Side
+    candidate: Side
 
     @property
     def delta_loss(self) -> float:
-        return self.nexus.loss - self.adamw.loss
+        return self.candidate.loss - self.reference.loss
+
+    def sides(self) -> tuple[tuple[str, Side], tuple[str, Side]]:
+        """("reference", side), ("candidate", side): the record keys of the two sides."""
+        return ("reference", self.reference), ("candidate", self.candidate)
 
 
 @dataclass(frozen=True)
 class Unmatched:
     target: float
     seed: str
+    series: str
     reason: str
 
 
-def _checkpoint(path: Path, run_id: str, optimizer: str, seed: int | None) -> Checkpoint:
+@dataclass(frozen=True)
+class SeedGroup:
+    """The reference run and a candidate run trained with the same seed: pairs are drawn within a group only."""
+
+    seed: str
+    reference: Run
+    candidate: Run
+
+    @property
+    def runs(self) -> tuple[Run, Run]:
+        return self.reference, self.candidate
+
+
+def _checkpoint(path: Path, run_id: str, label: str, seed: int | None) -> Checkpoint:
     meta = cast(CheckpointMeta, read_meta(path))
     loss = meta.get("heldout_loss")
     if not isinstance(loss, int | float) or not np.isfinite(loss):
@@ -118,7 +146,7 @@ def _checkpoint(path: Path, run_id: str, optimizer: str, seed: int | None) -> Ch
     return Checkpoint(
         path=path,
         run_id=run_id,
-        optimizer=optimizer,
+        series=label,
         seed=seed,
         step=int(meta.get("step", 0)),
         tokens=int(meta.get("tokens_seen", 0)),
@@ -128,7 +156,9 @@ def _checkpoint(path: Path, run_id: str, optimizer: str, seed: int | None) -> Ch
     )
 
 
-def load_run(run_dir: Path) -> Run:
+def load_run(run_dir: Path, label: str | None = None) -> Run:
+    """A run directory of this harness, in nats/token from its nexus.json files; labelled by its optimizer unless
+    `label` is given."""
     ckpts = list_checkpoints(run_dir)
     if not ckpts:
         raise ComparisonError(f"{run_dir}: not a run directory (no ckpt-*/nexus.json)")
@@ -143,12 +173,14 @@ def load_run(run_dir: Path) -> Run:
     seed = info.get("seed")
     seed = int(seed) if isinstance(seed, int) else None
     run_id = str(info.get("run_id") or run_dir.name)
+    label = label or optimizer
     recipe_targets = ((info.get("recipe") or {}).get("train") or {}).get("target_losses") or []
-    checkpoints = tuple(_checkpoint(c, run_id, optimizer, seed) for c in ckpts)
+    checkpoints = tuple(_checkpoint(c, run_id, label, seed) for c in ckpts)
     targets = {float(t) for t in recipe_targets} | {c.target_loss for c in checkpoints if c.target_loss is not None}
     return Run(
         run_dir,
         run_id,
+        label,
         optimizer,
         seed,
         info.get("data_hash"),
@@ -176,34 +208,74 @@ def load_runs(paths: list[Path]) -> list[Run]:
     return runs
 
 
-def seed_groups(runs: list[Run]) -> list[tuple[str, Run, Run]]:
-    """(seed label, AdamW run, Nexus run) for every seed both optimizers have."""
-    by_key: dict[tuple[str, int | None], Run] = {}
+def series_labels(runs: list[Run]) -> list[str]:
+    """The labels of the runs' series, in the order their first run appears."""
+    return list(dict.fromkeys(r.label for r in runs))
+
+
+def choose_reference(runs: list[Run], reference: str | None = None) -> str:
+    """--reference LABEL (a ComparisonError naming the labels when it is none of them), else the first series; runs
+    of this harness only, as before series: "adamw" when there is one."""
+    labels = series_labels(runs)
+    if reference is not None:
+        if reference not in labels:
+            raise ComparisonError(f"--reference {reference}: no such series (have: {', '.join(labels)})")
+        return reference
+    if BASELINE in labels and all(not r.external for r in runs):
+        return BASELINE
+    return labels[0]
+
+
+def _by_seed(runs: list[Run], label: str) -> dict[int | None, Run]:
+    found: dict[int | None, Run] = {}
     for run in runs:
-        key = (run.optimizer, run.seed)
-        if key in by_key:
+        if run.label != label:
+            continue
+        if run.seed in found:
             raise ComparisonError(
-                f"{run.path}: a second {run.optimizer} run with seed {run.seed} (first: {by_key[key].path})"
+                f"series {label}: {run.path}: a second run with seed {run.seed} (first: {found[run.seed].path})"
             )
-        by_key[key] = run
-    baseline = {s: r for (o, s), r in by_key.items() if o == BASELINE}
-    candidate = {s: r for (o, s), r in by_key.items() if o == CANDIDATE}
-    for name, group in ((BASELINE, baseline), (CANDIDATE, candidate)):
-        if not group:
-            found = ", ".join(sorted(str(r.path) for r in runs))
-            raise ComparisonError(f"compare: no {name} run among the RUN_DIRs ({found}); need both adamw and nexus")
-    common = sorted((s for s in baseline if s in candidate), key=lambda s: (s is None, s))
-    if common:
-        return [(str(s), baseline[s], candidate[s]) for s in common]
-    raise ComparisonError(
-        f"compare: adamw seeds {sorted(map(str, baseline))} and nexus seeds {sorted(map(str, candidate))} share none; "
-        "runs of different seeds are never paired (train the missing seed)"
-    )
+        found[run.seed] = run
+    return found
 
 
-def default_targets(groups: list[tuple[str, Run, Run]]) -> list[float]:
+def seed_groups(runs: list[Run], reference: str | None = None) -> list[SeedGroup]:
+    """For every series but the reference, (seed, reference run, its run) for every seed both have; a series of
+    one run with no recorded seed against a reference of one run is one group (seed "-")."""
+    labels = series_labels(runs)
+    if len(labels) < 2:
+        found = ", ".join(sorted(str(r.path) for r in runs))
+        if labels and labels[0] in (BASELINE, CANDIDATE):
+            missing = CANDIDATE if labels[0] == BASELINE else BASELINE
+            raise ComparisonError(
+                f"compare: no {missing} run among the series ({found}); need both adamw and nexus, or two or more "
+                "labelled series"
+            )
+        raise ComparisonError(f"compare: one series only ({found}); need two or more series (LABEL=PATH)")
+    ref = choose_reference(runs, reference)
+    baseline = _by_seed(runs, ref)
+    groups: list[SeedGroup] = []
+    for label in labels:
+        if label == ref:
+            continue
+        other = _by_seed(runs, label)
+        common = sorted((s for s in baseline if s in other), key=lambda s: (s is None, s))
+        if common:
+            groups += [SeedGroup("-" if s is None else str(s), baseline[s], other[s]) for s in common]
+        elif len(baseline) == 1 and len(other) == 1 and None in (*baseline, *other):
+            # An external series records no seed: its one run stands against the reference's one run.
+            groups.append(SeedGroup("-", next(iter(baseline.values())), next(iter(other.values()))))
+        else:
+            raise ComparisonError(
+                f"compare: {ref} seeds {sorted(map(str, baseline))} and {label} seeds {sorted(map(str, other))} share "
+                "none; runs of different seeds are never paired (train the missing seed)"
+            )
+    return groups
+
+
+def default_targets(groups: list[SeedGroup]) -> list[float]:
     """The recipes' target losses; without any, a grid over the loss range every run covers."""
-    runs = [r for _, a, n in groups for r in (a, n)]
+    runs = list({id(r): r for g in groups for r in g.runs}.values())
     targets = sorted({t for r in runs for t in r.targets}, reverse=True)
     if targets:
         return targets
@@ -236,44 +308,49 @@ def _best(pairs: list[tuple[Checkpoint, Checkpoint]], target: float) -> tuple[Ch
     return min(pairs, key=lambda p: (abs(p[1].loss - p[0].loss), abs((p[0].loss + p[1].loss) / 2 - target), p[0].step))
 
 
-def closest_pair(groups: list[tuple[str, Run, Run]]) -> tuple[Checkpoint, Checkpoint]:
-    """The AdamW/Nexus checkpoint pair (same seed group) with the smallest loss difference over everything trained."""
-    pairs = [p for _, a, n in groups for p in product(a.checkpoints, n.checkpoints)]
+def closest_pair(groups: list[SeedGroup]) -> tuple[Checkpoint, Checkpoint]:
+    """The reference/candidate checkpoint pair (same seed group) with the smallest loss difference over all."""
+    pairs = [p for g in groups for p in product(g.reference.checkpoints, g.candidate.checkpoints)]
     return _best(pairs, 0.0)
 
 
-def no_pair_error(groups: list[tuple[str, Run, Run]], tolerance: float) -> ComparisonError:
+def no_pair_error(groups: list[SeedGroup], tolerance: float, unit: str = "nats") -> ComparisonError:
     a, n = closest_pair(groups)
     mid = (a.loss + n.loss) / 2
-    return ComparisonError(
-        f"compare --match-loss: no adamw/nexus checkpoint pair within --tolerance {tolerance:g}; closest: "
-        f"{a.path} (loss {a.loss:.4f}) vs {n.path} (loss {n.loss:.4f}), Δloss {n.loss - a.loss:+.5f}. To get closer, "
+    harness = not any(r.external for g in groups for r in g.runs) and unit == "nats"
+    closer = (
         f"add {mid:.2f} to [train] target_losses in the recipe and retrain (the trainer checkpoints at the crossing), "
-        f"or use --interpolate"
+        "or use --interpolate"
+        if harness
+        else "save checkpoints more often around that loss, or use --interpolate"
+    )
+    return ComparisonError(
+        f"compare --match-loss: no {a.series}/{n.series} checkpoint pair within --tolerance {tolerance:g}; closest: "
+        f"{a.path} (loss {a.loss:.4f}) vs {n.path} (loss {n.loss:.4f}), Δloss {n.loss - a.loss:+.5f}. To get closer, "
+        f"{closer}"
     )
 
 
-def match_exact(
-    groups: list[tuple[str, Run, Run]], targets: list[float], tolerance: float
-) -> tuple[list[Pair], list[Unmatched]]:
+def match_exact(groups: list[SeedGroup], targets: list[float], tolerance: float) -> tuple[list[Pair], list[Unmatched]]:
     pairs: list[Pair] = []
     unmatched: list[Unmatched] = []
     for target in targets:
-        for seed, adamw, nexus in groups:
-            sides = _candidates(adamw, target, tolerance), _candidates(nexus, target, tolerance)
-            if far := [r for r, side in zip((adamw, nexus), sides, strict=True) if not side]:
+        for g in groups:
+            label = g.candidate.label
+            sides = _candidates(g.reference, target, tolerance), _candidates(g.candidate, target, tolerance)
+            if far := [r for r, side in zip(g.runs, sides, strict=True) if not side]:
                 nearest = min(far[0].checkpoints, key=lambda c: abs(c.loss - target))
                 reason = (
                     f"{far[0].run_id} has no checkpoint within {reach(tolerance):g} of it (nearest {nearest.loss:.4f})"
                 )
-                unmatched.append(Unmatched(target, seed, reason))
+                unmatched.append(Unmatched(target, g.seed, label, reason))
                 continue
             a, n = _best(list(product(*sides)), target)
             if abs(n.loss - a.loss) <= tolerance + 1e-12:
-                pairs.append(Pair(target, seed, Side((a,), (1.0,), a.loss), Side((n,), (1.0,), n.loss)))
+                pairs.append(Pair(target, g.seed, label, Side((a,), (1.0,), a.loss), Side((n,), (1.0,), n.loss)))
             else:
                 reason = f"closest {a.label} {a.loss:.4f} vs {n.label} {n.loss:.4f} (Δloss {n.loss - a.loss:+.5f})"
-                unmatched.append(Unmatched(target, seed, reason))
+                unmatched.append(Unmatched(target, g.seed, label, reason))
     return pairs, unmatched
 
 
@@ -290,39 +367,51 @@ def bracket(run: Run, target: float) -> Side | None:
     return None
 
 
-def match_interpolated(groups: list[tuple[str, Run, Run]], targets: list[float]) -> tuple[list[Pair], list[Unmatched]]:
+def match_interpolated(groups: list[SeedGroup], targets: list[float]) -> tuple[list[Pair], list[Unmatched]]:
     pairs: list[Pair] = []
     unmatched: list[Unmatched] = []
     for target in targets:
-        for seed, adamw, nexus in groups:
-            sides = bracket(adamw, target), bracket(nexus, target)
+        for g in groups:
+            label = g.candidate.label
+            sides = bracket(g.reference, target), bracket(g.candidate, target)
             if sides[0] is not None and sides[1] is not None:
-                pairs.append(Pair(target, seed, sides[0], sides[1]))
+                pairs.append(Pair(target, g.seed, label, sides[0], sides[1]))
             else:
-                missing = [r.run_id for r, s in zip((adamw, nexus), sides, strict=True) if s is None]
-                unmatched.append(Unmatched(target, seed, f"{', '.join(missing)} never crosses it between checkpoints"))
+                missing = [r.run_id for r, s in zip(g.runs, sides, strict=True) if s is None]
+                reason = f"{', '.join(missing)} never crosses it between checkpoints"
+                unmatched.append(Unmatched(target, g.seed, label, reason))
     return pairs, unmatched
 
 
 def match(
-    runs: list[Run], tolerance: float = 0.01, targets: list[float] | None = None, interpolate: bool = False
+    runs: list[Run],
+    tolerance: float = 0.01,
+    targets: list[float] | None = None,
+    interpolate: bool = False,
+    reference: str | None = None,
+    unit: str = "nats",
 ) -> tuple[list[Pair], list[Unmatched]]:
-    """Loss-matched pairs, one per (target, seed); raises ComparisonError naming the closest pair when there is none."""
+    """Loss-matched pairs, one per (target, seed, candidate series); raises ComparisonError naming the closest pair
+    when there is none. A target that some series never reaches is reported as unmatched for that series."""
     if tolerance < 0:
         raise ComparisonError(f"--tolerance must be ≥ 0 (got {tolerance})")
-    groups = seed_groups(runs)
+    groups = seed_groups(runs, reference)
     chosen = sorted(set(targets), reverse=True) if targets else default_targets(groups)
     if interpolate:
         pairs, unmatched = match_interpolated(groups, chosen)
-        if not pairs:
-            lows = ", ".join(
-                f"{r.run_id} {min(c.loss for c in r.checkpoints):.4f}" for _, a, n in groups for r in (a, n)
-            )
+    else:
+        pairs, unmatched = match_exact(groups, chosen, tolerance) if chosen else ([], [])
+    paired = {p.series for p in pairs}
+    for label in dict.fromkeys(g.candidate.label for g in groups):  # every series needs a pair somewhere
+        if label in paired:
+            continue
+        own = [g for g in groups if g.candidate.label == label]
+        if interpolate:
+            runs_shown = list({id(r): r for g in own for r in g.runs}.values())
+            lows = ", ".join(f"{r.run_id} {min(c.loss for c in r.checkpoints):.4f}" for r in runs_shown)
             raise ComparisonError(
-                f"compare --interpolate: no target in {chosen} is crossed by every run (lowest: {lows})"
+                f"compare --interpolate: series {label}: no target in {chosen} is crossed by it and the reference "
+                f"(lowest: {lows})"
             )
-        return pairs, unmatched
-    pairs, unmatched = match_exact(groups, chosen, tolerance) if chosen else ([], [])
-    if not pairs:
-        raise no_pair_error(groups, tolerance)
+        raise no_pair_error(own, tolerance, unit)
     return pairs, unmatched

@@ -1,4 +1,7 @@
-"""compare(): runs → loss-matched pairs → eval results → paired statistics → tables, plots, results JSON.
+"""compare(): series → loss-matched pairs → eval results → paired statistics → tables, plots, results JSON.
+
+Series (external.compared_runs) are the harness's runs and checkpoint series of any origin, all with held-out loss in
+one unit on one held-out set; each series but the reference is matched against the reference (match.py).
 
 Eval results come only through the evaluation stage (nexus_eval.evaluation): `cached_results` for every checkpoint
 of the runs, then `evaluate_with_status` for the paired checkpoints the cache lacks. The cache key there is the whole
@@ -8,11 +11,11 @@ so a result for another task definition or eval seed never enters a comparison.
 The results JSON (out/results.json, and leaderboards/<name>.json) holds everything the Markdown and the plots are
 drawn from, so both can be rebuilt from it alone (nexus_eval.comparison.leaderboard).
 
-Downstream Δ rows: per seed, the point estimate and its CI are the mean per-item difference (Nexus − AdamW) over the
-items both checkpoints were scored on (a CI conditional on that training seed); over several seeds, the mean of the
-per-seed differences with a hierarchical bootstrap CI over seeds and items (and the t interval over seeds beside it).
-The AdamW/Nexus columns are lm-eval's aggregate metric (the same number for accuracy and exact match; for bits-per-byte
-lm-eval weights documents by length, so the two can differ slightly).
+Downstream Δ rows: per seed, the point estimate and its CI are the mean per-item difference (candidate − reference,
+e.g. Nexus − AdamW) over the items both checkpoints were scored on (a CI conditional on that training seed); over
+several seeds, the mean of the per-seed differences with a hierarchical bootstrap CI over seeds and items (and the t
+interval over seeds beside it). The reference/candidate columns are lm-eval's aggregate metric (the same number for
+accuracy and exact match; for bits-per-byte lm-eval weights documents by length, so the two can differ slightly).
 """
 
 from __future__ import annotations
@@ -28,9 +31,10 @@ import numpy as np
 
 from nexus_eval.checkpoints import content_hash
 from nexus_eval.comparison.disagreements import find_disagreements, print_disagreements, write_disagreements
+from nexus_eval.comparison.external import compared_runs
 from nexus_eval.comparison.guards import check_runs, warn_mismatches
 from nexus_eval.comparison.leaderboard import check_name, disagreements_path, write_leaderboard
-from nexus_eval.comparison.match import BASELINE, CANDIDATE, Checkpoint, Pair, Run, Side, Unmatched, load_runs, match
+from nexus_eval.comparison.match import Checkpoint, Pair, Run, Side, Unmatched, choose_reference, match, series_labels
 from nexus_eval.comparison.provenance import run_provenance
 from nexus_eval.comparison.report import ALL_SEEDS, print_report, write_report
 from nexus_eval.comparison.settings import CompareOptions, CompareSettings
@@ -107,7 +111,7 @@ def gather_results(
         cache_dir=options.cache_dir,
     )
     found = {(r["checkpoint_hash"], r["task"]): r for r in cached_results([c.path for c in ckpts], query, hashes)}
-    paired = {c.path: c for p in pairs for side in (p.adamw, p.nexus) for c in side.checkpoints}
+    paired = {c.path: c for p in pairs for side in (p.reference, p.candidate) for c in side.checkpoints}
     needed = [paired[path] for path in sorted(paired, key=str)]
 
     def lacking() -> list[Checkpoint]:
@@ -166,19 +170,20 @@ def task_rows(
     per_seed: dict[tuple[float, str], list[tuple[TaskRow, SeedItems | None]]] = defaultdict(list)
     for p in pairs:
         for task in tasks:
-            first = results[(p.adamw.checkpoints[0].path, task)]
+            first = results[(p.reference.checkpoints[0].path, task)]
             metric = primary_metric(task, first)
             higher = bool((first.get("higher_is_better") or {}).get(metric, True))
-            a_val, a_items = _side_metric(p.adamw, task, metric, results)
-            n_val, n_items = _side_metric(p.nexus, task, metric, results)
+            a_val, a_items = _side_metric(p.reference, task, metric, results)
+            n_val, n_items = _side_metric(p.candidate, task, metric, results)
             row: dict[str, Any] = {
                 "target": p.target,
                 "seed": p.seed,
+                "series": p.series,
                 "task": task,
                 "metric": metric,
                 "higher_is_better": higher,
-                "adamw": a_val,
-                "nexus": n_val,
+                "reference": a_val,
+                "candidate": n_val,
             }
             items: SeedItems | None = None
             if a_items is not None and n_items is not None:
@@ -195,19 +200,29 @@ def task_rows(
                 row.update(est.to_dict())
                 items = SeedItems(a, b, w) if docs else None
                 if docs and is_binary(a) and is_binary(b):
-                    overlap.append({"target": p.target, "seed": p.seed, "task": task, **item_overlap(a, b)})
+                    overlap.append(
+                        {"target": p.target, "seed": p.seed, "series": p.series, "task": task, **item_overlap(a, b)}
+                    )
             else:
                 row.update(mean=n_val - a_val, low=math.nan, high=math.nan, n=0, unit="items", method="no item scores")
                 row["excludes_zero"] = False
             rows.append(row)
-            per_seed[(p.target, task)].append((row, items))
-    if len({p.seed for p in pairs}) > 1:
-        rows += [across_seeds(target, task, group, settings) for (target, task), group in per_seed.items()]
+            per_seed[(p.series, p.target, task)].append((row, items))
+    several = several_seeds(pairs)
+    rows += [across_seeds(*key, group, settings) for key, group in per_seed.items() if key[0] in several]
     return rows, overlap
 
 
+def several_seeds(pairs: list[Pair]) -> set[str]:
+    """The series whose pairs span two or more training seeds: they get across-seed rows."""
+    seeds: dict[str, set[str]] = defaultdict(set)
+    for p in pairs:
+        seeds[p.series].add(p.seed)
+    return {series for series, found in seeds.items() if len(found) > 1}
+
+
 def across_seeds(
-    target: float, task: str, group: list[tuple[TaskRow, SeedItems | None]], settings: CompareSettings
+    series: str, target: float, task: str, group: list[tuple[TaskRow, SeedItems | None]], settings: CompareSettings
 ) -> TaskRow:
     """The ALL_SEEDS row of one target and task: Δ is the mean of the per-seed differences; its CI the hierarchical
     bootstrap over seeds and then items (the item CIs of single seeds leave out the seed-to-seed variance), with the
@@ -226,11 +241,12 @@ def across_seeds(
     return {
         "target": target,
         "seed": ALL_SEEDS,
+        "series": series,
         "task": task,
         "metric": rows[0]["metric"],
         "higher_is_better": rows[0]["higher_is_better"],
-        "adamw": float(np.mean([r["adamw"] for r in rows])),
-        "nexus": float(np.mean([r["nexus"] for r in rows])),
+        "reference": float(np.mean([r["reference"] for r in rows])),
+        "candidate": float(np.mean([r["candidate"] for r in rows])),
         **est.to_dict(),
         "excludes_zero": both_exclude_zero(est, t_est),
         "t_low": t_est.low,
@@ -248,19 +264,20 @@ OOD_SEED_METHOD = "t over seeds (OOD loss has no items to resample)"
 
 
 def ood_rows(pairs: list[Pair]) -> list[OodRow]:
-    """OOD loss per domain (nats/token, from nexus.json), Δ per pair; over seeds mean with a t CI."""
+    """OOD loss per domain (in the comparison's unit), Δ per pair; over seeds mean with a t CI."""
     rows: list[OodRow] = []
-    by_key: dict[tuple[float, str], list[OodRow]] = defaultdict(list)
+    by_key: dict[tuple[str, float, str], list[OodRow]] = defaultdict(list)
     for p in pairs:
-        a, n = _side_ood(p.adamw), _side_ood(p.nexus)
+        a, n = _side_ood(p.reference), _side_ood(p.candidate)
         for domain in sorted(set(a) & set(n)):
             # One checkpoint pair: a difference without an interval (per-window losses are not stored).
             row: OodRow = {
                 "target": p.target,
                 "seed": p.seed,
+                "series": p.series,
                 "domain": domain,
-                "adamw": a[domain],
-                "nexus": n[domain],
+                "reference": a[domain],
+                "candidate": n[domain],
                 "mean": n[domain] - a[domain],
                 "low": None,
                 "high": None,
@@ -270,17 +287,26 @@ def ood_rows(pairs: list[Pair]) -> list[OodRow]:
                 "excludes_zero": False,
             }
             rows.append(row)
-            by_key[(p.target, domain)].append(row)
-    if len({p.seed for p in pairs}) > 1:
-        for (target, domain), group in by_key.items():
-            # OOD losses are one number per checkpoint: no items to resample, so the CI is the t interval over seeds.
-            est = replace(seed_mean_ci(np.array([r["mean"] for r in group])), method=OOD_SEED_METHOD)
-            a_mean = float(np.mean([r["adamw"] for r in group]))
-            n_mean = float(np.mean([r["nexus"] for r in group]))
-            rows.append(
-                {"target": target, "seed": ALL_SEEDS, "domain": domain, "adamw": a_mean, "nexus": n_mean}
-                | est.to_dict()
-            )
+            by_key[(p.series, p.target, domain)].append(row)
+    several = several_seeds(pairs)
+    for (series, target, domain), group in by_key.items():
+        if series not in several:
+            continue
+        # OOD losses are one number per checkpoint: no items to resample, so the CI is the t interval over seeds.
+        est = replace(seed_mean_ci(np.array([r["mean"] for r in group])), method=OOD_SEED_METHOD)
+        a_mean = float(np.mean([r["reference"] for r in group]))
+        n_mean = float(np.mean([r["candidate"] for r in group]))
+        rows.append(
+            {
+                "target": target,
+                "seed": ALL_SEEDS,
+                "series": series,
+                "domain": domain,
+                "reference": a_mean,
+                "candidate": n_mean,
+            }
+            | est.to_dict()
+        )
     return rows
 
 
@@ -290,8 +316,8 @@ def geometry_rows(pairs: list[Pair], data_dir: Path) -> list[dict[str, Any]]:
 
     rows = []
     for p in pairs:
-        row: dict[str, Any] = {"target": p.target, "seed": p.seed}
-        for name, side in ((BASELINE, p.adamw), (CANDIDATE, p.nexus)):
+        row: dict[str, Any] = {"target": p.target, "seed": p.seed, "series": p.series}
+        for name, side in p.sides():
             ckpt = side.checkpoints[int(np.argmax(side.weights))]  # interpolated: the nearer checkpoint
             g = geometry(ckpt.path, data_dir)
             row[f"{name}_grad_cos"] = g.get("grad_cos_mean_offdiag")
@@ -313,7 +339,7 @@ def run_curves(runs: list[Run]) -> list[RunCurve]:
                 continue  # a line cut by a kill
             cos = (row.get("grad_cosine") or {}).get("mean_offdiag")
             points.append({"tokens": row.get("tokens"), "val_loss": row.get("val_loss"), "grad_cos": cos})
-        curves.append({"run_id": run.run_id, "optimizer": run.optimizer, "seed": run.seed, "points": points})
+        curves.append({"run_id": run.run_id, "series": run.label, "seed": run.seed, "points": points})
     return curves
 
 
@@ -328,7 +354,7 @@ def metric_points(runs: list[Run], tasks: list[str], results: Results, metrics: 
                     continue
                 value = float(hit["metrics"][metrics[task]])
                 point: MetricPoint = {
-                    "optimizer": c.optimizer,
+                    "series": c.series,
                     "seed": c.seed,
                     "run_id": c.run_id,
                     "checkpoint": c.label,
@@ -360,7 +386,10 @@ def disagreement_tasks(tasks: list[str], names: list[str], options: CompareOptio
 def write_all_disagreements(pairs: list[Pair], tasks: list[str], results: Results, options: CompareOptions) -> None:
     """out/disagreements.md (and leaderboards/NAME.disagreements.md), printed unless options.show is off."""
     found = find_disagreements(pairs, tasks, results, options.cache_dir)
-    path = write_disagreements(found, options.out / "disagreements.md", "Disagreements: AdamW vs Nexus")
+    labels = list(dict.fromkeys(p.series for p in pairs))
+    reference = pairs[0].reference.checkpoints[0].series if pairs else ""
+    heading = f"Disagreements: {' and '.join(labels)} against {reference}"
+    path = write_disagreements(found, options.out / "disagreements.md", heading)
     if options.leaderboard is not None:
         name = options.leaderboard
         preamble = (
@@ -376,6 +405,23 @@ def write_all_disagreements(pairs: list[Pair], tasks: list[str], results: Result
 # ---- the entry point ------------------------------------------------------------------------------------------
 
 
+def run_row(run: Run, tasks: list[str], results: Results) -> RunRow:
+    row: RunRow = {
+        "run_id": run.run_id,
+        "series": run.label,
+        "optimizer": run.optimizer,
+        "seed": run.seed,
+        "checkpoints": len(run.checkpoints),
+        "external": run.external,
+        "provenance": run_provenance(
+            run, [results[(c.path, t)] for c in run.checkpoints for t in tasks if (c.path, t) in results]
+        ),
+    }
+    if run.external:
+        row["checks"] = run.info["checks"]
+    return row
+
+
 def build_results(
     runs: list[Run],
     pairs: list[Pair],
@@ -388,29 +434,22 @@ def build_results(
     tasks = list(settings.tasks or ())
     rows, overlap = task_rows(pairs, tasks, results, settings)
     metrics = {r["task"]: r["metric"] for r in rows}
-    run_rows: list[RunRow] = [
-        {
-            "run_id": r.run_id,
-            "optimizer": r.optimizer,
-            "seed": r.seed,
-            "checkpoints": len(r.checkpoints),
-            "provenance": run_provenance(
-                r, [results[(c.path, t)] for c in r.checkpoints for t in tasks if (c.path, t) in results]
-            ),
-        }
-        for r in sorted(runs, key=lambda r: r.run_id)
-    ]
+    order = {label: i for i, label in enumerate(settings.series)}
+    run_rows = [run_row(r, tasks, results) for r in sorted(runs, key=lambda r: (order.get(r.label, 0), r.run_id))]
     pair_rows: list[PairRow] = [
         {
             "target": p.target,
             "seed": p.seed,
-            "adamw": p.adamw.summary(),
-            "nexus": p.nexus.summary(),
+            "series": p.series,
+            "reference": p.reference.summary(),
+            "candidate": p.candidate.summary(),
             "delta_loss": p.delta_loss,
         }
         for p in pairs
     ]
-    unmatched_rows: list[UnmatchedRow] = [{"target": u.target, "seed": u.seed, "reason": u.reason} for u in unmatched]
+    unmatched_rows: list[UnmatchedRow] = [
+        {"target": u.target, "seed": u.seed, "series": u.series, "reason": u.reason} for u in unmatched
+    ]
     report: CompareResults = {
         "schema": COMPARE_RESULTS_SCHEMA,
         "kind": COMPARE_RESULTS_KIND,
@@ -429,25 +468,54 @@ def build_results(
 
 
 def compare(
-    run_dirs: list[Path], settings: CompareSettings, options: CompareOptions = CompareOptions()
+    series: list[str] | list[Path],
+    settings: CompareSettings,
+    options: CompareOptions = CompareOptions(),
+    series_files: list[Path] | None = None,
 ) -> CompareResults:
     """Match, evaluate what is missing, compute paired statistics, write out/{results.json,report.md,*.png}
     (and leaderboards/<leaderboard>.{json,md,png}; with options.disagreements also out/disagreements.md and
-    leaderboards/<leaderboard>.disagreements.md); returns the results dict."""
+    leaderboards/<leaderboard>.disagreements.md); returns the results dict.
+
+    series: `[LABEL=]PATH` specs (run directories, a directory of runs, HF checkpoint directories, GGUF files);
+    series_files: TOML series files. Held-out losses the runs do not record are measured on options.data_dir."""
     if options.leaderboard is not None:
         check_name(options.leaderboard)  # before any evaluation: a bad name should not cost a run
     options.check()
-    runs = load_runs(run_dirs)
-    allowed = check_runs(runs, settings.allow_mismatch)  # before any evaluation: unfair pairs cost nothing
+    found = compared_runs(
+        [str(s) for s in series],
+        list(series_files or []),
+        options.data_dir,
+        settings.reference,
+        settings.loss_unit,
+        options.loss_cache_dir,
+        options.progress,
+    )
+    runs = found.runs
+    # Fairness guards for the harness's own runs, before any evaluation: unfair pairs cost nothing. External series
+    # record no recipe or data: the report says what could be checked about them instead.
+    allowed = check_runs([r for r in runs if not r.external], settings.allow_mismatch)
     warn_mismatches(allowed)
+    reference = choose_reference(runs, settings.reference)
     pairs, unmatched = match(
-        runs, settings.tolerance, list(settings.targets) if settings.targets else None, settings.interpolate
+        runs,
+        settings.tolerance,
+        list(settings.targets) if settings.targets else None,
+        settings.interpolate,
+        reference,
+        found.unit,
     )
     tasks = requested_tasks(settings.suite, settings.tasks)
     names = [task_name(t) for t in tasks]
     listed = disagreement_tasks(tasks, names, options)  # a bad --task should not cost an evaluation either
     results = gather_results(runs, pairs, tasks, names, settings, options)
-    used = settings.resolved(targets=[p.target for p in pairs] + [u.target for u in unmatched], tasks=names)
+    labels = [reference] + [label for label in series_labels(runs) if label != reference]
+    used = settings.resolved(
+        targets=[p.target for p in pairs] + [u.target for u in unmatched],
+        tasks=names,
+        series=labels,
+        loss_unit=found.unit,
+    )
     geometry = geometry_rows(pairs, options.geometry_data_dir) if options.geometry_data_dir is not None else None
     report = build_results(runs, pairs, unmatched, results, used, geometry)
     report["allowed_mismatches"] = [m.record() for m in allowed]

@@ -1,6 +1,6 @@
 """PNG figures drawn from a compare results dict (matplotlib, Agg backend: no display needed).
 
-- metric vs held-out loss, one line per optimizer and seed, one panel per task (the paper's central figure);
+- metric vs held-out loss, one line per series and seed, one panel per task (the paper's central figure);
 - training curves: held-out loss vs tokens per run;
 - gradient cosine (mean off-diagonal across sources) vs held-out loss, when the runs logged it.
 """
@@ -11,10 +11,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from nexus_eval.comparison.series import UNIT_NAMES
 from nexus_eval.io import atomic_path
 from nexus_eval.schema import CompareResults
 
-COLORS = {"adamw": "tab:blue", "nexus": "tab:red"}
+COLORS = {"adamw": "tab:blue", "nexus": "tab:red"}  # the harness's two optimizers; other series: the cycle below
+CYCLE = ("tab:green", "tab:purple", "tab:orange", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
 PNG_METADATA = {"Software": None}  # no library version in the file: same data, same bytes
 
 
@@ -28,12 +30,12 @@ def _pyplot() -> Any:
 
 
 def _lines(points: Sequence[Mapping[str, Any]], x: str, y: str) -> dict[tuple[str, Any], tuple[list, list]]:
-    """(optimizer, seed) → (xs, ys) sorted by x, skipping missing values."""
+    """(series, seed) → (xs, ys) sorted by x, skipping missing values."""
     lines: dict[tuple[str, Any], tuple[list, list]] = {}
     for p in points:
         if p.get(x) is None or p.get(y) is None:
             continue
-        xs, ys = lines.setdefault((p["optimizer"], p.get("seed")), ([], []))
+        xs, ys = lines.setdefault((p["series"], p.get("seed")), ([], []))
         xs.append(p[x])
         ys.append(p[y])
     ordered = {}
@@ -44,12 +46,20 @@ def _lines(points: Sequence[Mapping[str, Any]], x: str, y: str) -> dict[tuple[st
     return ordered
 
 
+def color(series: str, order: list[str]) -> str:
+    if series in COLORS:
+        return COLORS[series]
+    others = [s for s in order if s not in COLORS]
+    return CYCLE[others.index(series) % len(CYCLE)] if series in others else "gray"
+
+
 def _draw(ax: Any, lines: dict, xlabel: str, ylabel: str, title: str, invert_x: bool = False) -> None:
-    labelled = set()
-    for (optimizer, _seed), (xs, ys) in lines.items():
-        label = optimizer if optimizer not in labelled else None
-        labelled.add(optimizer)
-        ax.plot(xs, ys, marker="o", ms=3, lw=1.2, color=COLORS.get(optimizer, "gray"), label=label, alpha=0.85)
+    labelled: set[str] = set()
+    order = list(dict.fromkeys(series for series, _ in lines))
+    for (series, _seed), (xs, ys) in lines.items():
+        label = series if series not in labelled else None
+        labelled.add(series)
+        ax.plot(xs, ys, marker="o", ms=3, lw=1.2, color=color(series, order), label=label, alpha=0.85)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
@@ -60,23 +70,26 @@ def _draw(ax: Any, lines: dict, xlabel: str, ylabel: str, title: str, invert_x: 
     ax.grid(alpha=0.3)
 
 
+def loss_axis(results: CompareResults) -> str:
+    return f"held-out loss ({UNIT_NAMES[results['settings'].get('loss_unit', 'nats')]})"
+
+
 def metric_panels(results: CompareResults) -> list[tuple[str, dict, str, str, str, bool]]:
     panels = []
     for task in results["settings"]["tasks"]:
         pts = [p for p in results["points"] if p["task"] == task]
         if pts:
             metric = pts[0]["metric"]
-            panels.append((task, _lines(pts, "loss", "value"), "held-out loss (nats/token)", metric, task, True))
+            panels.append((task, _lines(pts, "loss", "value"), loss_axis(results), metric, task, True))
     return panels
 
 
 def curve_points(results: CompareResults) -> list[dict[str, Any]]:
-    return [
-        {"optimizer": c["optimizer"], "seed": c["seed"], **p} for c in results.get("curves", []) for p in c["points"]
-    ]
+    return [{"series": c["series"], "seed": c["seed"], **p} for c in results.get("curves", []) for p in c["points"]]
 
 
 def training_panel(results: CompareResults) -> tuple[str, dict, str, str, str, bool]:
+    # The trainer's own log: nats/token whatever the comparison's unit (external series have no curve).
     lines = _lines(curve_points(results), "tokens", "val_loss")
     return ("training", lines, "tokens", "held-out loss (nats/token)", "training curves", False)
 

@@ -7,6 +7,7 @@ for byte: leaderboards are checked against their JSON that way.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from rich.table import Table
 
 from nexus_eval.comparison.plots import write_figures
 from nexus_eval.comparison.provenance import differing_fields
+from nexus_eval.comparison.series import UNIT_NAMES
 from nexus_eval.comparison.stats import HIERARCHICAL_UNIT
 from nexus_eval.display import console
 from nexus_eval.io import write_text_atomic
@@ -67,27 +69,60 @@ def target(x: float) -> str:
     return f"{x:g}"
 
 
-def pairs_frame(results: CompareResults) -> pd.DataFrame:
+# How the harness's own series (labelled by their optimizer) are named in tables; any other label as it is.
+DISPLAY_NAMES = {"adamw": "AdamW", "nexus": "Nexus"}
+EXTERNAL_MARK = " †"
+
+
+@dataclass(frozen=True)
+class Names:
+    """The two series one group of tables compares, as the tables name them (an external series marked †)."""
+
+    series: str  # the candidate's label: the rows of this group
+    reference: str
+    candidate: str
+
+
+def _external(results: CompareResults) -> set[str]:
+    return {r["series"] for r in results["runs"] if r.get("external")}
+
+
+def display_name(results: CompareResults, label: str) -> str:
+    return DISPLAY_NAMES.get(label, label) + (EXTERNAL_MARK if label in _external(results) else "")
+
+
+def candidates(results: CompareResults) -> list[Names]:
+    """Every series compared with the reference, in order, with the names its tables use."""
+    settings = results["settings"]
+    reference = display_name(results, settings["reference"])
+    return [Names(label, reference, display_name(results, label)) for label in settings["series"][1:]]
+
+
+def _of(rows: list[Any], names: Names) -> list[Any]:
+    return [r for r in rows if r.get("series") == names.series]
+
+
+def pairs_frame(results: CompareResults, names: Names) -> pd.DataFrame:
     rows = [
         {
             "target loss": target(p["target"]),
             "seed": p["seed"],
-            "AdamW checkpoint": p["adamw"]["checkpoint"],
-            "AdamW loss": num(p["adamw"]["loss"]),
-            "Nexus checkpoint": p["nexus"]["checkpoint"],
-            "Nexus loss": num(p["nexus"]["loss"]),
+            f"{names.reference} checkpoint": p["reference"]["checkpoint"],
+            f"{names.reference} loss": num(p["reference"]["loss"]),
+            f"{names.candidate} checkpoint": p["candidate"]["checkpoint"],
+            f"{names.candidate} loss": num(p["candidate"]["loss"]),
             "Δloss": signed(p["delta_loss"]),
         }
-        for p in results["pairs"]
+        for p in _of(results["pairs"], names)
     ]
     return pd.DataFrame(rows)
 
 
-def _delta_columns(row: TaskRow | OodRow) -> dict[str, str]:
+def _delta_columns(row: TaskRow | OodRow, names: Names) -> dict[str, str]:
     return {
-        "AdamW": num(row["adamw"]),
-        "Nexus": num(row["nexus"]),
-        "Δ (Nexus − AdamW)": signed(row["mean"]),
+        names.reference: num(row["reference"]),
+        names.candidate: num(row["candidate"]),
+        f"Δ ({names.candidate} − {names.reference})": signed(row["mean"]),
         "95% CI": ci(row),
         "n": f"{row['n']} {row['unit']}",
         "CI excludes 0": excludes(row),
@@ -101,74 +136,76 @@ def _task_columns(row: TaskRow) -> dict[str, str]:
     }
 
 
-def headline_frame(results: CompareResults) -> pd.DataFrame:
+def headline_frame(results: CompareResults, names: Names) -> pd.DataFrame:
     """The across-seed rows: Δ with its hierarchical (seeds × items) CI and the t interval over seeds."""
     rows = [
         {
             "target loss": target(r["target"]),
             **_task_columns(r),
-            "AdamW": num(r["adamw"]),
-            "Nexus": num(r["nexus"]),
-            "Δ (Nexus − AdamW)": signed(r["mean"]),
+            names.reference: num(r["reference"]),
+            names.candidate: num(r["candidate"]),
+            f"Δ ({names.candidate} − {names.reference})": signed(r["mean"]),
             "95% CI, seeds × items": hierarchical_ci(r),
             "95% CI, t over seeds": t_ci(r),
             "n": seeds_n(r),
             "both CIs exclude 0": excludes(r),
         }
-        for r in results["tasks"]
+        for r in _of(results["tasks"], names)
         if r["seed"] == ALL_SEEDS
     ]
     return pd.DataFrame(rows)
 
 
-def tasks_frame(results: CompareResults) -> pd.DataFrame:
+def tasks_frame(results: CompareResults, names: Names) -> pd.DataFrame:
     """The per-seed rows: paired item bootstrap, conditional on each training seed."""
     rows = [
-        {"target loss": target(r["target"]), "seed": r["seed"], **_task_columns(r), **_delta_columns(r)}
-        for r in results["tasks"]
+        {"target loss": target(r["target"]), "seed": r["seed"], **_task_columns(r), **_delta_columns(r, names)}
+        for r in _of(results["tasks"], names)
         if r["seed"] != ALL_SEEDS
     ]
     return pd.DataFrame(rows)
 
 
-def overlap_frame(results: CompareResults) -> pd.DataFrame:
+def overlap_frame(results: CompareResults, names: Names) -> pd.DataFrame:
+    ref, cand = names.reference, names.candidate
     rows = [
         {
             "target loss": target(r["target"]),
             "seed": r["seed"],
             "task": r["task"],
-            "AdamW solves": r["baseline_solved"],
-            "Nexus keeps (of those)": "—" if r["kept"] is None else f"{r['kept']:.1%}",
-            "only AdamW": r["only_baseline"],
-            "only Nexus": r["only_candidate"],
-            "Nexus solves": r["candidate_solved"],
+            f"{ref} solves": r["baseline_solved"],
+            f"{cand} keeps (of those)": "—" if r["kept"] is None else f"{r['kept']:.1%}",
+            f"only {ref}": r["only_baseline"],
+            f"only {cand}": r["only_candidate"],
+            f"{cand} solves": r["candidate_solved"],
             "items": r["n"],
         }
-        for r in results["overlap"]
+        for r in _of(results["overlap"], names)
     ]
     return pd.DataFrame(rows)
 
 
-def ood_frame(results: CompareResults, seeds: str) -> pd.DataFrame:
-    keep = [r for r in results["ood"] if (r["seed"] == ALL_SEEDS) == (seeds == ALL_SEEDS)]
+def ood_frame(results: CompareResults, names: Names, seeds: str) -> pd.DataFrame:
+    keep = [r for r in _of(results["ood"], names) if (r["seed"] == ALL_SEEDS) == (seeds == ALL_SEEDS)]
     rows = [
-        {"target loss": target(r["target"]), "seed": r["seed"], "domain": r["domain"], **_delta_columns(r)}
+        {"target loss": target(r["target"]), "seed": r["seed"], "domain": r["domain"], **_delta_columns(r, names)}
         for r in keep
     ]
     return pd.DataFrame(rows)
 
 
-def geometry_frame(results: CompareResults) -> pd.DataFrame:
+def geometry_frame(results: CompareResults, names: Names) -> pd.DataFrame:
+    ref, cand = names.reference, names.candidate
     rows = [
         {
             "target loss": target(r["target"]),
             "seed": r["seed"],
-            "AdamW grad cos": num(r.get("adamw_grad_cos")),
-            "Nexus grad cos": num(r.get("nexus_grad_cos")),
-            "AdamW minima MSD": num(r.get("adamw_minima_msd"), 6),
-            "Nexus minima MSD": num(r.get("nexus_minima_msd"), 6),
+            f"{ref} grad cos": num(r.get("reference_grad_cos")),
+            f"{cand} grad cos": num(r.get("candidate_grad_cos")),
+            f"{ref} minima MSD": num(r.get("reference_minima_msd"), 6),
+            f"{cand} minima MSD": num(r.get("candidate_minima_msd"), 6),
         }
-        for r in results.get("geometry", [])
+        for r in _of(results.get("geometry", []), names)
     ]
     return pd.DataFrame(rows)
 
@@ -184,43 +221,101 @@ def headline_note(resamples: int) -> str:
     )
 
 
-def sections(results: CompareResults) -> list[tuple[str, pd.DataFrame, str]]:
-    """(heading, table, note under it) in report order; empty tables are left out."""
-    several_seeds = any(r["seed"] == ALL_SEEDS for r in results["tasks"])
-    mode = results["settings"]["mode"]
-    pair_note = (
-        "Both sides interpolated linearly in held-out loss between the checkpoints around each run's first crossing."
-        if mode == "interpolate"
-        else f"Pairs differ by at most {results['settings']['tolerance']:g} nats/token in held-out mixture loss "
-        "(measured by the harness, nexus.json heldout_loss)."
+def measured_by_harness(results: CompareResults) -> bool:
+    """Whether the losses were measured by the comparison (external series or bits per byte), not read from the
+    trainer's nexus.json."""
+    return bool(_external(results)) or results["settings"].get("loss_unit", "nats") != "nats"
+
+
+def pair_note(results: CompareResults) -> str:
+    settings = results["settings"]
+    if settings["mode"] == "interpolate":
+        return (
+            "Both sides interpolated linearly in held-out loss between the checkpoints around each run's first "
+            "crossing."
+        )
+    unit = UNIT_NAMES[settings.get("loss_unit", "nats")]
+    if not measured_by_harness(results):
+        return (
+            f"Pairs differ by at most {settings['tolerance']:g} {unit} in held-out mixture loss "
+            "(measured by the harness, nexus.json heldout_loss)."
+        )
+    return (
+        f"Pairs differ by at most {settings['tolerance']:g} {unit} in held-out loss, measured by the harness on the "
+        "same held-out data for every series."
     )
+
+
+def ood_note(results: CompareResults) -> str:
+    unit = UNIT_NAMES[results["settings"].get("loss_unit", "nats")]
+    if not measured_by_harness(results):
+        return f"Loss in {unit} on held-out domains never trained on (each checkpoint's nexus.json)"
+    return f"Loss in {unit} on held-out domains never trained on (measured by the harness)"
+
+
+def series_sections(results: CompareResults, names: Names, prefix: str) -> list[tuple[str, pd.DataFrame, str]]:
+    """The tables of one series against the reference, in report order (headings start with `prefix`)."""
+    several_seeds = any(r["seed"] == ALL_SEEDS for r in _of(results["tasks"], names))
     resamples = results["settings"]["bootstrap_resamples"]
     per_seed_note = f"95% CI: paired bootstrap over items, {resamples} resamples; {CONDITIONAL}."
-    out = [("Loss-matched pairs", pairs_frame(results), pair_note)]
+    out = [("Loss-matched pairs", pairs_frame(results, names), pair_note(results))]
     if several_seeds:
-        out.append(("Downstream across seeds (headline)", headline_frame(results), headline_note(resamples)))
+        out.append(("Downstream across seeds (headline)", headline_frame(results, names), headline_note(resamples)))
         heading = "Downstream per seed, conditional on the training seed"
         per_seed_note += " The effect across seeds is the table above."
     else:
         heading = "Downstream, conditional on the training seed"
         per_seed_note += " An across-seed estimate needs ≥ 2 training seeds; this comparison has one."
-    out.append((heading, tasks_frame(results), per_seed_note))
-    out.append(
-        (
-            "Solved-item overlap",
-            overlap_frame(results),
-            "Of the items AdamW solves, the share Nexus also solves; items only one of them solves.",
-        )
+    out.append((heading, tasks_frame(results, names), per_seed_note))
+    overlap_note = (
+        f"Of the items {names.reference} solves, the share {names.candidate} also solves; items only one of them "
+        "solves."
     )
-    ood_note = "Loss in nats/token on held-out domains never trained on (each checkpoint's nexus.json)"
+    out.append(("Solved-item overlap", overlap_frame(results, names), overlap_note))
+    note = ood_note(results)
     if several_seeds:
         ood_ci = "; 95% CI: Student t over seeds (one loss per checkpoint: no items to resample, so no item bootstrap)."
-        out.append(("Out-of-distribution loss, mean over seeds", ood_frame(results, ALL_SEEDS), ood_note + ood_ci))
-        out.append(("Out-of-distribution loss, per seed", ood_frame(results, "per-seed"), ood_note + "."))
+        out.append(("Out-of-distribution loss, mean over seeds", ood_frame(results, names, ALL_SEEDS), note + ood_ci))
+        out.append(("Out-of-distribution loss, per seed", ood_frame(results, names, "per-seed"), note + "."))
     else:
-        out.append(("Out-of-distribution loss", ood_frame(results, "per-seed"), ood_note + "; one seed: no CI."))
-    out.append(("Geometry", geometry_frame(results), "Mean off-diagonal gradient cosine; per-source minima MSD."))
-    return [(h, t, n) for h, t, n in out if not t.empty]
+        out.append(("Out-of-distribution loss", ood_frame(results, names, "per-seed"), note + "; one seed: no CI."))
+    geometry_note = "Mean off-diagonal gradient cosine; per-source minima MSD."
+    out.append(("Geometry", geometry_frame(results, names), geometry_note))
+    return [(prefix + h, t, n) for h, t, n in out if not t.empty or h == "Loss-matched pairs"]
+
+
+def sections(results: CompareResults) -> list[tuple[Names, list[tuple[str, pd.DataFrame, str]]]]:
+    """Per series compared with the reference: (its names, [(heading, table, note under it)] in report order). Empty
+    tables are left out, except the pairs table, which the series' unmatched targets follow."""
+    groups = candidates(results)
+    return [
+        (names, series_sections(results, names, f"{names.candidate} vs {names.reference}: " if len(groups) > 1 else ""))
+        for names in groups
+    ]
+
+
+def external_lines(results: CompareResults) -> list[str]:
+    """For each series not trained by this harness: what the harness checked, and what it could not."""
+    rows = [r for r in results["runs"] if r.get("external") and r.get("checks")]
+    if not rows:
+        return []
+    lines = [
+        "## External series",
+        "",
+        f"Series marked{EXTERNAL_MARK} were not trained by this harness. Their held-out loss was measured by the "
+        "harness on the same held-out data as every other series; the fairness guards on recipe and data that "
+        "hold between the harness's own runs cannot apply to them.",
+        "",
+    ]
+    for r in rows:
+        c = r["checks"]
+        params = f"{c['parameters']:,}" if c.get("parameters") else "unknown"
+        lines.append(
+            f"- `{r['series']}` ({c['origin']}, {r['checkpoints']} checkpoints): checked: tokenizer "
+            f"{c['tokenizer']}, {params} parameters, architecture {c.get('architecture') or 'unknown'}, context "
+            f"{c.get('context') or 'unknown'}; not checked: {', '.join(c['not_checked'])}."
+        )
+    return [*lines, ""]
 
 
 def to_markdown(frame: pd.DataFrame) -> str:
@@ -279,7 +374,7 @@ def provenance_frame(rows: list[RunRow]) -> pd.DataFrame:
 
 def provenance_lines(results: CompareResults) -> list[str]:
     """The footer: one row per run, then the fields whose values differ between runs (each a warning)."""
-    rows = [r for r in results["runs"] if "provenance" in r]
+    rows = [r for r in results["runs"] if "provenance" in r and not r.get("external")]  # external: external_lines
     lines = ["## Provenance", ""]
     if not rows:
         return [*lines, "No provenance recorded (results written before schema 2).", ""]
@@ -315,6 +410,24 @@ def mismatch_warning(results: CompareResults) -> list[str]:
     return lines + [""]
 
 
+def plain_optimizer_comparison(results: CompareResults) -> bool:
+    """AdamW against Nexus, the harness's runs only, in nats/token: the report as it read before series."""
+    s = results["settings"]
+    return s["series"] == ["adamw", "nexus"] and not measured_by_harness(results)
+
+
+def series_line(results: CompareResults) -> str:
+    s = results["settings"]
+    others = ", ".join(f"`{label}`" for label in s["series"][1:])
+    unit = UNIT_NAMES[s.get("loss_unit", "nats")]
+    why = (
+        "every series has the data build's tokenizer"
+        if s.get("loss_unit", "nats") == "nats"
+        else "bits per byte on the same held-out bytes, comparable across tokenizers"
+    )
+    return f"Series: {others} against the reference `{s['reference']}`. Held-out loss in {unit} ({why})."
+
+
 def render_markdown(
     results: CompareResults, title: str, preamble: str = "", figures: list[tuple[str, str]] | None = None
 ) -> str:
@@ -327,15 +440,21 @@ def render_markdown(
     if preamble:
         lines += [preamble, ""]
     lines += [f"Runs: {runs}. Evaluated: {what}, backend `{s['backend']}`{limit}{shots}. Mode: {s['mode']}.", ""]
+    if not plain_optimizer_comparison(results):
+        lines += [series_line(results), ""]
     lines += mismatch_warning(results)
-    for heading, frame, note in sections(results):
-        lines += [f"## {heading}", "", note, "", to_markdown(frame), ""]
-        if heading == "Loss-matched pairs" and results["unmatched"]:
-            lines += ["Targets without a pair:", ""]
-            lines += [f"- {target(u['target'])} (seed {u['seed']}): {u['reason']}" for u in results["unmatched"]]
-            lines += [""]
+    for names, found in sections(results):
+        for heading, frame, note in found:
+            table = to_markdown(frame) if not frame.empty else "No loss-matched pair."
+            lines += [f"## {heading}", "", note, "", table, ""]
+            unmatched = _of(results["unmatched"], names)
+            if heading.endswith("Loss-matched pairs") and unmatched:
+                lines += ["Targets without a pair:", ""]
+                lines += [f"- {target(u['target'])} (seed {u['seed']}): {u['reason']}" for u in unmatched]
+                lines += [""]
     for caption, name in figures or []:
         lines += [f"![{caption}]({name})", ""]
+    lines += external_lines(results)
     lines += provenance_lines(results)
     return "\n".join(lines).rstrip("\n") + "\n"
 
@@ -352,19 +471,24 @@ def write_report(results: CompareResults, out: Path) -> Path:
     names = write_figures(results, out)
     figures = [(FIGURE_CAPTIONS[n], n) for n in names]
     path = out / "report.md"
-    write_text_atomic(path, render_markdown(results, "AdamW vs Nexus at equal held-out loss", figures=figures))
+    title = " vs ".join(display_name(results, label) for label in results["settings"]["series"])
+    write_text_atomic(path, render_markdown(results, f"{title} at equal held-out loss", figures=figures))
     return path
 
 
 def print_report(results: CompareResults, out: Path) -> None:
     shown = console()  # logs and pipes get a wide one: the tables are not folded into 80 columns
-    for heading, frame, note in sections(results):
-        table = Table(title=heading, caption=note, show_lines=False)
-        for column in frame.columns:
-            table.add_column(str(column), overflow="fold")
-        for row in frame.itertuples(index=False):
-            table.add_row(*(str(v) for v in row))
-        shown.print(table)
+    if not plain_optimizer_comparison(results):
+        shown.print(series_line(results))
+    for _, found in sections(results):
+        for heading, frame, note in found:
+            table = Table(title=heading, caption=note, show_lines=False)
+            for column in frame.columns:
+                table.add_column(str(column), overflow="fold")
+            for row in frame.itertuples(index=False):
+                table.add_row(*(str(v) for v in row))
+            shown.print(table)
     for u in results["unmatched"]:
-        shown.print(f"[yellow]no pair at target {target(u['target'])} (seed {u['seed']}):[/] {u['reason']}")
+        where = f"{u['series']}, seed {u['seed']}"
+        shown.print(f"[yellow]no pair at target {target(u['target'])} ({where}):[/] {u['reason']}")
     shown.print(f"written: {out / 'report.md'}, {out / 'results.json'} and figures in {out}")

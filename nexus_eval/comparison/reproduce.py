@@ -36,7 +36,7 @@ EQUAL, PROVENANCE_DIFFERS, NOT_DETERMINISTIC = "equal", "provenance differs", "n
 # deterministic code reproduces them exactly; the slack only absorbs a last-bit difference of a summation order).
 REL_TOL = 1e-9
 # Fields of a task/OOD row that are numbers a reader sees.
-NUMBER_FIELDS = ("adamw", "nexus", "mean", "low", "high")
+NUMBER_FIELDS = ("reference", "candidate", "mean", "low", "high")
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,11 @@ def recorded_provenance(results: CompareResults, where: str) -> dict[str, RunPro
     """run_id → provenance of every run row; ComparisonError when a row has none (a leaderboard of schema 1)."""
     found = {}
     for row in results["runs"]:
+        if row.get("external"):
+            raise ComparisonError(
+                f"{where}: series {row['series']} was not trained by this harness: only comparisons of the harness's "
+                "own runs can be reproduced"
+            )
         provenance = row.get("provenance")
         if not provenance or not provenance.get("recipe") or not provenance.get("data_build"):
             raise ComparisonError(
@@ -116,10 +121,11 @@ def rebuild_data(build: DataBuild, data_dir: Path, progress: bool) -> str:
 def retrain(row: RunRow, provenance: RunProvenance, runs_dir: Path, data_dir: Path, where: str, progress: bool) -> Path:
     recipe = parse_recipe(dict(provenance["recipe"] or {}), f"{where} run {row['run_id']} recipe")
     seed = 0 if row["seed"] is None else int(row["seed"])
-    run_dir = run_dir_for(runs_dir, recipe, row["optimizer"], seed)
+    optimizer = str(row["optimizer"])
+    run_dir = run_dir_for(runs_dir, recipe, optimizer, seed)
     if run_dir.name != row["run_id"]:
         raise ComparisonError(f"{where}: run {row['run_id']} would be trained again as {run_dir.name}")
-    return train(recipe, row["optimizer"], seed, runs_dir, data_dir, resume=run_dir.is_dir(), progress=progress)
+    return train(recipe, optimizer, seed, runs_dir, data_dir, resume=run_dir.is_dir(), progress=progress)
 
 
 def settings_of(results: CompareResults) -> CompareSettings:
@@ -138,6 +144,8 @@ def settings_of(results: CompareResults) -> CompareSettings:
         bootstrap_seed=s.get("bootstrap_seed", 0),
         level=s.get("level", CompareSettings.level),
         allow_mismatch=tuple(sorted({m["field"] for m in results.get("allowed_mismatches") or []})),
+        reference=s["reference"],
+        loss_unit=s["loss_unit"],
     )
 
 
@@ -147,7 +155,7 @@ def _batch_size(provenance: dict[str, RunProvenance]) -> int:
 
 
 def _row_key(row: dict[str, Any], name_field: str) -> str:
-    return f"target {row['target']:g} · seed {row['seed']} · {row[name_field]}"
+    return f"{row['series']} · target {row['target']:g} · seed {row['seed']} · {row[name_field]}"
 
 
 def number_diffs(committed: CompareResults, reproduced: CompareResults) -> list[NumberDiff]:
@@ -155,12 +163,12 @@ def number_diffs(committed: CompareResults, reproduced: CompareResults) -> list[
     diffs: list[NumberDiff] = []
 
     def pairs(results: CompareResults) -> dict[str, Any]:
-        return {f"target {p['target']:g} · seed {p['seed']}": p for p in results["pairs"]}
+        return {f"{p['series']} · target {p['target']:g} · seed {p['seed']}": p for p in results["pairs"]}
 
     before, after = pairs(committed), pairs(reproduced)
     for key in sorted(set(before) | set(after)):
         a, b = before.get(key), after.get(key)
-        for side in ("adamw", "nexus"):
+        for side in ("reference", "candidate"):
             for part in ("checkpoint", "loss"):
                 then = a[side][part] if a else None
                 now = b[side][part] if b else None
@@ -211,8 +219,12 @@ def reproduce(name: str, out: Path, leaderboard_dir: Path = LEADERBOARD_DIR, pro
         geometry_data_dir=data_dir if committed.get("geometry") else None,
         progress=progress,
         show=False,
+        data_dir=data_dir,
+        loss_cache_dir=out / "results" / "loss",
     )
-    reproduced = compare(run_dirs, settings_of(committed), options)
+    # Runs are labelled as recorded (a label other than the optimizer was given as LABEL=RUN_DIR).
+    labelled = [f"{row['series']}={path}" for row, path in zip(committed["runs"], run_dirs, strict=True)]
+    reproduced = compare(labelled, settings_of(committed), options)
     return Reproduction(
         name,
         number_diffs(committed, reproduced),

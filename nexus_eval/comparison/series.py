@@ -312,6 +312,7 @@ def collect_series(specs: list[str], series_files: list[Path] | None = None) -> 
 # ---- the loss unit -------------------------------------------------------------------------------------------------
 
 LOSS_UNITS = ("auto", "nats", "bpb")
+UNIT_NAMES = {"nats": "nats/token", "bpb": "bits/byte"}
 
 
 def loss_unit(series_list: list[Series], data_dir: Path, override: str | None = None) -> Literal["nats", "bpb"]:

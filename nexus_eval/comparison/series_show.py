@@ -12,12 +12,11 @@ from typing import TypedDict
 
 from rich.table import Table
 
-from nexus_eval.comparison.series import Series, collect_series, loss_unit
+from nexus_eval.comparison.series import UNIT_NAMES, Series, collect_series, loss_unit
 from nexus_eval.data import load_manifest
 from nexus_eval.display import checkpoint_label, console, progress_bar
 from nexus_eval.evaluation.loss import DEFAULT_LOSS_CACHE, LossUnit, checkpoint_loss
 
-UNIT_NAMES = {"nats": "nats/token", "bpb": "bits/byte"}
 UNIT_WHY = {
     "nats": "every checkpoint has the data build's tokenizer",
     "bpb": "not every checkpoint has the data build's tokenizer: bits per byte on the same held-out bytes",

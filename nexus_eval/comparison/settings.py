@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from nexus_eval.comparison.series import LOSS_UNITS
 from nexus_eval.comparison.stats import LEVEL, RESAMPLES
 from nexus_eval.errors import ComparisonError
 from nexus_eval.schema import CompareSettingsRecord
@@ -37,10 +38,13 @@ class CompareSettings:
     bootstrap_seed: int = 0
     level: float = LEVEL
     allow_mismatch: tuple[str, ...] = ()
+    reference: str | None = None  # the series every other is matched against (None: adamw, else the first)
+    loss_unit: str = "auto"  # "auto" (nats/token when every series shares the data's tokenizer) | "nats" | "bpb"
+    series: tuple[str, ...] = ()  # every series label, the reference first: set by `resolved`
 
     def __post_init__(self) -> None:
         # Sequences given as lists are stored as tuples: the settings stay hashable and immutable.
-        for name in ("targets", "tasks", "allow_mismatch"):
+        for name in ("targets", "tasks", "allow_mismatch", "series"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, tuple):
                 object.__setattr__(self, name, tuple(value))
@@ -58,6 +62,8 @@ class CompareSettings:
             raise ComparisonError(f"compare: mode must be {MATCH_LOSS!r} or {INTERPOLATE!r} (got {self.mode!r})")
         if self.tolerance < 0:
             raise ComparisonError(f"--tolerance must be ≥ 0 (got {self.tolerance})")
+        if self.loss_unit not in LOSS_UNITS:
+            raise ComparisonError(f"--loss-unit {self.loss_unit}: expected one of {', '.join(LOSS_UNITS)}")
         if self.level != LEVEL:  # the t quantiles over seeds and the report's "95% CI" headers are for this level
             raise ComparisonError(f"confidence level must be {LEVEL} (got {self.level})")
 
@@ -65,19 +71,30 @@ class CompareSettings:
     def interpolate(self) -> bool:
         return self.mode == INTERPOLATE
 
-    def resolved(self, targets: Iterable[float], tasks: Iterable[str]) -> CompareSettings:
+    def resolved(
+        self, targets: Iterable[float], tasks: Iterable[str], series: Iterable[str], loss_unit: str
+    ) -> CompareSettings:
         """These settings as a comparison used them: the targets of its pairs and unmatched targets (descending),
-        the task names, and no suite when the tasks were given."""
+        the task names, no suite when the tasks were given, the series labels (reference first) and the unit."""
+        labels = tuple(series)
         return replace(
             self,
             targets=tuple(sorted(set(targets), reverse=True)),
             suite=None if self.tasks else self.suite,
             tasks=tuple(tasks),
+            reference=labels[0],
+            series=labels,
+            loss_unit=loss_unit,
         )
 
     def to_record(self) -> CompareSettingsRecord:
         """The settings object of the results JSON (call it on `resolved(...)` settings)."""
-        record = {**asdict(self), "targets": list(self.targets or ()), "tasks": list(self.tasks or ())}
+        record = {
+            **asdict(self),
+            "targets": list(self.targets or ()),
+            "tasks": list(self.tasks or ()),
+            "series": list(self.series),
+        }
         record.pop("allow_mismatch")  # what it let through is results["allowed_mismatches"]
         return CompareSettingsRecord(**{**record, "tolerance": None if self.interpolate else self.tolerance})
 
@@ -101,6 +118,8 @@ class CompareOptions:
     disagreement_task: str | None = None
     progress: bool = True
     show: bool = True
+    data_dir: Path = Path("data")  # held-out data for the losses the runs do not record (external series, bpb)
+    loss_cache_dir: Path = Path("results/loss")
 
     def check(self) -> None:
         """ComparisonError naming the flag whose directory is a file: found before the evaluations, not after."""

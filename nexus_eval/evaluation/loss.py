@@ -31,7 +31,7 @@ from nexus_eval.schema import MEASURED_LOSS_SCHEMA, LossKey, MeasuredLoss
 from nexus_eval.training.heldout import HeldOut, model_device
 
 # Bump when what is measured changes (windows, documents, formula): older cache files then no longer match.
-LOSS_VERSION = 1
+LOSS_VERSION = 2  # 2: the key holds max_context and mixture (one held-out set for every series of a comparison)
 DEFAULT_LOSS_CACHE = Path("results/loss")
 MAX_CONTEXT = 512
 
@@ -111,16 +111,27 @@ def shares_data_tokenizer(ckpt: Path, data_dir: Path) -> bool:
     return _tokenizer_vocab(own) == _DATA_VOCAB[key]
 
 
-def measure_checkpoint(ckpt: Path, data_dir: Path, windows: int = 16, docs: int = 20) -> dict[str, Any]:
+def measure_checkpoint(
+    ckpt: Path,
+    data_dir: Path,
+    windows: int = 16,
+    docs: int = 20,
+    max_context: int = MAX_CONTEXT,
+    mixture: dict[str, float] | None = None,
+) -> dict[str, Any]:
     """Everything `nexus-eval loss` reports, measured now: nats/token where the checkpoint shares the data's
-    tokenizer (mixture over its recipe's sources), and bits per byte always (over every source of the build, so
-    that every checkpoint is scored on the same bytes)."""
+    tokenizer (over `mixture`, else its recipe's, else every source alike), and bits per byte always (over every
+    source of the build, so that every checkpoint is scored on the same bytes). Windows and document chunks are
+    min(the model's context, max_context) tokens long: a comparison passes one max_context for all its series, so
+    that no model is scored with more context than another."""
     manifest = load_manifest(data_dir)
     same_tokenizer = shares_data_tokenizer(ckpt, data_dir)
     model, tokenizer = load_model(ckpt)
-    context = min(int(getattr(model.config, "max_position_embeddings", MAX_CONTEXT) or MAX_CONTEXT), MAX_CONTEXT)
+    own_context = int(getattr(model.config, "max_position_embeddings", max_context) or max_context)
+    context = min(own_context, max_context)
     meta = read_meta(ckpt)
-    mixture = meta.get("recipe", {}).get("data", {}).get("mixture") or {s: 1.0 for s in manifest["sources"]}
+    recipe_mixture = meta.get("recipe", {}).get("data", {}).get("mixture")
+    mixture = mixture or recipe_mixture or {s: 1.0 for s in manifest["sources"]}
     result: dict[str, Any] = {
         "checkpoint": str(ckpt),
         "data_hash": manifest["hash"],
@@ -145,9 +156,22 @@ def measure_checkpoint(ckpt: Path, data_dir: Path, windows: int = 16, docs: int 
 # ---- the cache ---------------------------------------------------------------------------------------------------
 
 
-def loss_key(checkpoint_hash: str, data_hash: str, windows: int, docs: int) -> LossKey:
+def loss_key(
+    checkpoint_hash: str,
+    data_hash: str,
+    windows: int,
+    docs: int,
+    max_context: int = MAX_CONTEXT,
+    mixture: dict[str, float] | None = None,
+) -> LossKey:
     return LossKey(
-        checkpoint_hash=checkpoint_hash, data_hash=data_hash, windows=windows, docs=docs, loss_version=LOSS_VERSION
+        checkpoint_hash=checkpoint_hash,
+        data_hash=data_hash,
+        windows=windows,
+        docs=docs,
+        max_context=max_context,
+        mixture=dict(sorted(mixture.items())) if mixture else None,
+        loss_version=LOSS_VERSION,
     )
 
 
@@ -191,23 +215,29 @@ def read_cached_loss(path: Path, key: LossKey) -> MeasuredLoss | None:
 
 
 def measured_loss(
-    ckpt: Path, data_dir: Path, windows: int = 16, docs: int = 20, cache_dir: Path = DEFAULT_LOSS_CACHE
+    ckpt: Path,
+    data_dir: Path,
+    windows: int = 16,
+    docs: int = 20,
+    cache_dir: Path = DEFAULT_LOSS_CACHE,
+    max_context: int = MAX_CONTEXT,
+    mixture: dict[str, float] | None = None,
 ) -> LossLookup:
     """The checkpoint's MeasuredLoss on this data build: from the cache, else measured now and cached.
 
     No lock: two processes measuring one checkpoint at once both write the same record atomically (a measurement
     takes seconds to minutes), and a refused input leaves nothing behind, not even a lock file."""
-    if windows <= 0 or docs <= 0:
-        raise EvalError(f"--windows {windows} / --docs {docs}: must be positive")
+    if windows <= 0 or docs <= 0 or max_context <= 1:
+        raise EvalError(f"--windows {windows} / --docs {docs}: must be positive (context {max_context}: above 1)")
     data_hash = load_manifest(data_dir)["hash"]
     if not is_checkpoint(Path(ckpt)):  # before hashing: a missing path is one line, not a traceback
         raise CheckpointError(f"{ckpt}: not a checkpoint (no config.json or .gguf file)")
     check_weight_files(Path(ckpt))
-    key = loss_key(content_hash(ckpt), data_hash, windows, docs)
+    key = loss_key(content_hash(ckpt), data_hash, windows, docs, max_context, mixture)
     path = loss_cache_path(cache_dir, key)
     if (cached := read_cached_loss(path, key)) is not None:
         return LossLookup(cached, "cache")
-    measured = measure_checkpoint(ckpt, data_dir, windows, docs)
+    measured = measure_checkpoint(ckpt, data_dir, windows, docs, max_context, mixture)
     created = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     record: MeasuredLoss = {**measured, **key, "schema": MEASURED_LOSS_SCHEMA, "created": created}  # type: ignore[typeddict-item]
     if problems := loss_problems(record, key):  # a bug, not bad input: never cache what a reader would refuse
@@ -232,12 +262,17 @@ def checkpoint_loss(
     windows: int = 16,
     docs: int = 20,
     cache_dir: Path = DEFAULT_LOSS_CACHE,
+    trust_recorded: bool = True,
+    max_context: int = MAX_CONTEXT,
+    mixture: dict[str, float] | None = None,
 ) -> LossValue:
     """One checkpoint's held-out loss in `unit`: nats/token from nexus.json where the trainer recorded it on this
-    data build (no model load), else from the measured (cached) loss."""
-    if unit == "nats" and (recorded := trainer_loss(ckpt, load_manifest(data_dir)["hash"])) is not None:
-        return LossValue(recorded, unit, "nexus.json")
-    lookup = measured_loss(ckpt, data_dir, windows, docs, cache_dir)
+    data build (no model load) and `trust_recorded` (the caller knows the trainer's held-out set is the one asked
+    for), else from the measured (cached) loss."""
+    if trust_recorded and unit == "nats":
+        if (recorded := trainer_loss(ckpt, load_manifest(data_dir)["hash"])) is not None:
+            return LossValue(recorded, unit, "nexus.json")
+    lookup = measured_loss(ckpt, data_dir, windows, docs, cache_dir, max_context, mixture)
     if unit == "nats" and not lookup.record["same_tokenizer"]:
         raise EvalError(f"{ckpt}: its tokenizer is not the data build's, so no nats/token loss; use bits per byte")
     value = lookup.record["val_loss"] if unit == "nats" else lookup.record["bits_per_byte"]

@@ -28,7 +28,7 @@ def test_bad_settings_are_comparison_errors(kwargs: dict, message: str) -> None:
 def test_record_of_resolved_settings() -> None:
     given = CompareSettings(tasks=["b", "a"], targets=[4.5], limit=10, bootstrap_resamples=500)
     assert given.tasks == ("b", "a") and given.targets == (4.5,)  # lists given are stored as tuples
-    record = given.resolved(targets=[4.5, 5.0, 4.5], tasks=["b", "a"]).to_record()
+    record = given.resolved(targets=[4.5, 5.0, 4.5], tasks=["b", "a"], series=["x", "y"], loss_unit="bpb").to_record()
     assert record == {
         "mode": "match-loss",
         "tolerance": 0.01,
@@ -41,8 +41,13 @@ def test_record_of_resolved_settings() -> None:
         "bootstrap_resamples": 500,
         "bootstrap_seed": 0,
         "level": 0.95,
+        "reference": "x",  # the first series resolved
+        "series": ["x", "y"],
+        "loss_unit": "bpb",
     }
-    by_suite = CompareSettings(mode="interpolate", suite="gsm8k").resolved(targets=[3.0], tasks=["gsm8k"])
+    by_suite = CompareSettings(mode="interpolate", suite="gsm8k").resolved(
+        targets=[3.0], tasks=["gsm8k"], series=["adamw", "nexus"], loss_unit="nats"
+    )
     assert by_suite.to_record()["suite"] == "gsm8k" and by_suite.to_record()["tolerance"] is None
 
 

@@ -100,7 +100,7 @@ def test_continuous_scores_list_every_difference_largest_first(tmp_path: Path) -
     results = gather_results(runs, pairs, ["arith_gold_bpb"], ["arith_gold_bpb"], settings(), options(tmp_path))
     (group,) = find_disagreements(pairs, ["arith_gold_bpb"], results, tmp_path / "cache")
     assert [d.doc_id for d in group.items] == [5, 2, 1, 4] and group.compared == 6 and group.metric == metric
-    assert group.better("adamw") == 3 and group.better("nexus") == 1  # the fake result says higher is better
+    assert group.better("reference") == 3 and group.better("candidate") == 1  # the fake result says higher is better
 
 
 def test_markdown_beside_the_leaderboard_and_check_accepts_it(tmp_path: Path) -> None:
@@ -152,7 +152,7 @@ def test_interpolated_sides_show_their_nearer_checkpoint(tmp_path: Path) -> None
     chosen = settings(TASK, mode="interpolate", targets=(4.85,))
     results = gather_results(loaded, pairs, [TASK], [TASK], chosen, options(tmp_path))
     (group,) = find_disagreements(pairs, [TASK], results, tmp_path / "cache")
-    assert (group.adamw, group.nexus) == ("tiny-adamw-s0/ckpt-000030", "tiny-nexus-s0/ckpt-000030")
+    assert (group.reference, group.candidate) == ("tiny-adamw-s0/ckpt-000030", "tiny-nexus-s0/ckpt-000030")
     adamw = item_scores(tmp_path / "cache", runs[0] / "ckpt-000030", TASK)
     nexus = item_scores(tmp_path / "cache", runs[1] / "ckpt-000030", TASK)
     assert [d.doc_id for d in group.items] == [d for d in adamw if adamw[d] != nexus[d]]

@@ -22,7 +22,7 @@ def two_runs(tmp_path: Path, targets: tuple[float, ...] = (5.0, 4.5)) -> list[Pa
 def test_picks_the_crossing_checkpoints_and_respects_tolerance(tmp_path: Path) -> None:
     runs = load_runs(two_runs(tmp_path))
     pairs, unmatched = match(runs, tolerance=0.01)
-    assert [(p.target, p.adamw.checkpoints[0].path.name, p.nexus.checkpoints[0].path.name) for p in pairs] == [
+    assert [(p.target, p.reference.checkpoints[0].path.name, p.candidate.checkpoints[0].path.name) for p in pairs] == [
         (5.0, "ckpt-000020", "ckpt-000020")
     ]
     assert pairs[0].delta_loss == pytest.approx(0.005)
@@ -39,7 +39,7 @@ def test_prefers_the_smallest_gap_among_neighbours_of_the_target(tmp_path: Path)
     adamw = make_run(tmp_path, "adamw", 1, [4.5, 4.004, 3.985, 3.7], crossings={2: 4.0})
     nexus = make_run(tmp_path, "nexus", 1, [4.4, 4.05, 3.984, 3.8], crossings={2: 4.0})
     (pair,), _ = match(load_runs([adamw, nexus]), tolerance=0.01, targets=[4.0])
-    assert pair.adamw.loss == 3.985 and pair.nexus.loss == 3.984
+    assert pair.reference.loss == 3.985 and pair.candidate.loss == 3.984
 
 
 def test_no_pair_names_the_closest_pair_and_the_fix(tmp_path: Path) -> None:
@@ -69,7 +69,9 @@ def test_seeds_pair_with_their_own_seed_and_a_parent_dir_expands(tmp_path: Path)
         make_run(tmp_path, "adamw", seed, [5.0 + seed, 4.5 + seed], crossings={0: 5.0 + seed})
         make_run(tmp_path, "nexus", seed, [5.003 + seed, 4.501 + seed], crossings={0: 5.0 + seed})
     pairs, _ = match(load_runs([tmp_path]), tolerance=0.01, targets=[5.0, 6.0])
-    assert sorted((p.target, p.seed, p.adamw.checkpoints[0].run_id, p.nexus.checkpoints[0].run_id) for p in pairs) == [
+    assert sorted(
+        (p.target, p.seed, p.reference.checkpoints[0].run_id, p.candidate.checkpoints[0].run_id) for p in pairs
+    ) == [
         (5.0, "0", "tiny-adamw-s0", "tiny-nexus-s0"),
         (6.0, "1", "tiny-adamw-s1", "tiny-nexus-s1"),
     ]
@@ -116,7 +118,7 @@ def test_interpolation_is_exact_on_linear_data(tmp_path: Path, monkeypatch: pyte
     )
     rows = {r["target"]: r for r in results["tasks"]}
     for target in (4.8, 4.0):
-        assert rows[target]["adamw"] == pytest.approx(item_scores(target, 0.0).mean(), abs=1e-12)
-        assert rows[target]["nexus"] == pytest.approx(item_scores(target, 0.03).mean(), abs=1e-12)
+        assert rows[target]["reference"] == pytest.approx(item_scores(target, 0.0).mean(), abs=1e-12)
+        assert rows[target]["candidate"] == pytest.approx(item_scores(target, 0.03).mean(), abs=1e-12)
         assert rows[target]["mean"] == pytest.approx(0.03, abs=1e-12)  # item-by-item difference, exact too
     assert all(p["delta_loss"] == 0 for p in results["pairs"])

@@ -93,7 +93,7 @@ def test_second_lookup_reads_the_cache_without_loading_the_model(
     "damage",
     [
         lambda text: text[: len(text) // 2],  # a truncated write
-        lambda text: text.replace('"loss_version": 1', '"loss_version": 0'),  # older loss code
+        lambda text: text.replace(f'"loss_version": {LOSS_VERSION}', '"loss_version": 0'),  # older loss code
         lambda text: text.replace('"windows": 2', '"windows": 3'),  # another key's measurement
         lambda text: text.replace('"schema": 1', '"schema": 7'),
         lambda text: text.replace('"bits_per_byte": ', '"bits_per_byte": "x", "_": '),  # not a number
