@@ -33,7 +33,7 @@ def test_compare_evaluates_the_matched_checkpoints_for_real(
     results = json.loads((out / "results.json").read_text())
     assert (out / "report.md").is_file() and len(results["pairs"]) == 1
     pair, row = results["pairs"][0], results["tasks"][0]
-    ckpts = {side: tiny_runs["adamw"].parent / pair[side]["checkpoint"] for side in ("adamw", "nexus")}
+    ckpts = {side: tiny_runs["adamw"].parent / pair[side]["checkpoint"] for side in ("reference", "candidate")}
     assert all(c.is_dir() for c in ckpts.values()) and len(list(cache.rglob("*.json"))) == 2  # evaluated: both sides
     # From the real samples: two different models give every document a different log-likelihood.
     listed = [line for line in (out / "disagreements.md").read_text().splitlines() if line.startswith("| ")]
@@ -43,11 +43,11 @@ def test_compare_evaluates_the_matched_checkpoints_for_real(
     by_side = {side: next(r for r in direct if r["checkpoint"] == str(c)) for side, c in ckpts.items()}
     metric = row["metric"]
     assert metric == "bits_per_byte,none" and row["n"] == LIMIT
-    for side in ("adamw", "nexus"):
+    for side in ("reference", "candidate"):
         assert row[side] == pytest.approx(by_side[side]["metrics"][metric], rel=1e-9)
     # Bits per byte is a corpus ratio: items weigh by their bytes, as lm-eval aggregates it.
-    items = {side: np.array(by_side[side]["item_scores"][metric]) for side in ("adamw", "nexus")}
-    weights = np.array(by_side["adamw"]["item_weights"][metric])
-    expected = float(np.sum(weights * (items["nexus"] - items["adamw"])) / np.sum(weights))
+    items = {side: np.array(by_side[side]["item_scores"][metric]) for side in ("reference", "candidate")}
+    weights = np.array(by_side["reference"]["item_weights"][metric])
+    expected = float(np.sum(weights * (items["candidate"] - items["reference"])) / np.sum(weights))
     assert row["mean"] == pytest.approx(expected, rel=1e-9)
     assert row["low"] <= row["mean"] <= row["high"]
