@@ -18,6 +18,7 @@ from nexus_eval.training.flops import device_peak_flops, mfu, model_flops_per_to
 
 METRICS_FILE = "metrics.jsonl"
 MIB = 1 << 20
+PROC_STATUS = Path("/proc/self/status")
 # The keys of a metrics row that are measurements of the machine, not of the training: they differ between two
 # runs of the same recipe and seed (tests comparing loss curves leave them out).
 MEASURED_KEYS = frozenset({"tokens_per_s", "mfu", "peak_memory_mib"})
@@ -76,6 +77,19 @@ def peak_memory_bytes(device: Any) -> int:
         import torch
 
         return int(torch.cuda.max_memory_allocated(device))
+    return peak_rss_bytes()
+
+
+def peak_rss_bytes() -> int:
+    """This process' peak resident memory since it started its program. Linux: VmHWM of /proc/self/status, because
+    getrusage's ru_maxrss also counts the parent's RSS at the fork before exec (a child of a 600 MiB process reports
+    600 MiB before it allocates anything: the old benchmark's identical peaks). Elsewhere: ru_maxrss."""
+    try:
+        for line in PROC_STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
 

@@ -30,7 +30,7 @@ def cli(*args: str) -> tuple[int, str]:
 
 
 def test_dry_run_of_the_1b_recipe_takes_seconds_and_writes_nothing(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
-    import transformers  # noqa: F401 - imported before the clock starts (tens of seconds on a busy machine)
+    from transformers import LlamaConfig, LlamaForCausalLM  # noqa: F401 - imported before the clock starts
 
     monkeypatch.chdir(tmp_path)
     recipe = REPO_ROOT / "train" / "1b.toml"
@@ -149,3 +149,30 @@ def test_metrics_rows_carry_peak_memory_and_mfu_when_a_peak_is_given(
     model = set_up(load_recipe(recipe), "adamw", 0, tiny_data_dir).model
     want = row["tokens_per_s"] * model_flops_per_token(model, 32) / 1e9
     assert row["mfu"] == pytest.approx(want, rel=1e-3, abs=1e-4)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="VmHWM is Linux's")
+def test_a_child_process_reports_its_own_peak_rss_not_its_parents() -> None:
+    """getrusage's ru_maxrss in a child counts the parent's RSS at fork: the old benchmark's children all reported
+    the parent's 851 MiB. peak_rss_bytes, run in a child of a process holding 1 GiB, reports the child's own."""
+    import inspect
+    import subprocess
+    import sys
+
+    from nexus_eval.training import metrics_log
+
+    held = bytearray(1 << 30)
+    held[:: 1 << 12] = b"\1" * len(held[:: 1 << 12])  # touch every page: resident
+    code = "\n".join(
+        [
+            "import resource, sys",
+            "from pathlib import Path",
+            "PROC_STATUS = Path('/proc/self/status')",
+            inspect.getsource(metrics_log.peak_rss_bytes),
+            "print(peak_rss_bytes(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)",
+        ]
+    )
+    own, rusage = map(int, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.split())
+    assert rusage > len(held)  # the inherited figure this replaces
+    assert own < 200 << 20  # a bare interpreter
+    del held
