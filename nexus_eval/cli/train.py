@@ -37,6 +37,7 @@ def train_command(
 ) -> None:
     """Train RECIPE with one optimizer and seed; writes runs/<recipe>-<optimizer>-s<seed>/ckpt-*."""
     from nexus_eval.data import load_manifest
+    from nexus_eval.errors import RecipeError
     from nexus_eval.training import train
     from nexus_eval.training.budget import check_epochs
     from nexus_eval.training.flops import parse_peak
@@ -44,6 +45,9 @@ def train_command(
     from nexus_eval.training.recipe import load_recipe
 
     check_optimizer_name(optimizer)
+    if not dry_run and (nproc != 1 or strategy_plan is not None):  # the run's ranks are torchrun's to start
+        flag = "--nproc" if nproc != 1 else "--strategy-plan"
+        raise RecipeError(f"{flag}: plans a --dry-run only; launch the run itself with torchrun (README)")
     plan = load_recipe(recipe)
     if steps is not None and steps > 0:
         plan = plan.with_steps(steps)  # the budget checked is the one trained (train() refuses steps <= 0)

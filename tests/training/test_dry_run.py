@@ -95,6 +95,14 @@ def test_bad_plans_are_one_line_naming_the_flag(
     assert code == 2 and out.startswith(f"error: {flag}") and len(out.strip().splitlines()) == 1, out
 
 
+def test_plan_flags_without_dry_run_are_refused(tiny_data_dir: Path, tmp_path: Path) -> None:
+    recipe = write_recipe(tmp_path, tiny_data_dir)
+    for args, flag in ((["--nproc", "2"], "--nproc"), (["--strategy-plan", "ddp"], "--strategy-plan")):
+        code, out = cli("train", str(recipe), "--optimizer", "adamw", "--out", str(tmp_path / "runs"), *args)
+        assert code == 2 and out.startswith(f"error: {flag}: plans a --dry-run only"), out
+    assert not (tmp_path / "runs").exists()
+
+
 def over_budget_recipe(tmp_path: Path, data_dir: Path) -> Path:
     """The tiny test recipe asking 3 × 64 × 256 tokens a step for 40 steps: more than the tiny data holds."""
     path = write_recipe(tmp_path, data_dir)
