@@ -1,25 +1,61 @@
-"""Training benchmark on the tiny recipe: tokens/s and peak memory of AdamW, Nexus and a bare PyTorch loop.
+"""Training benchmark on the tiny recipe: tokens/s, step time and peak memory of a bare PyTorch loop, AdamW and Nexus.
 
-All three train in one process on the same recipe, data and micro-batches, one step each in turn (so load from
-other processes hits them alike); the median step time gives tokens/s. Peak RSS comes from one short child process
-per variant (RSS cannot be told apart inside one process). The ratios are of this one run.
-Targets: Nexus/AdamW step time ≤ 1.05, memory ≤ 1.3, harness (AdamW through the trainer's step) ≥ 0.9× the bare loop.
-    python bench/train_bench.py [--recipe train/tiny.toml] [--steps 15] [--data data]
+Every variant runs in its own child process (VARIANTS: one command each), so that its peak RSS is its own: the
+child reports VmHWM (training.metrics_log.peak_rss_bytes), not getrusage, which in a child also counts the parent's
+RSS at fork. The children run one at a time, in rounds of alternating order (bare adamw nexus, nexus adamw bare, ...)
+so that load from other processes hits every variant alike; step time is the median over all rounds' steps.
+A variant launched otherwise (e.g. DDP world 2: a Variant whose launcher is `torchrun --standalone
+--nproc-per-node=2` and whose child steps the distributed trainer) is one more entry of VARIANTS; a child reports
+from rank 0 only (RANK).
+Targets: Nexus/AdamW step time <= 1.05, peak RSS <= 1.3, harness (AdamW through the trainer's step) >= 0.9x bare.
+    python bench/train_bench.py [--recipe train/tiny.toml] [--steps 15] [--rounds 2] [--data data]
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
+import json
+import os
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-WARMUP_STEPS = 3
-VARIANTS = ("bare", "adamw", "nexus")
+WARMUP_STEPS = 2  # not timed: the first steps allocate (Nexus' θ0, AdamW's moments, autograd buffers)
+MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    optimizer: str  # "bare" (a plain PyTorch loop), or the trainer's optimizer
+    launcher: tuple[str, ...] = (sys.executable,)  # what runs this file in the child
+
+    def command(self, recipe: Path, data: Path, steps: int) -> list[str]:
+        script = str(Path(__file__).resolve())
+        return [*self.launcher, script, "--child", self.name, "--recipe", str(recipe), "--data", str(data),
+                "--steps", str(steps)]  # fmt: skip
+
+
+VARIANTS: list[Variant] = [Variant("bare", "bare"), Variant("adamw", "adamw"), Variant("nexus", "nexus")]
+
+
+@dataclass
+class Result:
+    """What a child prints (one JSON line) and the parent gathers over rounds."""
+
+    variant: str
+    step_s: list[float]
+    peak_rss_mib: float
+    state_mib: float  # parameters + optimizer state (Nexus adds θ0)
+    tokens_per_step: int
+    flops_per_token: int
+
+
+# ---- in the child ----------------------------------------------------------------------------------------------------
 
 
 def state_bytes(model, optimizer) -> int:  # noqa: ANN001 - torch objects
@@ -45,103 +81,133 @@ def json_leaves(obj):  # noqa: ANN001, ANN201
         yield obj
 
 
-def make_steppers(recipe_path: Path, data_dir: Path) -> dict[str, tuple[Callable[[int], None], int]]:
-    """Per variant: (one outer step at index i, bytes of params + optimizer state). Same recipe, data and batches."""
+def make_stepper(variant: Variant, recipe_path: Path, data_dir: Path):  # noqa: ANN201 - (step, model, optimizer)
+    """(one outer step at index i, the model, its optimizer): same recipe, data and micro-batches for every variant."""
     import torch
 
     from nexus_eval.training import RunState, load_recipe, set_up, train_step
 
     recipe = load_recipe(recipe_path)
-    steppers = {}
-    for variant in VARIANTS:
-        c = set_up(recipe, "adamw" if variant == "bare" else variant, 0, data_dir)
-        if variant == "bare":
-            model, schedule, k = c.model, c.schedule, recipe.optim.accum
-            opt = torch.optim.AdamW(model.parameters(), lr=recipe.optim.lr)
+    c = set_up(recipe, "adamw" if variant.optimizer == "bare" else variant.optimizer, 0, data_dir)
+    if variant.optimizer != "bare":
+        state = RunState.start(recipe)
 
-            def step(i: int, model=model, schedule=schedule, k=k, opt=opt) -> None:  # noqa: ANN001
-                for mb in schedule.step_batches(i, k):
-                    logits = model(mb.inputs).logits
-                    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), mb.labels.flatten()) / k
-                    loss.backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
+        def trainer_step(i: int) -> None:
+            train_step(c, state)  # the loop's step at state.step, which is i
 
+        return trainer_step, c.model, c.opt
+
+    model, schedule, k = c.model, c.schedule, recipe.optim.accum
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.optim.lr)
+
+    def bare_step(i: int) -> None:
+        for mb in schedule.step_batches(i, k):
+            logits = model(mb.inputs).logits
+            loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), mb.labels.flatten()) / k
+            loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return bare_step, model, opt
+
+
+def run_child(variant: Variant, recipe_path: Path, data_dir: Path, steps: int) -> Result:
+    import torch
+
+    from nexus_eval.training.flops import model_flops_per_token
+    from nexus_eval.training.loop import training_threads
+    from nexus_eval.training.metrics_log import peak_rss_bytes
+    from nexus_eval.training.recipe import load_recipe
+
+    torch.set_num_threads(training_threads())
+    recipe = load_recipe(recipe_path)
+    step, model, opt = make_stepper(variant, recipe_path, data_dir)
+    times = []
+    for i in range(WARMUP_STEPS + steps):
+        start = time.perf_counter()
+        step(i)
+        if i >= WARMUP_STEPS:
+            times.append(time.perf_counter() - start)
+    return Result(
+        variant=variant.name,
+        step_s=times,
+        peak_rss_mib=peak_rss_bytes() / MIB,
+        state_mib=state_bytes(model, opt) / MIB,
+        tokens_per_step=recipe.tokens_per_step(),
+        flops_per_token=model_flops_per_token(model, recipe.model.context),
+    )
+
+
+# ---- in the parent ---------------------------------------------------------------------------------------------------
+
+
+def run_variant(variant: Variant, recipe: Path, data: Path, steps: int) -> Result:
+    done = subprocess.run(variant.command(recipe, data, steps), check=True, capture_output=True, text=True)
+    return Result(**json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def rounds_of(variants: list[Variant], rounds: int) -> list[Variant]:
+    """The children in order: each round alternates direction, so no variant always runs first or last."""
+    return [v for r in range(rounds) for v in (variants if r % 2 == 0 else variants[::-1])]
+
+
+def gather(variants: list[Variant], run: Callable[[Variant], Result], rounds: int) -> dict[str, Result]:
+    """One Result per variant: every round's step times, the largest peak."""
+    merged: dict[str, Result] = {}
+    for variant in rounds_of(variants, rounds):
+        result = run(variant)
+        if variant.name not in merged:
+            merged[variant.name] = result
         else:
-            opt, state = c.opt, RunState.start(recipe)
-
-            def step(i: int, c=c, state=state) -> None:  # noqa: ANN001
-                train_step(c, state)  # the loop's step at state.step, which is i (after the warm-up step 0)
-
-        step(0)  # warm-up, and allocates Nexus' θ0
-        steppers[variant] = (step, state_bytes(c.model, opt))
-    return steppers
+            kept = merged[variant.name]
+            kept.step_s += result.step_s
+            kept.peak_rss_mib = max(kept.peak_rss_mib, result.peak_rss_mib)
+    return merged
 
 
-def child_peak_rss(variant: str, recipe: Path, data_dir: Path) -> float:
-    """Peak RSS (MiB) of a process that builds and trains only `variant` for a few steps."""
-    cmd = [sys.executable, __file__, "--rss-of", variant, "--recipe", str(recipe), "--data", str(data_dir)]
-    return float(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
-
-
-def rss_child(variant: str, recipe_path: Path, data_dir: Path) -> None:
-    import torch
-
-    from nexus_eval.training import RunState, load_recipe, set_up, train_step
-
-    torch.set_num_threads(2)
-    recipe = load_recipe(recipe_path)
-    c = set_up(recipe, "adamw" if variant == "bare" else variant, 0, data_dir)
-    state = RunState.start(recipe)
-    for _ in range(WARMUP_STEPS):
-        train_step(c, state)
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+def print_table(results: dict[str, Result], recipe: Path, steps: int, rounds: int) -> None:
+    step_s = {v: statistics.median(r.step_s) for v, r in results.items()}
+    any_result = next(iter(results.values()))
+    tokens, flops = any_result.tokens_per_step, any_result.flops_per_token
+    threads = os.environ.get("OMP_NUM_THREADS", "all cores")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())  # other processes' load skews the step times
+    print(
+        f"train bench: {recipe}, {tokens} tokens/step, median of {rounds} x {steps} steps per variant, one process "
+        f"per variant, {threads} thread(s), load average {load} at the end"
+    )
+    print(f"{'variant':8} {'tokens/s':>10} {'step s':>8} {'GFLOP/s':>8} {'peak RSS MiB':>13} {'params+opt MiB':>15}")
+    for v, r in results.items():
+        rate = tokens / step_s[v]
+        gflops = rate * flops / 1e9  # the model's arithmetic at this rate (MFU's numerator)
+        print(f"{v:8} {rate:10.0f} {step_s[v]:8.3f} {gflops:8.2f} {r.peak_rss_mib:13.0f} {r.state_mib:15.1f}")
+    if {"adamw", "nexus"} <= set(results):
+        adamw, nexus = results["adamw"], results["nexus"]
+        print(
+            f"nexus/adamw  step time {step_s['nexus'] / step_s['adamw']:.3f} (target <= 1.05)   "
+            f"peak RSS {nexus.peak_rss_mib / adamw.peak_rss_mib:.3f} (target <= 1.3)   "
+            f"params+opt state {nexus.state_mib / adamw.state_mib:.3f} (θ0)"
+        )
+    if {"adamw", "bare"} <= set(results):
+        print(f"harness/bare tokens/s {step_s['bare'] / step_s['adamw']:.3f}  (target >= 0.9)")
 
 
 def main() -> None:
-    import torch
-
     parser = argparse.ArgumentParser()
     parser.add_argument("--recipe", type=Path, default=Path("train/tiny.toml"))
     parser.add_argument("--data", type=Path, default=Path("data"))
-    parser.add_argument("--steps", type=int, default=15)
-    parser.add_argument("--rss-of", choices=VARIANTS)
+    parser.add_argument("--steps", type=int, default=15, help="timed steps per child")
+    parser.add_argument("--rounds", type=int, default=2, help="children per variant, in alternating order")
+    parser.add_argument("--child", choices=[v.name for v in VARIANTS], help=argparse.SUPPRESS)
     args = parser.parse_args()
-    torch.set_num_threads(2)
-    if args.rss_of:
-        rss_child(args.rss_of, args.recipe, args.data)
+    if args.child:
+        result = run_child(next(v for v in VARIANTS if v.name == args.child), args.recipe, args.data, args.steps)
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(json.dumps(result.__dict__))
         return
     if not (args.data / "manifest.json").exists():
         subprocess.run([sys.executable, "-m", "nexus_eval.cli", "data", "build", "--out", str(args.data)], check=True)
-    from nexus_eval.training import load_recipe
-
-    tokens_per_step = load_recipe(args.recipe).tokens_per_step()
-    steppers = make_steppers(args.recipe, args.data)
-    # Round-robin over the variants, step by step: load from other processes hits all of them alike.
-    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    for i in range(1, args.steps + 1):
-        for variant, (step, _) in steppers.items():
-            start = time.perf_counter()
-            step(i)
-            times[variant].append(time.perf_counter() - start)
-    step_s = {v: statistics.median(t) for v, t in times.items()}
-    rss = {v: child_peak_rss(v, args.recipe, args.data) for v in VARIANTS}
-    print(
-        f"train bench: {args.recipe}, {tokens_per_step} tokens/step, median of {args.steps} interleaved steps, "
-        f"{torch.get_num_threads()} threads"
-    )
-    print(f"{'variant':8} {'tokens/s':>10} {'step s':>8} {'peak RSS MiB':>13} {'params+opt state MiB':>21}")
-    for v in VARIANTS:
-        print(
-            f"{v:8} {tokens_per_step / step_s[v]:10.0f} {step_s[v]:8.3f} {rss[v]:13.0f} {steppers[v][1] / 2**20:21.1f}"
-        )
-    print(f"nexus/adamw step time  {step_s['nexus'] / step_s['adamw']:.3f}  (target <= 1.05)")
-    print(f"nexus/adamw peak RSS   {rss['nexus'] / rss['adamw']:.3f}  (target <= 1.3)")
-    print(
-        f"nexus/adamw state      {steppers['nexus'][1] / steppers['adamw'][1]:.3f}  (params + optimizer state; "
-        "Nexus adds θ0)"
-    )
-    print(f"harness/bare tokens/s  {step_s['bare'] / step_s['adamw']:.3f}  (target >= 0.9)")
+    results = gather(VARIANTS, lambda v: run_variant(v, args.recipe, args.data, args.steps), args.rounds)
+    print_table(results, args.recipe, args.steps, args.rounds)
 
 
 if __name__ == "__main__":

@@ -133,6 +133,8 @@ class MetricsRow(HeldOutLoss):
     lr: float
     train_loss: float
     tokens_per_s: float
+    mfu: NotRequired[float]  # model FLOPs utilization over tokens_per_s, when the device's peak is known
+    peak_memory_mib: NotRequired[float]  # CUDA max_memory_allocated, or the process' peak RSS on CPU
     grad_cosine: NotRequired[GradCosine]
 
 

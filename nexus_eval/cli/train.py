@@ -18,10 +18,49 @@ def train_command(
     data: Path | None = typer.Option(None, "--data", help="Data dir (default: the recipe's data.dir)"),
     resume: bool = typer.Option(False, "--resume", help="Continue from the run's newest checkpoint, exactly"),
     steps: int | None = typer.Option(None, "--steps", help="Override the recipe's train.steps"),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Print parameters, per-rank memory, FLOPs, tokens, epochs and time; train nothing"
+    ),
+    nproc: int = typer.Option(1, "--nproc", help="--dry-run: ranks (GPUs) the run is planned on"),
+    strategy_plan: str | None = typer.Option(
+        None, "--strategy-plan", help="--dry-run: none, ddp or fsdp (default: none on one rank, ddp on several)"
+    ),
+    peak_tflops: str | None = typer.Option(
+        None,
+        "--peak-tflops",
+        help="One device's peak: TFLOP/s or a GPU name (h100-sxm, a100, l4, ...), for the MFU and --dry-run's time",
+    ),
+    allow_repeat: bool = typer.Option(
+        False, "--allow-repeat", help="Train even when the token budget reads a source more than once"
+    ),
     quiet: Quiet = False,
 ) -> None:
     """Train RECIPE with one optimizer and seed; writes runs/<recipe>-<optimizer>-s<seed>/ckpt-*."""
+    from nexus_eval.data import load_manifest
+    from nexus_eval.errors import RecipeError
     from nexus_eval.training import train
+    from nexus_eval.training.budget import check_epochs
+    from nexus_eval.training.flops import parse_peak
+    from nexus_eval.training.optimizer import check_optimizer_name
+    from nexus_eval.training.recipe import load_recipe
 
-    run_dir = train(recipe, optimizer, seed, out, data, resume, steps, progress=not quiet)
+    check_optimizer_name(optimizer)
+    if not dry_run and (nproc != 1 or strategy_plan is not None):  # the run's ranks are torchrun's to start
+        flag = "--nproc" if nproc != 1 else "--strategy-plan"
+        raise RecipeError(f"{flag}: plans a --dry-run only; launch the run itself with torchrun (README)")
+    plan = load_recipe(recipe)
+    if steps is not None and steps > 0:
+        plan = plan.with_steps(steps)  # the budget checked is the one trained (train() refuses steps <= 0)
+    data_dir = data or Path(plan.data.dir)
+    if dry_run:
+        from nexus_eval.training.dry_run import describe
+        from nexus_eval.training.dry_run import dry_run as plan_run
+
+        for line in describe(plan_run(plan, optimizer, data_dir, nproc, strategy_plan, peak_tflops)):
+            typer.echo(line)
+        return
+    peak_flops = parse_peak(peak_tflops)[0] if peak_tflops is not None else None
+    if (data_dir / "manifest.json").is_file():  # a missing build is train()'s one-line error
+        check_epochs(plan, load_manifest(data_dir), data_dir, allow_repeat)
+    run_dir = train(recipe, optimizer, seed, out, data, resume, steps, progress=not quiet, peak_flops=peak_flops)
     typer.echo(f"run: {run_dir}")

@@ -12,7 +12,10 @@ Modules, in the order a run uses them:
     heldout      held-out and OOD loss on fixed windows of the data build
     monitor      the held-out hook after each step: full evals, target watching and crossings
     grad_cosine  per-source gradient cosines and the window of steps they are summed over
-    metrics_log  metrics.jsonl
+    metrics_log  metrics.jsonl, and what a step costs: tokens/s, MFU, peak memory
+    flops        model FLOPs per token and the peak FLOP/s of common GPUs
+    budget       the token budget against the built data: epochs per source, refused beyond one
+    dry_run      `train --dry-run`: parameters, per-rank memory, FLOPs, tokens, epochs and time, nothing allocated
     checkpointer checkpoints with trainer state, pruning of old optimizer state, exact resume
     resume       what --resume checks first: the run's data build, recipe and total steps
     state        RunState (the loop's counters) and TrainerState (optimizer/state.pt)

@@ -27,7 +27,7 @@ from nexus_eval.schema import MetricsRow, RunInfo
 from nexus_eval.training.checkpointer import Checkpointer, checkpoint_meta, resume_run, trainer_state
 from nexus_eval.training.components import Components, set_up
 from nexus_eval.training.grad_cosine import CosineWindow
-from nexus_eval.training.metrics_log import MetricsLog, Throughput
+from nexus_eval.training.metrics_log import CostMeter, MetricsLog, Throughput
 from nexus_eval.training.monitor import HeldOutMonitor
 from nexus_eval.training.optimizer import set_lr
 from nexus_eval.training.recipe import Recipe, load_recipe, lr_at
@@ -49,9 +49,11 @@ def train(
     resume: bool = False,
     steps: int | None = None,
     progress: bool = True,
+    peak_flops: float | None = None,
 ) -> Path:
     """`nexus-eval train`: returns the run directory. recipe_path: a recipe file, or a Recipe already read (e.g. the
-    one a leaderboard recorded, which `leaderboard reproduce` trains again)."""
+    one a leaderboard recorded, which `leaderboard reproduce` trains again). peak_flops: one device's peak FLOP/s
+    for the MFU (None: the CUDA device's from training.flops' table; none on CPU)."""
     recipe = recipe_path if isinstance(recipe_path, Recipe) else load_recipe(recipe_path)
     if steps is not None and steps <= 0:
         raise RecipeError(f"--steps must be positive, got {steps}")
@@ -90,6 +92,7 @@ def train(
     # The loop.
     tokens_per_step = recipe.tokens_per_step()
     since_row, since_start = Throughput(), Throughput()  # tokens/s for the metrics row and for the progress bar
+    cost = CostMeter.for_model(c.model, recipe.model.context, peak_flops)  # MFU and peak memory
     with progress_bar(run_dir.name, state.total_steps, state.step, enabled=progress) as bar:
         while state.step < state.total_steps:
             step = state.step + 1  # the step about to finish, 1-based
@@ -115,7 +118,8 @@ def train(
                     "tokens": state.tokens,
                     "lr": c.opt.param_groups[0]["lr"],
                     "train_loss": result.loss,
-                    "tokens_per_s": since_row.rate(),
+                    "tokens_per_s": (rate := since_row.rate()),
+                    **cost.measure(rate),
                     **measured.losses,
                 }
                 if (grad_cosine := cosine.take()) is not None:
@@ -126,7 +130,7 @@ def train(
                 target = min(measured.crossed) if measured.crossed else None
                 meta = checkpoint_meta(identity, state, measured.losses, target)
                 checkpointer.save(c.model, c.tokenizer, meta, trainer_state(c, state, cosine))
-            bar.update(step, info=progress_info(result.loss, state.last_val, since_start.rate()))
+            bar.update(step, info=progress_info(result.loss, state.last_val, since_start.rate(), cost))
     return run_dir
 
 
@@ -158,6 +162,7 @@ def stopped(checkpointer: Checkpointer, recipe: Recipe) -> str:
     return f"stopped, {kept} (lower optim.lr in {recipe.path}?)"
 
 
-def progress_info(train_loss: float, val_loss: float, tokens_per_s: float) -> str:
+def progress_info(train_loss: float, val_loss: float, tokens_per_s: float, cost: CostMeter | None = None) -> str:
     val = f"{val_loss:.3f}" if val_loss != math.inf else "-"
-    return f"loss {train_loss:.3f} val {val} {tokens_per_s:,.0f} tok/s"
+    spent = f" {cost.describe(tokens_per_s)}" if cost is not None else ""
+    return f"loss {train_loss:.3f} val {val} {tokens_per_s:,.0f} tok/s{spent}"

@@ -143,3 +143,91 @@ def check_training_memory(recipe: Recipe, optimizer: str, manifest: dict, device
     need = estimate(recipe, optimizer, int(manifest["vocab_size"]), heldout)
     check_fits(recipe, need, available_memory(device))
     return need
+
+
+# ---- per-rank memory at scale: `nexus-eval train --dry-run` ----------------------------------------------------------
+
+STRATEGIES = ("none", "ddp", "fsdp")
+MASTER_BYTES = 4  # fp32 master weights, gradients, optimizer state and θ0 (on every device)
+BF16_BYTES = 2  # the compute copy of the weights and the activations under bf16 autocast
+ADAM_MOMENTS = 2  # exp_avg, exp_avg_sq
+FSDP_GATHERED_LAYERS = 2  # unsharded at once: the layer computing and the next one, prefetched
+
+
+@dataclass(frozen=True)
+class RankMemory:
+    """Bytes one rank holds while training, by what holds them. `strategy`: none (one process), ddp (every rank
+    holds everything) or fsdp (FSDP2/ZeRO-3: weights, gradients, optimizer state and θ0 sharded over `ranks`)."""
+
+    strategy: str
+    ranks: int
+    params: int  # fp32 master weights
+    grads: int  # fp32 gradients
+    optimizer_state: int  # AdamW's two moments
+    theta0: int  # Nexus' θ0 (the weights at the start of the outer step): 0 for AdamW
+    grad_cosine: int  # one summed gradient per source, for the gradient-cosine log
+    compute_copy: int  # bf16 weights the matmuls read: all of them (autocast's cache) or the gathered layers (fsdp)
+    comm_buffers: int  # DDP's gradient buckets (a second copy of the gradients unless gradient_as_bucket_view)
+    activations: int  # this rank's slice of one micro-batch, forward + backward
+
+    @property
+    def state(self) -> int:
+        return self.params + self.grads + self.optimizer_state + self.theta0 + self.grad_cosine
+
+    @property
+    def total(self) -> int:
+        return self.state + self.compute_copy + self.comm_buffers + self.activations
+
+    def rows(self) -> list[tuple[str, int]]:
+        return [
+            ("parameters (fp32 master)", self.params),
+            ("gradients (fp32)", self.grads),
+            ("optimizer state (AdamW moments)", self.optimizer_state),
+            ("Nexus θ0", self.theta0),
+            ("gradient-cosine sums", self.grad_cosine),
+            ("bf16 compute copy", self.compute_copy),
+            ("DDP gradient buckets", self.comm_buffers),
+            ("activations (one micro-batch slice)", self.activations),
+        ]
+
+
+def layer_params(preset: str) -> int:
+    """Parameters of one decoder layer of a preset (as parameter_count counts them)."""
+    shape = PRESETS[preset]
+    hidden, inter = shape["hidden_size"], shape["intermediate_size"]
+    return 4 * hidden * hidden + 3 * hidden * inter + 2 * hidden
+
+
+def rank_memory(
+    recipe: Recipe, optimizer: str, vocab: int, params: int, strategy: str = "none", ranks: int = 1
+) -> RankMemory:
+    """Per-rank training memory of `recipe` with `params` parameters on `ranks` ranks under `strategy`, with fp32
+    master weights and optimizer state and bf16 compute (the CUDA set-up). Each rank takes micro_batch / ranks of
+    every micro-batch (the caller checks that it divides)."""
+    if strategy not in STRATEGIES:
+        raise RecipeError(f"strategy {strategy!r}: must be one of {', '.join(STRATEGIES)}")
+    shards = ranks if strategy == "fsdp" else 1
+    per_copy = MASTER_BYTES * params // shards
+    sources = sum(1 for w in recipe.data.mixture.values() if w > 0)
+    shape = PRESETS[recipe.model.preset]
+    if strategy == "fsdp":
+        gathered = FSDP_GATHERED_LAYERS * layer_params(recipe.model.preset) + vocab * shape["hidden_size"]
+        compute_copy = BF16_BYTES * gathered
+    else:
+        compute_copy = BF16_BYTES * params
+    tokens = recipe.optim.micro_batch // ranks * recipe.model.context
+    layer_floats = shape["num_hidden_layers"] * activation_floats(shape["hidden_size"], shape["intermediate_size"])
+    # bf16 layer activations; the logits and their log-softmax in fp32 (causal_lm_loss upcasts them)
+    activations = tokens * (BF16_BYTES * layer_floats + MASTER_BYTES * LOGIT_COPIES * vocab)
+    return RankMemory(
+        strategy=strategy,
+        ranks=ranks,
+        params=per_copy,
+        grads=per_copy,
+        optimizer_state=ADAM_MOMENTS * per_copy,
+        theta0=per_copy if optimizer == "nexus" else 0,
+        grad_cosine=sources * per_copy,
+        compute_copy=compute_copy,
+        comm_buffers=per_copy if strategy == "ddp" else 0,
+        activations=activations,
+    )

@@ -11,6 +11,7 @@ PRESETS: dict[str, dict[str, int]] = {
     "tiny": {"hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 344},
     "small": {"hidden_size": 256, "num_hidden_layers": 6, "num_attention_heads": 8, "intermediate_size": 688},
     "130m": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 2048},
+    "1b": {"hidden_size": 2048, "num_hidden_layers": 22, "num_attention_heads": 16, "intermediate_size": 5632},
 }
 
 

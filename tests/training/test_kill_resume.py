@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from nexus_eval.training import train as train_in_process
 from nexus_eval.training.checkpointer import Checkpointer
+from nexus_eval.training.metrics_log import MEASURED_KEYS
 from tests.conftest import write_recipe
 from tests.processes import cli_process, kill_when
 
@@ -35,9 +36,9 @@ def metrics_row_after(size: int):
 
 
 def loss_curve(run_dir: Path) -> list[dict]:
-    """metrics.jsonl without the timing column (tokens/s differs from run to run)."""
+    """metrics.jsonl without the columns that measure the machine (tokens/s, MFU, peak memory)."""
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in row.items() if k != "tokens_per_s"} for row in rows]
+    return [{k: v for k, v in row.items() if k not in MEASURED_KEYS} for row in rows]
 
 
 def train(recipe: Path, optimizer: str, out: Path, resume: bool):

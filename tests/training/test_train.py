@@ -25,6 +25,7 @@ from nexus_eval.checkpoints import (
 from nexus_eval.cli import app
 from nexus_eval.optim import Nexus
 from nexus_eval.training import Recipe, RunState, load_recipe, run_dir_for, set_up, train, train_step
+from nexus_eval.training.metrics_log import MEASURED_KEYS
 from nexus_eval.training.recipe import OptimSpec, lr_at
 from nexus_eval.training.schedule import MicroBatch
 from tests.conftest import write_recipe
@@ -187,11 +188,11 @@ def test_resume_reproduces_uninterrupted_run(tiny_runs: dict[str, Path], tmp_pat
         for p, q in zip(want.parameters(), got.parameters(), strict=True):
             assert torch.equal(p, q)
         strip = [
-            {k: v for k, v in json.loads(r).items() if k != "tokens_per_s"}
+            {k: v for k, v in json.loads(r).items() if k not in MEASURED_KEYS}
             for r in (run_dir / "metrics.jsonl").read_text().splitlines()
         ]
         again = [
-            {k: v for k, v in json.loads(r).items() if k != "tokens_per_s"}
+            {k: v for k, v in json.loads(r).items() if k not in MEASURED_KEYS}
             for r in (killed / "metrics.jsonl").read_text().splitlines()
         ]
         assert strip == again
