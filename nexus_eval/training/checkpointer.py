@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any, cast
 
@@ -177,7 +178,9 @@ def load_optimizer_state(c: Components, ckpt: Path, saved: dict[str, Any]) -> No
         import torch.distributed.checkpoint as dcp
 
         named = named_optimizer_state(c)  # the template: this run's keys and shards
-        dcp.load({"optimizer": named}, checkpoint_id=ckpt / saved["sharded"], no_dist=not ex.distributed)
+        with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.load({"optimizer": named}, checkpoint_id=ckpt / saved["sharded"], no_dist=not ex.distributed)
         set_optimizer_state_dict(c.model, outer, named)
         if isinstance(c.opt, Nexus) and "nexus" in saved:
             c.opt.inner_lr_ratio = saved["nexus"]["inner_lr_ratio"]
