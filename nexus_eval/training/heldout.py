@@ -57,8 +57,7 @@ def _mean_token_loss_over_ranks(model: Any, windows: torch.Tensor, batch_size: i
         chunk = mine[i * batch_size : (i + 1) * batch_size]
         measured = len(chunk) > 0
         chunk = to_device(chunk if measured else windows[:1], ex)  # a rank out of windows joins with a dummy pass
-        with ex.autocast():
-            logits = model(chunk[:, :-1]).logits.float()
+        logits = model(chunk[:, :-1]).logits.float()  # no autocast: as one process measures (FSDP on CUDA: bf16)
         if measured:
             loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), chunk[:, 1:].flatten(), reduction="sum")
             total += loss.double()

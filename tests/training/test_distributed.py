@@ -130,6 +130,20 @@ def test_world_2_trains_the_one_process_run(optimizer: str, strategy: str, dist_
     assert not [p for p in distributed.iterdir() if p.name.endswith(".tmp")]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(("optimizer", "strategy"), [("nexus", "ddp"), ("adamw", "fsdp")])
+def test_world_2_with_physical_batches_trains_the_one_process_run(
+    optimizer: str, strategy: str, dist_runs, dist_recipe: Path, tmp_path: Path
+) -> None:
+    """device_batch 1: each rank's 2 rows of a micro-batch in 2 backward passes, gradients synced at the last one."""
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(dist_recipe.read_text() + "\n[parallel]\ndevice_batch = 1\n")
+    run = trained(recipe, optimizer, tmp_path / "runs", "--strategy", strategy, world=2)
+    assert_same_losses(run, dist_runs(optimizer, "single"))
+    assert_same_weights(run / "ckpt-000005", dist_runs(optimizer, "single") / "ckpt-000005")
+    assert json.loads((run / "run.json").read_text())["execution"]["device_batch"] == 1
+
+
 def interrupted_copy(run: Path, out: Path) -> Path:
     """The run as a kill after step 3's checkpoint leaves it: the later checkpoint gone (metrics.jsonl rows past
     step 3 stay: resume cuts them back)."""
