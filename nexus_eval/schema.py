@@ -93,11 +93,25 @@ class RunIdentity(TypedDict):
     heldout_hash: NotRequired[str]
 
 
+class ExecutionRecord(TypedDict):
+    """How the process that last started or resumed a run executed it (the recipe's [parallel] table as resolved):
+    not part of what the run trains, so kept out of the recipe and its hash."""
+
+    strategy: str  # "none" | "ddp" | "fsdp"
+    device: str  # "cpu" | "cuda" | "mps"
+    world_size: int
+    compile: bool
+    device_batch: int  # rows per forward/backward on one process
+    activation_checkpointing: bool
+    precision: str  # "fp32" | "bf16-autocast/fp32-master"
+
+
 class RunInfo(RunIdentity):
     """run.json, written when a run starts (and again on each resume)."""
 
     total_steps: int
     data_dir: str
+    execution: NotRequired[ExecutionRecord]  # written since distributed training; older runs lack it
 
 
 class HeldOutLoss(TypedDict):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -22,9 +23,6 @@ def train_command(
         False, "--dry-run", help="Print parameters, per-rank memory, FLOPs, tokens, epochs and time; train nothing"
     ),
     nproc: int = typer.Option(1, "--nproc", help="--dry-run: ranks (GPUs) the run is planned on"),
-    strategy_plan: str | None = typer.Option(
-        None, "--strategy-plan", help="--dry-run: none, ddp or fsdp (default: none on one rank, ddp on several)"
-    ),
     peak_tflops: str | None = typer.Option(
         None,
         "--peak-tflops",
@@ -32,6 +30,14 @@ def train_command(
     ),
     allow_repeat: bool = typer.Option(
         False, "--allow-repeat", help="Train even when the token budget reads a source more than once"
+    ),
+    device: str | None = typer.Option(
+        None, "--device", help="auto | cpu | cuda | mps (default: the recipe's parallel.device, auto: cuda if any)"
+    ),
+    strategy: str | None = typer.Option(
+        None,
+        "--strategy",
+        help="auto | none | ddp | fsdp (default: parallel.strategy; auto: ddp under torchrun); with --dry-run, planned",
     ),
     quiet: Quiet = False,
 ) -> None:
@@ -45,9 +51,8 @@ def train_command(
     from nexus_eval.training.recipe import load_recipe
 
     check_optimizer_name(optimizer)
-    if not dry_run and (nproc != 1 or strategy_plan is not None):  # the run's ranks are torchrun's to start
-        flag = "--nproc" if nproc != 1 else "--strategy-plan"
-        raise RecipeError(f"{flag}: plans a --dry-run only; launch the run itself with torchrun (README)")
+    if not dry_run and nproc != 1:  # the run's ranks are torchrun's to start
+        raise RecipeError("--nproc: plans a --dry-run only; launch the run itself with torchrun (README)")
     plan = load_recipe(recipe)
     if steps is not None and steps > 0:
         plan = plan.with_steps(steps)  # the budget checked is the one trained (train() refuses steps <= 0)
@@ -56,11 +61,26 @@ def train_command(
         from nexus_eval.training.dry_run import describe
         from nexus_eval.training.dry_run import dry_run as plan_run
 
-        for line in describe(plan_run(plan, optimizer, data_dir, nproc, strategy_plan, peak_tflops)):
+        planned = strategy if strategy is not None else plan.parallel.strategy
+        planned = None if planned == "auto" else planned  # auto: ddp on several ranks, none on one
+        for line in describe(plan_run(plan, optimizer, data_dir, nproc, planned, peak_tflops)):
             typer.echo(line)
         return
     peak_flops = parse_peak(peak_tflops)[0] if peak_tflops is not None else None
     if (data_dir / "manifest.json").is_file():  # a missing build is train()'s one-line error
         check_epochs(plan, load_manifest(data_dir), data_dir, allow_repeat)
-    run_dir = train(recipe, optimizer, seed, out, data, resume, steps, progress=not quiet, peak_flops=peak_flops)
-    typer.echo(f"run: {run_dir}")
+    run_dir = train(
+        recipe,
+        optimizer,
+        seed,
+        out,
+        data,
+        resume,
+        steps,
+        progress=not quiet,
+        device=device,
+        strategy=strategy,
+        peak_flops=peak_flops,
+    )
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: one line, not one per process
+        typer.echo(f"run: {run_dir}")

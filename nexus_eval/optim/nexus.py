@@ -27,6 +27,10 @@ Usage (any training loop; schedule the *outer* optimizer, the inner lr follows i
 
 Under DDP call `backward()` WITHOUT `no_sync()`: each inner step needs the all-reduced gradient of its micro-batch,
 so every rank applies the same update and the replicas stay identical.
+Under FSDP2 (parameters and gradients are DTensors sharded over ranks) the inner step works on each rank's local
+shards: the global L2 norm is the root of the all-reduced sum of squares over the shards, θ0 is kept sharded like the
+parameters, and the pseudo-gradient is formed shard by shard. Nothing in the hot path loops over parameters in
+Python: torch._foreach_* ops, all in the parameters' dtype (fp32 master weights under mixed precision).
 Cost: the forward/backward passes of K-step accumulation, plus one copy of the parameters (θ0).
 """
 
@@ -51,7 +55,12 @@ class Nexus:
         self.eps = eps
         self.inner_steps = 0  # inner steps taken in the current outer step; 0 between outer steps
         self._theta0: list[list[torch.Tensor]] | None = None  # per param group, reused across steps (no realloc)
-        self.last_inner_grad_norm = float("nan")
+        self._last_norm: torch.Tensor | None = None  # kept as a tensor: reading it would sync the host every step
+
+    @property
+    def last_inner_grad_norm(self) -> float:
+        """The global gradient norm of the latest inner step."""
+        return float("nan") if self._last_norm is None else float(self._last_norm)
 
     # The outer optimizer's groups are the groups: lr schedulers and weight-decay groups work as usual.
     @property
@@ -73,21 +82,21 @@ class Nexus:
         """θ ← θ − γ · g/‖g‖ with the current gradients (one micro-batch of one source), then clear the gradients."""
         groups = self._group_params()
         if self.inner_steps == 0:  # first inner step: θ is still θ0 (backward does not move parameters)
-            if self._theta0 is None:
-                self._theta0 = [[p.detach().clone() for p in params] for params in groups]
+            if self._theta0 is None:  # (under FSDP: this rank's shards; foreach ops have no DTensor rules)
+                self._theta0 = [[_local(p).detach().clone() for p in params] for params in groups]
             else:
                 for start, params in zip(self._theta0, groups, strict=True):
-                    torch._foreach_copy_(start, params)
+                    torch._foreach_copy_(start, [_local(p) for p in params])
         grads = [p.grad for params in groups for p in params if p.grad is not None]
         if not grads:
             raise RuntimeError("Nexus.inner_step() found no gradients: call loss.backward() first")
-        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-        self.last_inner_grad_norm = float(norm)
+        norm = global_norm(grads)
+        self._last_norm = norm
         for group, params in zip(self.param_groups, groups, strict=True):
-            with_grad = [p for p in params if p.grad is not None]
+            with_grad = [_local(p) for p in params if p.grad is not None]
             if not with_grad:
                 continue
-            step = [p.grad for p in with_grad]
+            step = [_local(p.grad) for p in params if p.grad is not None]
             if self.normalize:
                 # γ/‖g‖ as a tensor: no host sync on accelerators; gradients are discarded below, so scale in place.
                 torch._foreach_mul_(step, self.inner_lr(group) / norm.clamp_min(self.eps))
@@ -107,11 +116,12 @@ class Nexus:
         if self.inner_steps == 0 or self._theta0 is None:
             raise RuntimeError("Nexus.step() before any inner_step(): there is no displacement to apply")
         for group, params, start in zip(self.param_groups, self._group_params(), self._theta0, strict=True):
-            displacement = torch._foreach_sub(start, params)
+            local = [_local(p) for p in params]
+            displacement = torch._foreach_sub(start, local)
             torch._foreach_div_(displacement, self.inner_lr(group))
             for p, d in zip(params, displacement, strict=True):
-                p.grad = d
-            torch._foreach_copy_(params, start)
+                p.grad = _like(p, d)
+            torch._foreach_copy_(local, start)
         self.outer.step()
         # The pseudo-gradient must not leak into the next outer step's first backward (which accumulates).
         self.outer.zero_grad(set_to_none=True)
@@ -144,3 +154,44 @@ class Nexus:
 
     def __repr__(self) -> str:
         return f"Nexus(inner_lr_ratio={self.inner_lr_ratio}, normalize={self.normalize}, outer={self.outer!r})"
+
+
+def _is_sharded(t: torch.Tensor) -> bool:
+    """A DTensor sharded over its (1-D, FSDP2) mesh: each rank holds a slice, not the whole."""
+    from torch.distributed.tensor import DTensor, Shard
+
+    return isinstance(t, DTensor) and any(isinstance(p, Shard) for p in t.placements)
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a DTensor (it shares storage: in-place ops on it update the DTensor); `t` otherwise."""
+    from torch.distributed.tensor import DTensor
+
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
+def _like(param: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
+    """`local` as a gradient of `param`: the DTensor with this rank's shard `local` when `param` is one."""
+    from torch.distributed.tensor import DTensor
+
+    if not isinstance(param, DTensor):
+        return local
+    return DTensor.from_local(
+        local, param.device_mesh, param.placements, run_check=False, shape=param.shape, stride=param.stride()
+    )
+
+
+def global_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    """The L2 norm of all gradients together, as a 0-d tensor (no host sync). Sharded gradients (FSDP2): the root
+    of the sum of squares of the local shards, all-reduced over the shards' mesh; replicated ones count once."""
+    sharded = [g for g in grads if _is_sharded(g)]
+    if not sharded:  # one process, or DDP (gradients already all-reduced): the norm of the local tensors
+        return torch.linalg.vector_norm(torch.stack(torch._foreach_norm([_local(g) for g in grads])))
+    import torch.distributed as dist
+
+    whole = [_local(g) for g in grads if not _is_sharded(g)]
+    squares = torch.stack(torch._foreach_norm([_local(g) for g in sharded])).square().sum()
+    dist.all_reduce(squares, group=sharded[0].device_mesh.get_group())
+    if whole:
+        squares = squares + torch.stack(torch._foreach_norm(whole)).square().sum()
+    return squares.sqrt()

@@ -2,7 +2,8 @@
 Hugging Face checkpoints, metrics.jsonl and run.json. Depends on data (and optim); never on evaluation or later.
 
 Modules, in the order a run uses them:
-    recipe       the TOML recipe, its checks and the lr schedule
+    recipe       the TOML recipe, its checks and the lr schedule; [parallel]: how it executes, outside its hash
+    parallel     device, precision, torchrun process group, each rank's slice of a micro-batch, DDP / FSDP2
     schedule     which source and token windows each (seed, step, micro-batch) trains on
     model        LLaMA presets, the initial weights of a seed, the training loss
     optimizer    AdamW, and Nexus around that AdamW, from the recipe's [optim]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from nexus_eval.training.heldout import HeldOut
 from nexus_eval.training.memory import check_training_memory
 from nexus_eval.training.model import build_model, count_params, llama_config
 from nexus_eval.training.optimizer import Optimizer, build_optimizer, check_optimizer_name, optimizer_hparams
+from nexus_eval.training.parallel import Execution, single_process, wrap_model
 from nexus_eval.training.recipe import Recipe
 from nexus_eval.training.schedule import MicroBatchSchedule
 
@@ -33,8 +34,14 @@ class Components:
     tokenizer: Any  # the data build's PreTrainedTokenizerFast, saved into every checkpoint
     schedule: MicroBatchSchedule
     heldout: HeldOut
-    model: Any  # LlamaForCausalLM, in train mode
+    model: Any  # LlamaForCausalLM, in train mode (under FSDP sharded in place: its parameters are DTensors)
     opt: Optimizer
+    execution: Execution = field(default_factory=single_process)
+    train_model: Any = None  # what forward/backward runs through: `model`, or its DDP wrapper
+
+    def __post_init__(self) -> None:
+        if self.train_model is None:
+            self.train_model = self.model
 
     def identity(self, run_id: str) -> RunIdentity:
         """What run.json and every nexus.json of this run say about how it was trained."""
@@ -50,7 +57,7 @@ class Components:
             "code_version": code_version_label(),
             "model_params": count_params(self.model),
             "data_build": build,
-            "environment": environment("cpu"),
+            "environment": environment(self.execution.device.type),
         }
         if build["tokenizer_hash"] is not None:
             identity["tokenizer_hash"] = build["tokenizer_hash"]
@@ -89,8 +96,11 @@ def heldout_hash(manifest: dict[str, Any], recipe: Recipe) -> str | None:
     )
 
 
-def set_up(recipe: Recipe, optimizer: str, seed: int, data_dir: Path) -> Components:
-    """Both optimizers get the identical micro-batch sequence and initial weights for a seed; only `opt` differs."""
+def set_up(recipe: Recipe, optimizer: str, seed: int, data_dir: Path, ex: Execution | None = None) -> Components:
+    """Both optimizers get the identical micro-batch sequence and initial weights for a seed; only `opt` differs.
+    `ex`: how this process executes (default: one process on the CPU); under DDP/FSDP the process group must be
+    started (parallel.start) before."""
+    ex = ex or single_process()
     check_optimizer_name(optimizer)
     manifest = load_manifest(data_dir)
     missing = sorted(set(recipe.data.mixture) - set(manifest["sources"]))
@@ -111,18 +121,23 @@ def set_up(recipe: Recipe, optimizer: str, seed: int, data_dir: Path) -> Compone
         recipe.model.context,
         seed,
     )
-    heldout = HeldOut(data_dir, mixture, recipe.model.context, recipe.train.eval_windows)
+    heldout = HeldOut(data_dir, mixture, recipe.model.context, recipe.train.eval_windows, ex)
+    on_cuda = ex.device.type == "cuda"
     config = llama_config(
         recipe.model.preset,
         vocab_size=int(manifest["vocab_size"]),
         context=recipe.model.context,
         bos_id=tokenizer.bos_token_id,
         eos_id=tokenizer.eos_token_id,
+        **({"attn_implementation": "sdpa"} if on_cuda else {}),  # CPU runs keep the attention they were made with
     )
-    model = build_model(config, seed)  # seeds torch: same seed, same initial weights
+    model = build_model(config, seed)  # seeds torch: same seed, same initial weights (on every rank)
     model.train()
-    opt = build_optimizer(model, recipe.optim, optimizer)
-    return Components(recipe, optimizer, seed, data_dir, manifest, tokenizer, schedule, heldout, model, opt)
+    train_model = wrap_model(model, ex)  # before the optimizer: FSDP replaces the parameters by shards
+    opt = build_optimizer(model, recipe.optim, optimizer, fused=on_cuda)
+    return Components(
+        recipe, optimizer, seed, data_dir, manifest, tokenizer, schedule, heldout, model, opt, ex, train_model
+    )
 
 
 def data_build(manifest: dict[str, Any]) -> DataBuild:

@@ -81,15 +81,15 @@ def count_parameters(model: Any) -> ParamCounts:
 
 
 def check_plan(recipe: Recipe, nproc: int, strategy: str) -> None:
-    """Bad --nproc / --strategy-plan: one line naming the flag."""
+    """Bad --nproc / --strategy: one line naming the flag."""
     if nproc < 1:
         raise RecipeError(f"--nproc {nproc}: must be at least 1")
     if strategy not in STRATEGIES:
-        raise RecipeError(f"--strategy-plan {strategy!r}: must be one of {', '.join(STRATEGIES)}")
+        raise RecipeError(f"--strategy {strategy!r}: must be one of {', '.join(STRATEGIES)}")
     if strategy == "fsdp" and nproc < 2:
-        raise RecipeError("--strategy-plan fsdp: shards over ranks, give --nproc 2 or more")
+        raise RecipeError("--strategy fsdp: shards over ranks, give --nproc 2 or more")
     if strategy == "none" and nproc > 1:
-        raise RecipeError(f"--strategy-plan none: one process, but --nproc {nproc}; choose ddp or fsdp")
+        raise RecipeError(f"--strategy none: one process, but --nproc {nproc}; choose ddp or fsdp")
     if recipe.optim.micro_batch % nproc:
         raise RecipeError(
             f"--nproc {nproc}: does not divide optim.micro_batch {recipe.optim.micro_batch} of {recipe.path} "

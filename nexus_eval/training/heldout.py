@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from nexus_eval.schema import HeldOutLoss
+from nexus_eval.training.parallel import Execution, rank_windows, sum_over_ranks, to_device
 
 
 def heldout_windows(stream: np.ndarray, context: int, count: int) -> torch.Tensor:
@@ -27,8 +28,11 @@ def model_device(model: Any) -> torch.device:
 
 
 @torch.no_grad()
-def mean_token_loss(model: Any, windows: torch.Tensor, batch_size: int = 16) -> float:
-    """Mean next-token cross-entropy (nats) over all predicted tokens of the windows."""
+def mean_token_loss(model: Any, windows: torch.Tensor, batch_size: int = 16, ex: Execution | None = None) -> float:
+    """Mean next-token cross-entropy (nats) over all predicted tokens of the windows. Under a distributed `ex` each
+    rank measures its share of the windows and the sums are all-reduced: every rank returns the same loss."""
+    if ex is not None and ex.distributed:
+        return _mean_token_loss_over_ranks(model, windows, batch_size, ex)
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
@@ -43,10 +47,36 @@ def mean_token_loss(model: Any, windows: torch.Tensor, batch_size: int = 16) -> 
     return total / count
 
 
-class HeldOut:
-    """Fixed held-out windows of every training source (val) and OOD domain, loaded once per run."""
+def _mean_token_loss_over_ranks(model: Any, windows: torch.Tensor, batch_size: int, ex: Execution) -> float:
+    was_training = model.training
+    model.eval()
+    mine, passes = rank_windows(windows, ex, batch_size)
+    total = torch.zeros((), dtype=torch.float64, device=ex.device)
+    count = 0
+    for i in range(passes):  # the same number of forwards on every rank: under FSDP each one is a collective
+        chunk = mine[i * batch_size : (i + 1) * batch_size]
+        measured = len(chunk) > 0
+        chunk = to_device(chunk if measured else windows[:1], ex)  # a rank out of windows joins with a dummy pass
+        logits = model(chunk[:, :-1]).logits.float()  # no autocast: as one process measures (FSDP on CUDA: bf16)
+        if measured:
+            loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), chunk[:, 1:].flatten(), reduction="sum")
+            total += loss.double()
+            count += chunk[:, 1:].numel()
+    if hasattr(model, "reshard"):  # FSDP2 keeps the root's parameters gathered after a forward without backward
+        model.reshard()  # (the optimizer and checkpoints need them sharded, as they are after a training step)
+    model.train(was_training)
+    total_all, count_all = sum_over_ranks([float(total), float(count)], ex)
+    return total_all / count_all
 
-    def __init__(self, data_dir: Path, sources: dict[str, float], context: int, windows: int):
+
+class HeldOut:
+    """Fixed held-out windows of every training source (val) and OOD domain, loaded once per run. With a
+    distributed `ex`, the windows are split over ranks and the losses all-reduced."""
+
+    def __init__(
+        self, data_dir: Path, sources: dict[str, float], context: int, windows: int, ex: Execution | None = None
+    ):
+        self.ex = ex
         from nexus_eval.data import load_manifest, open_tokens
 
         manifest = load_manifest(data_dir)
@@ -57,11 +87,11 @@ class HeldOut:
         }
 
     def mixture_loss(self, model: Any) -> tuple[float, dict[str, float]]:
-        per_source = {s: mean_token_loss(model, w) for s, w in self.val.items()}
+        per_source = {s: mean_token_loss(model, w, ex=self.ex) for s, w in self.val.items()}
         return sum(self.weights[s] * loss for s, loss in per_source.items()), per_source
 
     def ood_loss(self, model: Any) -> dict[str, float]:
-        return {d: mean_token_loss(model, w) for d, w in self.ood.items()}
+        return {d: mean_token_loss(model, w, ex=self.ex) for d, w in self.ood.items()}
 
     def measure(self, model: Any) -> HeldOutLoss:
         mixture, per_source = self.mixture_loss(model)

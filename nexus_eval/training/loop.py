@@ -5,9 +5,13 @@ update differs (step.py). AdamW accumulates the K micro-batch gradients into one
 steps on them and hands the displacement to the same AdamW. Checkpoints are written at an interval and when the
 held-out loss first drops below each recipe target, so that loss matching later pairs near-equal losses.
 
-`train` reads in order: recipe → set up (components.py) → resume (checkpointer.py) or start clean → the loop, whose
-every step is: the outer step → the held-out hook (monitor.py) → at eval steps a metrics row (metrics_log.py) with
-the gradient cosines (grad_cosine.py) → at checkpoint steps and target crossings a checkpoint → the progress bar.
+`train` reads in order: recipe → how this process executes (parallel.py) → set up (components.py) → resume
+(checkpointer.py) or start clean → the loop, whose every step is: the outer step → the held-out hook (monitor.py) →
+at eval steps a metrics row (metrics_log.py) with the gradient cosines (grad_cosine.py) → at checkpoint steps and
+target crossings a checkpoint → the progress bar.
+
+Under torchrun every rank runs this same loop on its slice of every micro-batch; only rank 0 prints, logs and
+writes (checkpoints: every rank writes its shard of the optimizer state, rank 0 the rest).
 """
 
 from __future__ import annotations
@@ -24,12 +28,14 @@ from nexus_eval.display import progress_bar
 from nexus_eval.errors import RecipeError
 from nexus_eval.io import write_json_atomic
 from nexus_eval.schema import MetricsRow, RunInfo
+from nexus_eval.training import parallel
 from nexus_eval.training.checkpointer import Checkpointer, checkpoint_meta, resume_run, trainer_state
 from nexus_eval.training.components import Components, set_up
 from nexus_eval.training.grad_cosine import CosineWindow
 from nexus_eval.training.metrics_log import CostMeter, MetricsLog, Throughput
 from nexus_eval.training.monitor import HeldOutMonitor
 from nexus_eval.training.optimizer import set_lr
+from nexus_eval.training.parallel import Execution, resolve_execution
 from nexus_eval.training.recipe import Recipe, load_recipe, lr_at
 from nexus_eval.training.resume import resumed_recipe
 from nexus_eval.training.state import RunState
@@ -49,50 +55,81 @@ def train(
     resume: bool = False,
     steps: int | None = None,
     progress: bool = True,
+    device: str | None = None,
+    strategy: str | None = None,
     peak_flops: float | None = None,
 ) -> Path:
     """`nexus-eval train`: returns the run directory. recipe_path: a recipe file, or a Recipe already read (e.g. the
-    one a leaderboard recorded, which `leaderboard reproduce` trains again). peak_flops: one device's peak FLOP/s
-    for the MFU (None: the CUDA device's from training.flops' table; none on CPU)."""
+    one a leaderboard recorded, which `leaderboard reproduce` trains again). device / strategy: --device and
+    --strategy, over the recipe's [parallel] table (None: the recipe's). peak_flops: one device's peak FLOP/s for
+    the MFU (None: the CUDA device's from training.flops' table; none on CPU)."""
     recipe = recipe_path if isinstance(recipe_path, Recipe) else load_recipe(recipe_path)
+    recipe = recipe.with_execution(strategy=strategy, device=device)
     if steps is not None and steps <= 0:
         raise RecipeError(f"--steps must be positive, got {steps}")
     run_dir = run_dir_for(out, recipe, optimizer, seed)
     data_dir = data_dir or Path(recipe.data.dir)
+    ex = resolve_execution(recipe.parallel, recipe.optim.micro_batch, recipe.path or recipe.name)
     if resume and list_checkpoints(run_dir):  # checked before the costly set-up: the same data, recipe and steps
         recipe = resumed_recipe(run_dir, recipe, steps, data_dir)
     elif steps is not None:  # recorded as part of the recipe: run.json's recipe and hash say how long it trained
         recipe = recipe.with_steps(steps)
+    started = parallel.start(ex)  # the process group, under torchrun
+    try:
+        return train_run(recipe, optimizer, seed, run_dir, data_dir, resume, progress and ex.is_main, ex, peak_flops)
+    finally:
+        parallel.end(started)
 
+
+def train_run(
+    recipe: Recipe,
+    optimizer: str,
+    seed: int,
+    run_dir: Path,
+    data_dir: Path,
+    resume: bool,
+    progress: bool,
+    ex: Execution,
+    peak_flops: float | None = None,
+) -> Path:
+    """train() once the recipe and this process's execution are settled."""
     # Set up: data, micro-batch schedule, held-out windows, model, optimizer; then the loop's hooks. The thread count
     # first: the identity records the environment, threads included.
     torch.set_num_threads(training_threads())
-    c = set_up(recipe, optimizer, seed, data_dir)
+    c = set_up(recipe, optimizer, seed, data_dir, ex)
     identity = c.identity(run_dir.name)
     t = recipe.train
     monitor = HeldOutMonitor(c.heldout, t.target_watch)
     cosine = CosineWindow(t.eval_interval)
     metrics = MetricsLog(run_dir)
-    checkpointer = Checkpointer(run_dir, t.keep_state)
+    checkpointer = Checkpointer(run_dir, t.keep_state, ex)
 
     # Resume exactly where the newest checkpoint with optimizer state left off, or start clean.
-    checkpointer.remove_partial()  # checkpoint writes a kill interrupted
+    if ex.is_main:
+        checkpointer.remove_partial()  # checkpoint writes a kill interrupted
+    parallel.barrier(ex)  # every rank sees the same checkpoints
     if checkpointer.checkpoints():
         if not resume:
             raise RecipeError(f"{run_dir} already has checkpoints: pass --resume to continue it, or remove it")
         state = resume_run(checkpointer, c, cosine)
-        metrics.truncate(state.step)
+        if ex.is_main:
+            metrics.truncate(state.step)
     else:  # nothing to resume from (or a run killed before its first checkpoint)
         state = RunState.start(recipe)
-        shutil.rmtree(run_dir, ignore_errors=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    info: RunInfo = {**identity, "total_steps": state.total_steps, "data_dir": str(data_dir)}
-    write_json_atomic(run_dir / "run.json", info)
+        if ex.is_main:
+            shutil.rmtree(run_dir, ignore_errors=True)
+    if ex.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        info: RunInfo = {**identity, "total_steps": state.total_steps, "data_dir": str(data_dir)}
+        info["execution"] = ex.record()
+        write_json_atomic(run_dir / "run.json", info)
+    parallel.barrier(ex)
 
     # The loop.
     tokens_per_step = recipe.tokens_per_step()
     since_row, since_start = Throughput(), Throughput()  # tokens/s for the metrics row and for the progress bar
-    cost = CostMeter.for_model(c.model, recipe.model.context, peak_flops)  # MFU and peak memory
+    # MFU (tokens/s counts every rank's tokens: the peak is the world's) and this rank's peak memory.
+    cost = CostMeter.for_model(c.model, recipe.model.context, peak_flops, devices=ex.world)
     with progress_bar(run_dir.name, state.total_steps, state.step, enabled=progress) as bar:
         while state.step < state.total_steps:
             step = state.step + 1  # the step about to finish, 1-based
@@ -124,12 +161,13 @@ def train(
                 }
                 if (grad_cosine := cosine.take()) is not None:
                     row["grad_cosine"] = grad_cosine
-                metrics.append(row)
+                if ex.is_main:
+                    metrics.append(row)
                 since_row.reset()
             if measured is not None and (measured.crossed or is_checkpoint):
                 target = min(measured.crossed) if measured.crossed else None
                 meta = checkpoint_meta(identity, state, measured.losses, target)
-                checkpointer.save(c.model, c.tokenizer, meta, trainer_state(c, state, cosine))
+                checkpointer.save(c, meta, trainer_state(c, state, cosine))
             bar.update(step, info=progress_info(result.loss, state.last_val, since_start.rate(), cost))
     return run_dir
 
@@ -148,8 +186,8 @@ def train_step(c: Components, state: RunState, record_grads: bool = False) -> St
     the update; then counts the step and its tokens."""
     optim = c.recipe.optim
     set_lr(c.opt, lr_at(optim, state.step, state.total_steps))
-    batches = c.schedule.step_batches(state.step, optim.accum)
-    result = outer_step(c.model, c.opt, batches, optim.grad_clip, record_grads)
+    batches = c.schedule.step_batches(state.step, optim.accum)  # the global micro-batches, the same on every rank
+    result = outer_step(c.train_model, c.opt, batches, optim.grad_clip, record_grads, c.execution)
     state.step += 1
     state.tokens += c.recipe.tokens_per_step()
     return result

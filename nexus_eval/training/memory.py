@@ -215,8 +215,15 @@ def rank_memory(
         compute_copy = BF16_BYTES * gathered
     else:
         compute_copy = BF16_BYTES * params
-    tokens = recipe.optim.micro_batch // ranks * recipe.model.context
-    layer_floats = shape["num_hidden_layers"] * activation_floats(shape["hidden_size"], shape["intermediate_size"])
+    rows = recipe.optim.micro_batch // ranks  # the rank's slice of a micro-batch, run device_batch rows at a time
+    if recipe.parallel.device_batch > 0:
+        rows = min(rows, recipe.parallel.device_batch)
+    tokens = rows * recipe.model.context
+    one_layer = activation_floats(shape["hidden_size"], shape["intermediate_size"])
+    if recipe.parallel.activation_checkpointing:  # each layer keeps its input; one layer's are recomputed at a time
+        layer_floats = shape["num_hidden_layers"] * shape["hidden_size"] + one_layer
+    else:
+        layer_floats = shape["num_hidden_layers"] * one_layer
     # bf16 layer activations; the logits and their log-softmax in fp32 (causal_lm_loss upcasts them)
     activations = tokens * (BF16_BYTES * layer_floats + MASTER_BYTES * LOGIT_COPIES * vocab)
     return RankMemory(

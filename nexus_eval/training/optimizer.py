@@ -18,13 +18,15 @@ def check_optimizer_name(name: str) -> None:
         raise RecipeError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
 
 
-def build_optimizer(model: torch.nn.Module, optim: OptimSpec, name: str) -> Optimizer:
-    """AdamW with no weight decay on norms (1-D params); Nexus wraps exactly that AdamW."""
+def build_optimizer(model: torch.nn.Module, optim: OptimSpec, name: str, fused: bool = False) -> Optimizer:
+    """AdamW with no weight decay on norms (1-D params); Nexus wraps exactly that AdamW. `fused`: the one-kernel
+    AdamW (CUDA); the CPU default (foreach) is what every CPU result of this harness was made with."""
     check_optimizer_name(name)
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    adamw = torch.optim.AdamW(groups, lr=optim.lr, betas=(optim.beta1, optim.beta2))
+    extra = {"fused": True} if fused else {}
+    adamw = torch.optim.AdamW(groups, lr=optim.lr, betas=(optim.beta1, optim.beta2), **extra)
     if name == "adamw":
         return adamw
     return Nexus(adamw, inner_lr_ratio=optim.inner_lr_ratio, normalize=optim.normalize)

@@ -17,6 +17,9 @@ from nexus_eval.training.model import PRESETS
 
 OPTIMIZERS = ("adamw", "nexus")
 SCHEDULES = ("wsd", "cosine")
+STRATEGIES = ("auto", "none", "ddp", "fsdp")  # auto: ddp under torchrun with more than one process, else none
+DEVICES = ("auto", "cpu", "cuda", "mps")  # auto: cuda when there is one, else cpu
+COMPILE = ("auto", True, False)  # auto: compile on CUDA only
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,19 @@ class TrainSpec:
 
 
 @dataclass(frozen=True)
+class ParallelSpec:
+    """[parallel]: HOW a run executes, not WHAT it trains. None of it is part of the recipe's identity (to_dict,
+    hash): the same recipe trained on a laptop CPU or on 8 GPUs with FSDP is the same run, up to float rounding.
+    run.json records it apart, under "execution"."""
+
+    strategy: str = "auto"  # one of STRATEGIES; `--strategy` overrides
+    device: str = "auto"  # one of DEVICES; `--device` overrides
+    compile: str | bool = "auto"  # torch.compile of each decoder layer
+    device_batch: int = 0  # rows per forward/backward on one process (gradient accumulation); 0: all of its share
+    activation_checkpointing: bool = False  # recompute each decoder layer's activations in backward
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str
     model: ModelSpec
@@ -67,6 +83,7 @@ class Recipe:
     optim: OptimSpec
     train: TrainSpec
     path: str = ""
+    parallel: ParallelSpec = field(default_factory=ParallelSpec)  # execution only: outside to_dict and hash
 
     def tokens_per_step(self) -> int:
         return self.optim.accum * self.optim.micro_batch * self.model.context
@@ -74,7 +91,18 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out.pop("path")
+        out.pop("parallel")  # how it runs is not what it trains: every recipe hash stays what it was
         return out
+
+    def with_execution(self, strategy: str | None = None, device: str | None = None) -> Recipe:
+        """This recipe with `--strategy` / `--device` overriding its [parallel] table (None: keep the recipe's)."""
+        spec = self.parallel
+        changes = {k: v for k, v in {"strategy": strategy, "device": device}.items() if v is not None}
+        for key, value in changes.items():
+            allowed = STRATEGIES if key == "strategy" else DEVICES
+            if value not in allowed:
+                raise RecipeError(f"--{key} must be one of {', '.join(allowed)}, got {value!r}")
+        return dataclasses.replace(self, parallel=dataclasses.replace(spec, **changes))
 
     def hash(self) -> str:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
@@ -154,10 +182,27 @@ def _type_name(default: Any) -> str:
     return type(default).__name__
 
 
+def _parallel_section(raw: Any, where: str) -> ParallelSpec:
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{where}: [parallel] must be a table")
+    compile_ = raw.get("compile", "auto")
+    if compile_ not in COMPILE or isinstance(compile_, int | float) and not isinstance(compile_, bool):
+        raise RecipeError(f'{where} [parallel].compile: expected true, false or "auto", got {compile_!r}')
+    spec = _section(ParallelSpec, {k: v for k, v in raw.items() if k != "compile"}, f"{where} [parallel]")
+    spec = dataclasses.replace(spec, compile=compile_)
+    choices = {"strategy": (spec.strategy, STRATEGIES), "device": (spec.device, DEVICES)}
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise RecipeError(f"{where}: parallel.{key} must be one of {', '.join(allowed)}, got {value!r}")
+    if spec.device_batch < 0:
+        raise RecipeError(f"{where}: parallel.device_batch must be 0 (all rows at once) or positive")
+    return spec
+
+
 def parse_recipe(raw: dict[str, Any], where: str) -> Recipe:
-    unknown = sorted(set(raw) - set(SECTIONS) - {"name"})
+    unknown = sorted(set(raw) - set(SECTIONS) - {"name", "parallel"})
     if unknown:
-        raise RecipeError(f"{where}: unknown key {unknown[0]!r} (known: name, {', '.join(SECTIONS)})")
+        raise RecipeError(f"{where}: unknown key {unknown[0]!r} (known: name, {', '.join(SECTIONS)}, parallel)")
     parts = {}
     for key, cls in SECTIONS.items():
         value = raw.get(key, {})
@@ -167,7 +212,8 @@ def parse_recipe(raw: dict[str, Any], where: str) -> Recipe:
     name = str(raw.get("name", Path(where).stem))
     if not is_safe_name(name):  # it names the run directory under --out: no "..", "/" or absolute paths
         raise RecipeError(f"{where}: name {name!r}: {SAFE_NAME_RULE} (it names the run directory)")
-    recipe = Recipe(name=name, path=where, **parts)
+    parallel = _parallel_section(raw.get("parallel", {}), where)
+    recipe = Recipe(name=name, path=where, parallel=parallel, **parts)
     check(recipe, where)
     return recipe
 

@@ -30,7 +30,9 @@ class RunState:
 class TrainerState(TypedDict):
     """optimizer/state.pt beside a checkpoint (torch.save): everything besides the weights that resuming needs."""
 
-    optimizer: dict[str, Any]  # the optimizer's state_dict (Nexus: its outer AdamW's, plus θ0 inside a step)
+    # the optimizer's state_dict (Nexus: its outer AdamW's, plus θ0 inside a step); under torchrun instead
+    # {"sharded": "optimizer/sharded", ["nexus": its settings]}: the state in torch.distributed.checkpoint shards
+    optimizer: dict[str, Any]
     step: int
     tokens: int
     targets_left: list[float]

@@ -16,6 +16,7 @@ from nexus_eval.errors import RecipeError
 from nexus_eval.optim import Nexus
 from nexus_eval.training.model import causal_lm_loss
 from nexus_eval.training.optimizer import Optimizer
+from nexus_eval.training.parallel import Execution, gradient_sync, mean_over_ranks, physical_batches, single_process
 from nexus_eval.training.schedule import MicroBatch
 
 
@@ -39,30 +40,36 @@ def outer_step(
     batches: list[MicroBatch],
     grad_clip: float = 0.0,
     record_grads: bool = False,
+    ex: Execution | None = None,
 ) -> StepResult:
     """One outer step of `opt` on `batches` (the caller sets the lr). `grad_clip` applies to AdamW's accumulated
     gradient only (0: none); Nexus' inner steps are normalized already. With `record_grads`, also each source's
-    summed micro-batch gradient (one flat tensor per source)."""
+    summed micro-batch gradient (one flat tensor per source). `model`: what forward/backward runs through (the DDP
+    wrapper under DDP); `ex`: how this process executes (default: one process)."""
+    ex = ex or single_process()
     params = [p for p in model.parameters() if p.requires_grad]
     if isinstance(opt, Nexus):
-        return nexus_step(model, opt, batches, params, record_grads)
-    return adamw_step(model, opt, batches, params, grad_clip, record_grads)
+        return nexus_step(model, opt, batches, params, record_grads, ex)
+    return adamw_step(model, opt, batches, params, grad_clip, record_grads, ex)
 
 
 def nexus_step(
-    model: torch.nn.Module, opt: Nexus, batches: list[MicroBatch], params: list[torch.Tensor], record_grads: bool
+    model: torch.nn.Module,
+    opt: Nexus,
+    batches: list[MicroBatch],
+    params: list[torch.Tensor],
+    record_grads: bool,
+    ex: Execution,
 ) -> StepResult:
     losses: list[float] = []
     per_source: dict[str, torch.Tensor] = {}
     for mb in batches:
-        loss = finite_loss(model, mb)
-        losses.append(loss.item())
-        loss.backward()
+        losses.append(backward(model, mb, ex, divisor=1, sync=True))  # each inner step needs the global gradient
         if record_grads:
             per_source[mb.source] = per_source.get(mb.source, 0) + flat_grad(params)
         opt.inner_step()  # θ ← θ − γ g/‖g‖, gradients cleared
     opt.step()  # AdamW on (θ0 − θK)/γ from θ0
-    return StepResult(sum(losses) / len(losses), per_source)
+    return StepResult(mean_loss(losses, ex), per_source)
 
 
 def adamw_step(
@@ -72,24 +79,64 @@ def adamw_step(
     params: list[torch.Tensor],
     grad_clip: float,
     record_grads: bool,
+    ex: Execution,
 ) -> StepResult:
     losses: list[float] = []
     per_source: dict[str, torch.Tensor] = {}
     accumulated = None  # the gradient summed so far: a micro-batch's share is the difference
-    for mb in batches:
-        loss = finite_loss(model, mb)
-        losses.append(loss.item())
-        (loss / len(batches)).backward()
+    for i, mb in enumerate(batches):
+        # Ranks average their gradients once, after the last micro-batch; every micro-batch when its share of the
+        # gradient is recorded (the difference of two local sums would be one rank's, not the global one).
+        sync = record_grads or i == len(batches) - 1
+        losses.append(backward(model, mb, ex, divisor=len(batches), sync=sync))
         if record_grads:
             total = flat_grad(params)
             micro = total if accumulated is None else total - accumulated
             per_source[mb.source] = per_source.get(mb.source, 0) + micro
             accumulated = total
     if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        clip_grad_norm(params, grad_clip, ex)
     opt.step()
     opt.zero_grad(set_to_none=True)
-    return StepResult(sum(losses) / len(losses), per_source)
+    return StepResult(mean_loss(losses, ex), per_source)
+
+
+def backward(model: torch.nn.Module, mb: MicroBatch, ex: Execution, divisor: int, sync: bool) -> float:
+    """Forward and backward of this rank's rows of micro-batch `mb`, in device_batch pieces whose gradients add up
+    to that of (the micro-batch loss / divisor); ranks average theirs at the last piece when `sync`. Returns this
+    rank's loss on its rows."""
+    pieces = physical_batches(mb.inputs, mb.labels, ex)
+    rows = sum(len(inputs) for inputs, _ in pieces)
+    total = 0.0
+    for i, (inputs, labels) in enumerate(pieces):
+        # DDP decides in forward whether the backward all-reduces: the sync context holds both
+        with gradient_sync(model, ex, sync and i == len(pieces) - 1):
+            with ex.autocast():
+                loss = finite_loss(model, MicroBatch(mb.source, inputs, labels))
+            if len(pieces) == 1:  # the single-process path, op for op as every CPU result of the harness was made
+                total = loss.item()
+                (loss if divisor == 1 else loss / divisor).backward()
+                return total
+            share = len(inputs) / rows  # a piece's mean loss weighted by its rows: the mean over the rank's rows
+            total += loss.item() * share
+            (loss * share / divisor).backward()
+    return total
+
+
+def mean_loss(losses: list[float], ex: Execution) -> float:
+    """The step's mean training loss over its micro-batches, and over ranks (each held an equal share)."""
+    return sum(mean_over_ranks(losses, ex)) / len(losses)
+
+
+def clip_grad_norm(params: list[torch.Tensor], max_norm: float, ex: Execution) -> None:
+    if ex.strategy != "fsdp":
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+        return
+    # FSDP: the norm of sharded gradients is a partial DTensor; reduce it over ranks before scaling (as torchtitan)
+    grads = [p.grad for p in params if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm(grads)
+    norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+    torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
 
 
 def finite_loss(model: torch.nn.Module, mb: MicroBatch) -> torch.Tensor:
@@ -100,5 +147,17 @@ def finite_loss(model: torch.nn.Module, mb: MicroBatch) -> torch.Tensor:
 
 
 def flat_grad(params: list[torch.Tensor]) -> torch.Tensor:
-    """All gradients as one flat tensor (zeros for a parameter without one)."""
-    return torch.cat([p.grad.flatten() if p.grad is not None else torch.zeros_like(p).flatten() for p in params])
+    """All gradients as one flat tensor (zeros for a parameter without one); under FSDP the whole gradients,
+    gathered from the shards (a collective: only at the steps whose gradients the cosine log records)."""
+    return torch.cat(
+        [
+            _whole(p.grad).flatten()
+            if p.grad is not None
+            else torch.zeros(p.shape, dtype=p.dtype, device=p.device).flatten()
+            for p in params
+        ]
+    )
+
+
+def _whole(t: torch.Tensor) -> torch.Tensor:
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
