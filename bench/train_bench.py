@@ -4,9 +4,9 @@ Every variant runs in its own child process (VARIANTS: one command each), so tha
 child reports VmHWM (training.metrics_log.peak_rss_bytes), not getrusage, which in a child also counts the parent's
 RSS at fork. The children run one at a time, in rounds of alternating order (bare adamw nexus, nexus adamw bare, ...)
 so that load from other processes hits every variant alike; step time is the median over all rounds' steps.
-A variant launched otherwise (e.g. DDP world 2: a Variant whose launcher is `torchrun --standalone
---nproc-per-node=2` and whose child steps the distributed trainer) is one more entry of VARIANTS; a child reports
-from rank 0 only (RANK).
+The DDP variants run the trainer's step under `torchrun --standalone --nproc-per-node=2` (gloo on CPU: on a 2-core
+machine each rank gets one core, so the ratio to one process shows what data parallelism costs or gains there); a
+child reports from rank 0 only (RANK), its peak RSS that rank's.
 Targets: Nexus/AdamW step time <= 1.05, peak RSS <= 1.3, harness (AdamW through the trainer's step) >= 0.9x bare.
     python bench/train_bench.py [--recipe train/tiny.toml] [--steps 15] [--rounds 2] [--data data]
 """
@@ -33,6 +33,7 @@ class Variant:
     name: str
     optimizer: str  # "bare" (a plain PyTorch loop), or the trainer's optimizer
     launcher: tuple[str, ...] = (sys.executable,)  # what runs this file in the child
+    strategy: str = "none"  # the trainer's [parallel] strategy in the child
 
     def command(self, recipe: Path, data: Path, steps: int) -> list[str]:
         script = str(Path(__file__).resolve())
@@ -40,7 +41,14 @@ class Variant:
                 "--steps", str(steps)]  # fmt: skip
 
 
-VARIANTS: list[Variant] = [Variant("bare", "bare"), Variant("adamw", "adamw"), Variant("nexus", "nexus")]
+TORCHRUN_2 = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2")
+VARIANTS: list[Variant] = [
+    Variant("bare", "bare"),
+    Variant("adamw", "adamw"),
+    Variant("nexus", "nexus"),
+    Variant("adamw-ddp2", "adamw", TORCHRUN_2, "ddp"),
+    Variant("nexus-ddp2", "nexus", TORCHRUN_2, "ddp"),
+]
 
 
 @dataclass
@@ -85,10 +93,12 @@ def make_stepper(variant: Variant, recipe_path: Path, data_dir: Path):  # noqa: 
     """(one outer step at index i, the model, its optimizer): same recipe, data and micro-batches for every variant."""
     import torch
 
-    from nexus_eval.training import RunState, load_recipe, set_up, train_step
+    from nexus_eval.training import RunState, load_recipe, parallel, set_up, train_step
 
-    recipe = load_recipe(recipe_path)
-    c = set_up(recipe, "adamw" if variant.optimizer == "bare" else variant.optimizer, 0, data_dir)
+    recipe = load_recipe(recipe_path).with_execution(strategy=variant.strategy)
+    ex = parallel.resolve_execution(recipe.parallel, recipe.optim.micro_batch, str(recipe_path))
+    parallel.start(ex)  # the process group under torchrun; nothing for one process
+    c = set_up(recipe, "adamw" if variant.optimizer == "bare" else variant.optimizer, 0, data_dir, ex)
     if variant.optimizer != "bare":
         state = RunState.start(recipe)
 
@@ -189,6 +199,12 @@ def print_table(results: dict[str, Result], recipe: Path, steps: int, rounds: in
         )
     if {"adamw", "bare"} <= set(results):
         print(f"harness/bare tokens/s {step_s['bare'] / step_s['adamw']:.3f}  (target >= 0.9)")
+    if {"adamw-ddp2", "nexus-ddp2"} <= set(results):
+        print(
+            f"DDP world 2 / one process  step time adamw {step_s['adamw-ddp2'] / step_s['adamw']:.3f}, nexus "
+            f"{step_s['nexus-ddp2'] / step_s['nexus']:.3f};  nexus/adamw under DDP "
+            f"{step_s['nexus-ddp2'] / step_s['adamw-ddp2']:.3f} (target <= 1.05)"
+        )
 
 
 def main() -> None:
