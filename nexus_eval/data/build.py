@@ -15,9 +15,17 @@ from typing import TYPE_CHECKING
 
 from nexus_eval.data.collect import Collected, collect, in_val
 from nexus_eval.data.contamination import NGRAM, NgramIndex
-from nexus_eval.data.sources import Source, default_ood, default_sources, gsm8k_test_questions, text_dir_part
+from nexus_eval.data.sources import Source, default_ood, default_sources, gsm8k_test_questions
+from nexus_eval.data.spec import SourceSpec
 from nexus_eval.data.store import sha256_file
-from nexus_eval.data.tokenizer import EOS_TOKEN, MAX_VOCAB, MIN_VOCAB, PAD_TOKEN, encode_stream, train_tokenizer
+from nexus_eval.data.tokenizer import (
+    MAX_VOCAB,
+    MIN_VOCAB,
+    encode_stream,
+    load_pretrained_tokenizer,
+    token_dtype,
+    train_tokenizer,
+)
 from nexus_eval.display import progress_display
 from nexus_eval.errors import DataError
 
@@ -40,6 +48,9 @@ def build_data(
     vocab_size: int = DEFAULT_VOCAB_SIZE,
     extra_sources: dict[str, Path] | None = None,
     extra_ood: dict[str, Path] | None = None,
+    sources: list[SourceSpec] | None = None,
+    builtin: bool | None = None,
+    tokenizer: str | None = None,
     gsm8k_dir: Path = DEFAULT_GSM8K_DIR,
     max_chars_per_source: int = DEFAULT_MAX_CHARS_PER_SOURCE,
     max_chars_per_ood: int = DEFAULT_MAX_CHARS_PER_OOD,
@@ -48,18 +59,35 @@ def build_data(
     seed: int = 0,
     progress: bool = True,
 ) -> dict:
-    """Build the data dir at `out_dir` and return its manifest (also written as out_dir/manifest.json)."""
+    """Build the data dir at `out_dir` and return its manifest (also written as out_dir/manifest.json).
+
+    `sources` (SourceSpecs from --source/--ood or a TOML spec) and `extra_sources`/`extra_ood` (NAME → directory of
+    text files) add user corpora. `builtin` reads the built-in offline sources too; None means: unless `sources` is
+    given (the CLI's --source/--ood add to the built-in ones, as they always did). `tokenizer` is a pretrained
+    tokenizer's location (see load_pretrained_tokenizer); None trains a byte-level BPE of `vocab_size`."""
     _check_params(vocab_size, max_chars_per_source, max_chars_per_ood, val_fraction, math_generated)
     out_dir = Path(out_dir)
     _check_out(out_dir)
-    # The user's sources first: a typo in a flag is reported before the default sources are looked for.
-    user_sources, user_ood = _user_sources("--source", extra_sources), _user_sources("--ood", extra_ood)
-    train_sources = default_sources(gsm8k_dir, math_generated, seed) + user_sources
-    ood_sources = default_ood() + user_ood
-    _check_unique_names(train_sources, ood_sources)
+    user_specs = _dir_specs("--source", extra_sources, "train") + _dir_specs("--ood", extra_ood, "ood")
+    user_specs += sources or []
+    with_builtin = builtin if builtin is not None else not sources
+    # The user's sources and tokenizer first: a typo is reported before the built-in sources are looked for.
+    user_train = [(spec, Source(spec.name, [spec.part()])) for spec in user_specs if spec.role == "train"]
+    user_ood = [(spec, Source(spec.name, [spec.part()])) for spec in user_specs if spec.role == "ood"]
+    pretrained = load_pretrained_tokenizer(tokenizer) if tokenizer is not None else None
+    builtin_train = default_sources(gsm8k_dir, math_generated, seed) if with_builtin else []
+    builtin_ood = default_ood() if with_builtin else []
+    train_sources = [(None, s) for s in builtin_train] + user_train
+    ood_sources = [(None, s) for s in builtin_ood] + user_ood
+    if not train_sources:
+        raise DataError("no training source: give --source/--spec sources with role train, or keep the built-in ones")
+    _check_unique_names([s for _, s in train_sources], [s for _, s in ood_sources])
     test = gsm8k_test_questions(gsm8k_dir)
     is_contaminated = NgramIndex(test[1]) if test else None
-    user_names = set(extra_sources or {})
+    user_names = {spec.name for spec, _ in user_train}
+    caps = {s.name: (spec.max_chars if spec and spec.max_chars else max_chars_per_source) for spec, s in train_sources}
+    caps |= {s.name: (spec.max_chars if spec and spec.max_chars else max_chars_per_ood) for spec, s in ood_sources}
+    token_budgets = {spec.name: spec.max_tokens for spec, _ in user_train if spec.max_tokens}
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.building-{os.getpid()}"
@@ -68,33 +96,39 @@ def build_data(
         with progress_display(enabled=progress) as bar:
             seen: set[str] = set()
             collected, ood = [], []
-            for source in train_sources:
-                task = bar.add_task(f"read {source.name}", total=max_chars_per_source, info="")
+            for _, source in train_sources:
+                cap = caps[source.name]
+                task = bar.add_task(f"read {source.name}", total=cap, info="")
                 check = is_contaminated if source.name == "math" or source.name in user_names else None
-                collected.append(
-                    collect(source, max_chars_per_source, seen, check, lambda n, t=task: bar.advance(t, n))
-                )
-                bar.update(task, completed=max_chars_per_source)
-            for source in ood_sources:
-                task = bar.add_task(f"read ood {source.name}", total=max_chars_per_ood, info="")
-                ood.append(collect(source, max_chars_per_ood, seen, None, lambda n, t=task: bar.advance(t, n)))
-                bar.update(task, completed=max_chars_per_ood)
+                collected.append(collect(source, cap, seen, check, lambda n, t=task: bar.advance(t, n)))
+                bar.update(task, completed=cap)
+            for _, source in ood_sources:
+                cap = caps[source.name]
+                task = bar.add_task(f"read ood {source.name}", total=cap, info="")
+                ood.append(collect(source, cap, seen, None, lambda n, t=task: bar.advance(t, n)))
+                bar.update(task, completed=cap)
             for entry in collected + ood:
                 if not entry.docs:
-                    raise DataError(f"source {entry.name}: no documents read from {entry.origin}")
+                    raise DataError(f"source {entry.name}: no documents read from {_origin_label(entry.origin)}")
 
             splits = {c.name: _split(c, val_fraction) for c in collected}
-            train_docs = [text for c in collected for text in splits[c.name]["train"]]
-            task = bar.add_task("train tokenizer", total=1, info="")
-            tokenizer = train_tokenizer(iter(train_docs), vocab_size, len(train_docs))
-            tokenizer.save_pretrained(tmp / "tokenizer")
-            bar.update(task, completed=1)
+            if pretrained is None:
+                train_docs = [text for c in collected for text in splits[c.name]["train"]]
+                task = bar.add_task("train tokenizer", total=1, info="")
+                tokenizer_used = train_tokenizer(iter(train_docs), vocab_size, len(train_docs))
+                bar.update(task, completed=1)
+            else:
+                tokenizer_used = pretrained
+            tokenizer_used.save_pretrained(tmp / "tokenizer")
+            dtype = token_dtype(len(tokenizer_used))
 
             sources_entry, ood_entry = {}, {}
             for c in collected:
-                sources_entry[c.name] = _write_splits(tmp, tokenizer, c, splits[c.name], bar)
+                budget = token_budgets.get(c.name)
+                sources_entry[c.name] = _write_splits(tmp, tokenizer_used, c, splits[c.name], bar, dtype, budget)
             for c in ood:
-                ood_entry[c.name] = _write_splits(tmp, tokenizer, c, {"ood": [text for _, text in c.docs]}, bar)
+                docs = {"ood": [text for _, text in c.docs]}
+                ood_entry[c.name] = _write_splits(tmp, tokenizer_used, c, docs, bar, dtype, None)
 
         manifest = {
             "version": MANIFEST_VERSION,
@@ -106,13 +140,17 @@ def build_data(
                 "math_generated": math_generated,
                 "seed": seed,
             },
-            "vocab_size": len(tokenizer),
-            "eos_token": EOS_TOKEN,
-            "eos_id": tokenizer.eos_token_id,
-            "pad_token": PAD_TOKEN,
-            "pad_id": tokenizer.pad_token_id,
-            "token_dtype": "uint16",
+            "vocab_size": len(tokenizer_used),
+            "eos_token": tokenizer_used.eos_token,
+            "eos_id": tokenizer_used.eos_token_id,
+            "pad_token": tokenizer_used.pad_token,
+            "pad_id": tokenizer_used.pad_token_id,
+            "token_dtype": dtype,
             "tokenizer_dir": "tokenizer",
+            "tokenizer": {"kind": "pretrained", "location": str(Path(tokenizer).resolve())}
+            if tokenizer is not None
+            else {"kind": "bpe", "trained_on": "the train split of the training sources"},
+            "user_sources": {spec.name: spec.params() | {"label": spec.label} for spec in user_specs},
             "sources": sources_entry,
             "ood": ood_entry,
             "contamination": {
@@ -127,6 +165,8 @@ def build_data(
             "duplicates_dropped": {c.name: c.duplicates for c in collected + ood},
             "files": {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()},
         }
+        if not with_builtin:  # a default build's params (and so its hash) stay as they were before this key
+            manifest["params"]["builtin"] = False
         manifest["hash"] = content_hash(manifest)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         _replace_dir(tmp, out_dir)
@@ -155,14 +195,22 @@ def _split(collected: Collected, val_fraction: float) -> dict[str, list[str]]:
 
 
 def _write_splits(
-    tmp: Path, tokenizer: PreTrainedTokenizerFast, collected: Collected, splits: dict[str, list[str]], bar: Progress
+    tmp: Path,
+    tokenizer: PreTrainedTokenizerFast,
+    collected: Collected,
+    splits: dict[str, list[str]],
+    bar: Progress,
+    dtype: str,
+    train_budget: int | None,
 ) -> dict:
     entry: dict = {"origin": collected.origin, "docs": {}, "chars": {}, "tokens": {}, "files": {}}
     for split, docs in splits.items():
         (tmp / split).mkdir(parents=True, exist_ok=True)
         task = bar.add_task(f"tokenize {split}/{collected.name}", total=1, info="")
         bin_path = tmp / split / f"{collected.name}.bin"
-        entry["tokens"][split] = encode_stream(tokenizer, docs, bin_path)
+        budget = train_budget if split == "train" else None
+        entry["tokens"][split], written = encode_stream(tokenizer, docs, bin_path, dtype=dtype, max_tokens=budget)
+        docs = docs[:written]  # a token budget stops at the document that reaches it
         entry["docs"][split] = len(docs)
         entry["chars"][split] = sum(len(d) for d in docs)
         entry["files"][split] = str(bin_path.relative_to(tmp))
@@ -176,8 +224,16 @@ def _write_splits(
     return entry
 
 
-def _user_sources(flag: str, specs: dict[str, Path] | None) -> list[Source]:
-    return [Source(name, [text_dir_part(f"{flag} {name}={path}", Path(path))]) for name, path in (specs or {}).items()]
+def _origin_label(origins: list[dict]) -> str:
+    return ", ".join(str(o.get("path") or o.get("dataset") or o.get("package") or o.get("kind")) for o in origins)
+
+
+def _dir_specs(flag: str, directories: dict[str, Path] | None, role: str) -> list[SourceSpec]:
+    """NAME → directory of text files (the older keyword form of --source/--ood) as SourceSpecs."""
+    return [
+        SourceSpec(name, role, path=str(path), label=f"{flag} {name}={path}")  # type: ignore[arg-type]
+        for name, path in (directories or {}).items()
+    ]
 
 
 def _check_unique_names(train_sources: list[Source], ood_sources: list[Source]) -> None:

@@ -27,7 +27,7 @@ MANIFEST_KEYS = {
     "files": dict,
     "hash": str,
 }
-TOKEN_BYTES = 2  # uint16
+TOKEN_DTYPES = ("uint16", "uint32")  # manifest "token_dtype"; a build from before the key stored uint16
 
 
 def load_manifest(data_dir: Path) -> dict:
@@ -106,8 +106,17 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def token_dtype_of(data_dir: Path) -> np.dtype:
+    """The dtype the build stored its token ids in (uint16 or uint32, from the vocabulary size)."""
+    name = load_manifest(data_dir).get("token_dtype", "uint16")
+    if name not in TOKEN_DTYPES:
+        raise DataError(f"{data_dir}/manifest.json: token_dtype {name!r} is not one of {', '.join(TOKEN_DTYPES)}")
+    return np.dtype(name)
+
+
 def open_tokens(data_dir: Path, split: str, name: str) -> np.memmap:
-    """Read-only uint16 token stream of one source/domain; documents are separated by the eos id.
+    """Read-only token stream of one source/domain (uint16 or uint32, as the manifest records); documents are
+    separated by the eos id.
 
     Its size is checked against the manifest's token count on every open (a truncated file, even to an odd number
     of bytes, is a DataError naming it), its content against the manifest's sha256 once per process."""
@@ -116,13 +125,15 @@ def open_tokens(data_dir: Path, split: str, name: str) -> np.memmap:
     if not path.is_file():
         raise DataError(f"{path} missing: rebuild with `nexus-eval data build`")
     tokens = int(entry["tokens"][split])
-    if (size := path.stat().st_size) != tokens * TOKEN_BYTES:
+    dtype = token_dtype_of(data_dir)
+    if (size := path.stat().st_size) != tokens * dtype.itemsize:
         raise DataError(
-            f"{path}: {size} bytes, but {data_dir}/manifest.json lists {tokens} tokens ({tokens * TOKEN_BYTES} bytes): "
-            "truncated or replaced since the build; rebuild with `nexus-eval data build`"
+            f"{path}: {size} bytes, but {data_dir}/manifest.json lists {tokens} {dtype.name} tokens "
+            f"({tokens * dtype.itemsize} bytes): truncated or replaced since the build; "
+            "rebuild with `nexus-eval data build`"
         )
     verified_file(data_dir, entry["files"][split])
-    return np.memmap(path, dtype=np.uint16, mode="r")
+    return np.memmap(path, dtype=dtype, mode="r")
 
 
 def read_docs(data_dir: Path, split: str, name: str) -> list[str]:
