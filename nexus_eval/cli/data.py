@@ -36,6 +36,11 @@ def data_build_command(
     val_fraction: float = typer.Option(0.08, "--val-fraction", help="Share of documents (by hash) held out"),
     math_generated: int = typer.Option(40_000, "--math-generated", help="Generated math problems (before dedupe)"),
     seed: int = typer.Option(0, "--seed", help="Seed of the math problem generator"),
+    num_proc: int = typer.Option(1, "--num-proc", help="Tokenizer worker processes (same bytes for any number)"),
+    shard_tokens: int = typer.Option(1 << 28, "--shard-tokens", help="Tokens per shard file of a token stream"),
+    tasks_dir: Path = typer.Option(
+        Path("tasks"), "--tasks-dir", help="Evaluation tasks whose items are looked for in the data (13-grams)"
+    ),
     quiet: Quiet = False,
 ) -> None:
     """Build tokenizer, token streams and manifest from the offline sources (text, math, code + OOD domains)."""
@@ -55,6 +60,9 @@ def data_build_command(
         val_fraction=val_fraction,
         math_generated=math_generated,
         seed=seed,
+        num_proc=num_proc,
+        shard_tokens=shard_tokens,
+        tasks_dir=tasks_dir,
         progress=not quiet,
     )
 

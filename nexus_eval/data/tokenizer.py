@@ -47,10 +47,8 @@ def load_pretrained_tokenizer(location: str) -> PreTrainedTokenizerFast:
         if len(ggufs) != 1:
             raise DataError(f"{flag}: no tokenizer files ({', '.join(TOKENIZER_FILES)}) nor a single .gguf in {path}")
         kwargs = {"gguf_file": ggufs[0].name}
-    from transformers import AutoTokenizer
-
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True, **kwargs)
+        tokenizer = _from_pretrained(path, kwargs)
     except Exception as e:  # transformers raises OSError, ValueError, KeyError, ... for a broken tokenizer
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise DataError(f"{flag}: cannot load a tokenizer from {path} ({first})") from None
@@ -81,6 +79,18 @@ def train_tokenizer(docs: Iterator[str], vocab_size: int, n_docs: int) -> PreTra
     return PreTrainedTokenizerFast(
         tokenizer_object=bpe, bos_token=EOS_TOKEN, eos_token=EOS_TOKEN, unk_token=None, pad_token=PAD_TOKEN
     )
+
+
+def _from_pretrained(path: Path, kwargs: dict) -> PreTrainedTokenizerFast:
+    """A tokenizer.json loads as it will be read back from the build (PreTrainedTokenizerFast, a light import);
+    a GGUF, or a model with only slow-tokenizer files, goes through AutoTokenizer's conversion."""
+    if not kwargs and (path / "tokenizer.json").is_file():
+        from transformers import PreTrainedTokenizerFast
+
+        return PreTrainedTokenizerFast.from_pretrained(str(path), local_files_only=True)
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path), local_files_only=True, **kwargs)
 
 
 def encode_stream(
