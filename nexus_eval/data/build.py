@@ -20,6 +20,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -408,7 +409,13 @@ def _write_all(
                     on_shard=on_shard,
                     advance=advance,
                 )
-                state.update(shards=as_dicts(result.shards), tokens=result.tokens, docs=result.docs, done=True)
+                if result.docs < read[source.name]["splits"][split]["docs"]:  # a token budget stopped it early
+                    chars = sum(
+                        len(d) for d in islice(read_jsonl_docs(_doc_file(tmp, split, source.name)), result.docs)
+                    )
+                state.update(
+                    shards=as_dicts(result.shards), tokens=result.tokens, docs=result.docs, chars=chars, done=True
+                )
                 journal.save()
                 bar.update(task, completed=chars)
     return written
@@ -476,9 +483,7 @@ def _entry(tmp: Path, name: str, role: str, read: dict, written: dict) -> dict:
     for split in ("train", "val") if role == "train" else ("ood",):
         unit = written[f"{split}/{name}"]
         entry["docs"][split] = unit["docs"]
-        entry["chars"][split] = read["splits"][split]["chars"]
-        if unit["docs"] < read["splits"][split]["docs"]:  # a token budget stopped early: count what was kept
-            entry["chars"][split] = None
+        entry["chars"][split] = unit["chars"]
         entry["tokens"][split] = unit["tokens"]
         entry["files"][split] = unit["shards"][0]["file"]
         entry["shards"][split] = [{"file": s["file"], "tokens": s["tokens"]} for s in unit["shards"]]

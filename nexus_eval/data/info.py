@@ -81,4 +81,12 @@ def show_manifest(data_dir: Path, manifest: dict | None = None) -> None:
         f"tokens stored as {manifest.get('token_dtype', 'uint16')}"
     )
     shown.print(f"contamination: {dropped} documents dropped ({reference})")
+    overlaps = manifest["contamination"].get("overlaps") or {}
+    per_task: dict[str, int] = {}
+    for counts in overlaps.values():
+        for task, count in counts.items():
+            per_task[task] = per_task.get(task, 0) + count
+    if manifest["contamination"].get("tasks") or per_task:
+        listed = ", ".join(f"{task} {count}" for task, count in sorted(per_task.items())) or "none"
+        shown.print(f"13-gram overlaps with evaluation items, documents per task: {listed}")
     shown.print(f"hash {manifest['hash']}")
