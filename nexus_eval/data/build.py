@@ -50,6 +50,7 @@ DEFAULT_MAX_CHARS_PER_SOURCE = 12_000_000  # ≈ 3-4M tokens per training source
 DEFAULT_MAX_CHARS_PER_OOD = 1_200_000  # ≈ 300-400K tokens per OOD domain
 DEFAULT_VAL_FRACTION = 0.08  # ≈ 200-300K validation tokens per default source
 DEFAULT_MATH_GENERATED = 40_000  # with GSM8k train (3.7M chars) fills math to ≈ 3M tokens
+CHARS_PER_TOKEN_BOUND = 8  # more characters per token than any subword tokenizer averages on text
 WORK_FILES = ("journal.json", "spill")  # in the building dir only: removed before the build is hashed
 
 
@@ -155,9 +156,18 @@ def build_data(
 
 
 def caps(plan: list, max_chars_per_source: int, max_chars_per_ood: int) -> dict[str, int]:
-    """Characters read per source: its spec's max_chars, else the build's cap for its role."""
+    """Characters read per source: its spec's max_chars, else enough for its max_tokens, else the build's cap for
+    its role (--max-chars-per-source / --max-chars-per-ood)."""
     default = {"train": max_chars_per_source, "ood": max_chars_per_ood}
-    return {s.name: (spec.max_chars if spec and spec.max_chars else default[role]) for spec, s, role in plan}
+    read: dict[str, int] = {}
+    for spec, source, role in plan:
+        if spec is not None and spec.max_chars:
+            read[source.name] = spec.max_chars
+        elif spec is not None and spec.max_tokens:  # read enough text for the budget, whatever the tokenizer
+            read[source.name] = spec.max_tokens * CHARS_PER_TOKEN_BOUND
+        else:
+            read[source.name] = default[role]
+    return read
 
 
 def content_hash(manifest: dict) -> str:
