@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from nexus_eval.data.collect import Collected, SeenHashes, collect, in_val
-from nexus_eval.data.contamination import NGRAM, NgramIndex, TaskNgrams
+from nexus_eval.data.contamination import NGRAM, Document, NgramIndex, TaskNgrams
 from nexus_eval.data.shards import (
     DEFAULT_SHARD_TOKENS,
     Encoder,
@@ -121,8 +121,11 @@ def build_data(
         drop_gsm8k = gsm8k_index is not None and role == "train" and (name == "math" or name in user_names)
 
         def check(text: str) -> list[str]:
-            found = ["gsm8k_test"] if drop_gsm8k and gsm8k_index(text) else []  # type: ignore[misc]
-            return found + (task_index(text) if task_index is not None else [])
+            if not drop_gsm8k and task_index is None:
+                return []
+            document = Document(text)  # words and n-gram hashes once, for both indexes
+            found = ["gsm8k_test"] if drop_gsm8k and gsm8k_index(document) else []  # type: ignore[misc]
+            return found + (task_index(document) if task_index is not None else [])
 
         return check
 

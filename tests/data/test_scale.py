@@ -17,6 +17,7 @@ from nexus_eval.cli import app
 from nexus_eval.data import build_data, load_manifest, open_tokens, read_docs
 from nexus_eval.data import shards as shards_module
 from nexus_eval.data.collect import SeenHashes, doc_hash
+from nexus_eval.data.contamination import TaskNgrams
 from nexus_eval.data.info import parse_specs
 from nexus_eval.data.store import ShardedTokens
 from tests.conftest import GSM8K_DIR, REPO_ROOT, TINY_DATA_PARAMS
@@ -158,3 +159,18 @@ def test_default_build_bytes_equal_the_integration_checkout(tmp_path: Path) -> N
     theirs = load_manifest(tmp_path / "main")
     assert mine["files"] == theirs["files"]
     assert token_files(tmp_path / "mine") == token_files(tmp_path / "main")
+
+
+def test_task_index_names_every_task_and_keeps_items_apart(tmp_path: Path) -> None:
+    shared = "the quick brown fox jumps over the lazy dog while seven tired cats watch it quietly"
+    first, second = " ".join(f"a{i}" for i in range(7)), " ".join(f"a{i}" for i in range(7, 13))
+    for task, rows in {"one": [shared, first, second], "two": [shared], "three": ["unrelated words only here"]}.items():
+        (tmp_path / "data" / task).mkdir(parents=True)
+        lines = "".join(json.dumps({"question": q}) + "\n" for q in rows)
+        (tmp_path / "data" / task / "test.jsonl").write_text(lines)
+        (tmp_path / "data" / task / "train.jsonl").write_text(json.dumps({"question": f"train {shared}"}) + "\n")
+    index = TaskNgrams(tmp_path)
+    assert index.tasks == ["one", "three", "two"]
+    assert index(f"Intro. {shared.upper()}! Outro.") == ["one", "two"]
+    assert index(" ".join(f"a{i}" for i in range(13))) == [], "an n-gram across two items is no item's"
+    assert index("the quick brown fox jumps over the lazy dog") == []
