@@ -331,7 +331,13 @@ def _doc_file(tmp: Path, split: str, name: str) -> Path:
 
 def _check_read(result: Collected, counts: dict[str, dict[str, int]], role: str) -> None:
     if not result.docs:
-        raise DataError(f"source {result.name}: no documents read from {_origin_label(result.origin)}")
+        dropped = sum(result.contaminated.values())
+        why = (
+            f" ({result.duplicates} duplicates of earlier documents, {dropped} contaminated)"
+            if dropped or result.duplicates
+            else ""
+        )
+        raise DataError(f"source {result.name}: no documents read from {_origin_label(result.origin)}{why}")
     if role == "train" and (not counts["train"]["docs"] or not counts["val"]["docs"]):
         raise DataError(
             f"source {result.name}: {result.docs} documents give an empty train or val split; "

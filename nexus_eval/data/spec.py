@@ -1,6 +1,7 @@
 """Data specs: which corpora a build reads, from `--source/--ood NAME=PATH[:FIELD]` or a TOML file (`--spec`).
 
-A TOML spec (a file of its own, or the `[data]` table of a recipe) looks like:
+A TOML spec is the `[data]` table of a file of its own (recipes' `[data]` keys other than these are ignored here, but
+the recipe loader refuses `sources`/`tokenizer` in a recipe today). It looks like:
 
     [data]
     builtin = false              # also read the built-in offline sources (default: true without sources, else false)
