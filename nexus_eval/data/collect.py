@@ -13,6 +13,8 @@ import numpy as np
 from nexus_eval.data.sources import Source
 
 MIN_DOC_CHARS = 20  # shorter fragments (empty alias pages, stray headings) carry no signal
+# At least MIN_DOC_CHARS non-whitespace characters: stops at the 20th instead of copying the document without spaces.
+HAS_MIN_CHARS = re.compile(rf"\s*(?:\S\s*){{{MIN_DOC_CHARS}}}")
 
 
 def normalize(doc: str) -> str:
@@ -114,7 +116,7 @@ def collect(
                 iterators.remove(entry)
                 continue
             text = normalize(text)
-            if len(re.sub(r"\s", "", text)) < MIN_DOC_CHARS:
+            if not HAS_MIN_CHARS.match(text):
                 continue
             digest = doc_hash(text)
             if not seen.add(digest):
