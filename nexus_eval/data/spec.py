@@ -154,6 +154,10 @@ def _source(where: str, name: str, table: Any, total: int | None, base: Path) ->
     path = table.get("path")
     if path is not None and not Path(path).expanduser().is_absolute():
         path = str(base / path)
+    data_files = table.get("data_files")
+    if data_files is not None and not isinstance(data_files, str | list | dict):
+        raise DataError(f"{label}: data_files must be a path, a list of paths, or a table of split → paths")
+    data_files = _beside(data_files, base)
     return SourceSpec(
         name,
         role,
@@ -161,12 +165,27 @@ def _source(where: str, name: str, table: Any, total: int | None, base: Path) ->
         dataset=table.get("dataset"),
         config=table.get("config"),
         split=table.get("split", "train"),
-        data_files=table.get("data_files"),
+        data_files=data_files,
         field=table.get("template", table.get("field")),
         max_chars=_positive_int(label, "max_chars", table.get("max_chars")),
         max_tokens=max_tokens,
         label=label,
     )
+
+
+def _beside(data_files: Any, base: Path) -> Any:
+    """Relative data_files that exist next to the spec file are read from there (else as `datasets` sees them)."""
+    if isinstance(data_files, str):
+        return (
+            str(base / data_files)
+            if not Path(data_files).is_absolute() and (base / data_files).exists()
+            else data_files
+        )
+    if isinstance(data_files, list):
+        return [_beside(f, base) for f in data_files]
+    if isinstance(data_files, dict):
+        return {k: _beside(v, base) for k, v in data_files.items()}
+    return data_files
 
 
 def _positive_int(label: str, key: str, value: Any) -> int | None:

@@ -276,3 +276,17 @@ def test_missing_dataset_in_the_offline_cache_is_a_clear_error(tmp_path: Path, m
     with pytest.raises(NexusError, match=r"source web: dataset 'nexus-test/not-cached'.*offline"):
         build_data(tmp_path / "d", sources=load_spec(spec).sources, **USER_ONLY)
     assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.slow
+def test_dataset_by_name_through_the_datasets_library(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`dataset = "json"` + data_files: datasets.load_dataset offline (cache in tmp), same tokens as text files."""
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    rows = make_rows()
+    reference = build_one(tmp_path / "ref", write_text_dir(tmp_path / "txt", [r["body"] for r in rows]))
+    write_jsonl(tmp_path / "rows.jsonl", rows)
+    spec = tmp_path / "spec.toml"
+    spec.write_text('[data.sources.mine]\ndataset = "json"\ndata_files = "rows.jsonl"\nfield = "body"\n')
+    manifest = build_data(tmp_path / "out", sources=load_spec(spec).sources, **USER_ONLY)
+    assert manifest["hash"] == reference["hash"]
+    assert manifest["sources"]["mine"]["origin"][0]["dataset"] == "json"
