@@ -118,15 +118,24 @@ class TaskNgrams:
         return [self.tasks[i] for i in sorted(self.index.owners_of(document.ngrams))]
 
 
-def _texts_ngram_hashes(texts: Iterator[str], n: int) -> np.ndarray:
-    """The n-gram hashes of many texts in one vectorized pass: windows crossing from one text into the next are
-    left out."""
+def _texts_ngram_hashes(texts: Iterator[str], n: int, chunk_words: int = 200_000) -> np.ndarray:
+    """The n-gram hashes of many texts, vectorized over chunks of ~`chunk_words` words (bounded memory): windows
+    crossing from one text into the next are left out."""
+    chunks: list[np.ndarray] = []
     all_words: list[str] = []
     text_of_word: list[int] = []
     for index, text in enumerate(texts):
         tokens = words(text)
         all_words.extend(tokens)
         text_of_word.extend([index] * len(tokens))
+        if len(all_words) >= chunk_words:
+            chunks.append(_chunk_hashes(all_words, text_of_word, n))
+            all_words, text_of_word = [], []
+    chunks.append(_chunk_hashes(all_words, text_of_word, n))
+    return np.unique(np.concatenate(chunks))
+
+
+def _chunk_hashes(all_words: list[str], text_of_word: list[int], n: int) -> np.ndarray:
     hashes = ngram_hashes(all_words, n)
     owner = np.asarray(text_of_word, dtype=np.int64)
     within_one_text = owner[: len(hashes)] == owner[n - 1 : n - 1 + len(hashes)]
