@@ -48,6 +48,7 @@ study:
 BENCH_CKPT ?= $(wildcard runs/tiny-adamw-s0/ckpt-000300)
 bench:
 	$(PYTHON) bench/train_bench.py
+	$(PYTHON) bench/data_bench.py
 	$(PYTHON) bench/eval_bench.py $(if $(BENCH_CKPT),--checkpoint $(BENCH_CKPT) --max-gen-toks 128)
 
 clean:

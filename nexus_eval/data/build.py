@@ -1,7 +1,14 @@
-"""`nexus-eval data build`: sources → dedupe → hash split → BPE tokenizer → uint16 token streams + manifest.
+"""`nexus-eval data build`: sources → dedupe → hash split → tokenizer → token shards + manifest, streaming.
 
-Everything is written into a temporary sibling directory and renamed into place at the end, so a data dir is either
-the old complete build or the new complete build. Same inputs and parameters give the same manifest hash.
+Phases, each resumable: (1) read every source once, streaming its documents through cleaning, exact dedup (across
+sources) and decontamination, into a train spill file and the final val/ood .jsonl files; (2) train the BPE
+tokenizer on the spilled train documents, or save the pretrained one; (3) encode every split into fixed-size shards
+(`num_proc` workers). Memory holds one batch of documents and the dedup table, never a corpus.
+
+Everything is written into `.<out>.building` beside `out` and renamed into place at the end, so a data dir is either
+the old complete build or the new complete build. A build killed mid-way leaves that directory with its journal
+(completed sources, tokenizer, completed shards); the same command run again resumes from it. Bad input (a
+NexusError) removes it. Same inputs and parameters give the same bytes and manifest hash, for any `num_proc`.
 """
 
 from __future__ import annotations
@@ -10,20 +17,31 @@ import hashlib
 import json
 import os
 import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from itertools import islice
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
-from nexus_eval.data.collect import Collected, collect, in_val
-from nexus_eval.data.contamination import NGRAM, NgramIndex
-from nexus_eval.data.sources import Source, default_ood, default_sources, gsm8k_test_questions, text_dir_part
+from nexus_eval.data.collect import Collected, SeenHashes, collect, in_val
+from nexus_eval.data.contamination import NGRAM, Document, NgramIndex, TaskNgrams
+from nexus_eval.data.shards import (
+    DEFAULT_SHARD_TOKENS,
+    Encoder,
+    ShardRecord,
+    as_dicts,
+    from_dicts,
+    read_jsonl_docs,
+    write_shards,
+)
+from nexus_eval.data.sources import Source, default_ood, default_sources, gsm8k_test_questions
+from nexus_eval.data.spec import SourceSpec
 from nexus_eval.data.store import sha256_file
-from nexus_eval.data.tokenizer import EOS_TOKEN, MAX_VOCAB, MIN_VOCAB, PAD_TOKEN, encode_stream, train_tokenizer
+from nexus_eval.data.tokenizer import MAX_VOCAB, MIN_VOCAB, load_pretrained_tokenizer, token_dtype, train_tokenizer
 from nexus_eval.display import progress_display
-from nexus_eval.errors import DataError
-
-if TYPE_CHECKING:
-    from rich.progress import Progress
-    from transformers import PreTrainedTokenizerFast
+from nexus_eval.errors import DataError, NexusError
+from nexus_eval.io import dump_json, write_json_atomic
 
 MANIFEST_VERSION = 1
 DEFAULT_GSM8K_DIR = Path("../shared/data/gsm8k")
@@ -32,6 +50,8 @@ DEFAULT_MAX_CHARS_PER_SOURCE = 12_000_000  # ≈ 3-4M tokens per training source
 DEFAULT_MAX_CHARS_PER_OOD = 1_200_000  # ≈ 300-400K tokens per OOD domain
 DEFAULT_VAL_FRACTION = 0.08  # ≈ 200-300K validation tokens per default source
 DEFAULT_MATH_GENERATED = 40_000  # with GSM8k train (3.7M chars) fills math to ≈ 3M tokens
+CHARS_PER_TOKEN_BOUND = 8  # more characters per token than any subword tokenizer averages on text
+WORK_FILES = ("journal.json", "spill")  # in the building dir only: removed before the build is hashed
 
 
 def build_data(
@@ -40,99 +60,117 @@ def build_data(
     vocab_size: int = DEFAULT_VOCAB_SIZE,
     extra_sources: dict[str, Path] | None = None,
     extra_ood: dict[str, Path] | None = None,
+    sources: list[SourceSpec] | None = None,
+    builtin: bool | None = None,
+    tokenizer: str | None = None,
     gsm8k_dir: Path = DEFAULT_GSM8K_DIR,
+    tasks_dir: Path | None = None,
     max_chars_per_source: int = DEFAULT_MAX_CHARS_PER_SOURCE,
     max_chars_per_ood: int = DEFAULT_MAX_CHARS_PER_OOD,
     val_fraction: float = DEFAULT_VAL_FRACTION,
     math_generated: int = DEFAULT_MATH_GENERATED,
     seed: int = 0,
+    num_proc: int = 1,
+    shard_tokens: int = DEFAULT_SHARD_TOKENS,
     progress: bool = True,
 ) -> dict:
-    """Build the data dir at `out_dir` and return its manifest (also written as out_dir/manifest.json)."""
-    _check_params(vocab_size, max_chars_per_source, max_chars_per_ood, val_fraction, math_generated)
+    """Build the data dir at `out_dir` and return its manifest (also written as out_dir/manifest.json).
+
+    `sources` (SourceSpecs from --source/--ood or a TOML spec) and `extra_sources`/`extra_ood` (NAME → directory of
+    text files) add user corpora. `builtin` reads the built-in offline sources too; None means: unless `sources` is
+    given. `tokenizer` is a pretrained tokenizer's location (see load_pretrained_tokenizer); None trains a
+    byte-level BPE of `vocab_size`. `tasks_dir` (the CLI passes tasks/): every evaluation item under it is looked
+    for in every source (13-gram overlap, counted per task); overlapping documents of user sources are dropped."""
+    _check_params(vocab_size, max_chars_per_source, max_chars_per_ood, val_fraction, math_generated, num_proc)
+    if shard_tokens < 1:
+        raise DataError(f"--shard-tokens {shard_tokens}: must be positive")
     out_dir = Path(out_dir)
     _check_out(out_dir)
-    # The user's sources first: a typo in a flag is reported before the default sources are looked for.
-    user_sources, user_ood = _user_sources("--source", extra_sources), _user_sources("--ood", extra_ood)
-    train_sources = default_sources(gsm8k_dir, math_generated, seed) + user_sources
-    ood_sources = default_ood() + user_ood
-    _check_unique_names(train_sources, ood_sources)
+    user_specs = _dir_specs("--source", extra_sources, "train") + _dir_specs("--ood", extra_ood, "ood")
+    user_specs += sources or []
+    with_builtin = builtin if builtin is not None else not sources
+    # The user's sources and tokenizer first: a typo is reported before the built-in sources are looked for.
+    user = [(spec, Source(spec.name, [spec.part()])) for spec in user_specs]
+    pretrained = load_pretrained_tokenizer(tokenizer) if tokenizer is not None else None
+    plan = [(None, s, "train") for s in (default_sources(gsm8k_dir, math_generated, seed) if with_builtin else [])]
+    plan += [(spec, s, "train") for spec, s in user if spec.role == "train"]
+    plan += [(None, s, "ood") for s in (default_ood() if with_builtin else [])]
+    plan += [(spec, s, "ood") for spec, s in user if spec.role == "ood"]
+    if not any(role == "train" for _, _, role in plan):
+        raise DataError("no training source: give --source/--spec sources with role train, or keep the built-in ones")
+    _check_unique_names([s.name for _, s, _ in plan])
     test = gsm8k_test_questions(gsm8k_dir)
-    is_contaminated = NgramIndex(test[1]) if test else None
-    user_names = set(extra_sources or {})
+    gsm8k_index = NgramIndex(test[1]) if test else None
+    task_index = TaskNgrams(Path(tasks_dir)) if tasks_dir is not None and Path(tasks_dir).is_dir() else None
+    user_names = {spec.name for spec, _, _ in plan if spec is not None}
+    params = {
+        "vocab_size": vocab_size,
+        "max_chars_per_source": max_chars_per_source,
+        "max_chars_per_ood": max_chars_per_ood,
+        "val_fraction": val_fraction,
+        "math_generated": math_generated,
+        "seed": seed,
+    }
+    if not with_builtin:  # a default build's params (and so its hash) stay as they were before this key
+        params["builtin"] = False
+    if shard_tokens != DEFAULT_SHARD_TOKENS:
+        params["shard_tokens"] = shard_tokens
 
+    def checker(name: str, role: str) -> Callable[[str], list[str]]:
+        """What a source's documents are checked against; the references whose overlap drops the document."""
+        drop_gsm8k = gsm8k_index is not None and role == "train" and (name == "math" or name in user_names)
+
+        def check(text: str) -> list[str]:
+            if not drop_gsm8k and task_index is None:
+                return []
+            document = Document(text)  # words and n-gram hashes once, for both indexes
+            found = ["gsm8k_test"] if drop_gsm8k and gsm8k_index(document) else []  # type: ignore[misc]
+            return found + (task_index(document) if task_index is not None else [])
+
+        return check
+
+    key = _build_key(params, plan, tokenizer, gsm8k_dir, tasks_dir, test is not None)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.building-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = out_dir.parent / f".{out_dir.name}.building"
+    journal = _Journal.open(tmp, key)
     try:
         with progress_display(enabled=progress) as bar:
-            seen: set[str] = set()
-            collected, ood = [], []
-            for source in train_sources:
-                task = bar.add_task(f"read {source.name}", total=max_chars_per_source, info="")
-                check = is_contaminated if source.name == "math" or source.name in user_names else None
-                collected.append(
-                    collect(source, max_chars_per_source, seen, check, lambda n, t=task: bar.advance(t, n))
-                )
-                bar.update(task, completed=max_chars_per_source)
-            for source in ood_sources:
-                task = bar.add_task(f"read ood {source.name}", total=max_chars_per_ood, info="")
-                ood.append(collect(source, max_chars_per_ood, seen, None, lambda n, t=task: bar.advance(t, n)))
-                bar.update(task, completed=max_chars_per_ood)
-            for entry in collected + ood:
-                if not entry.docs:
-                    raise DataError(f"source {entry.name}: no documents read from {entry.origin}")
-
-            splits = {c.name: _split(c, val_fraction) for c in collected}
-            train_docs = [text for c in collected for text in splits[c.name]["train"]]
-            task = bar.add_task("train tokenizer", total=1, info="")
-            tokenizer = train_tokenizer(iter(train_docs), vocab_size, len(train_docs))
-            tokenizer.save_pretrained(tmp / "tokenizer")
-            bar.update(task, completed=1)
-
-            sources_entry, ood_entry = {}, {}
-            for c in collected:
-                sources_entry[c.name] = _write_splits(tmp, tokenizer, c, splits[c.name], bar)
-            for c in ood:
-                ood_entry[c.name] = _write_splits(tmp, tokenizer, c, {"ood": [text for _, text in c.docs]}, bar)
-
-        manifest = {
-            "version": MANIFEST_VERSION,
-            "params": {
-                "vocab_size": vocab_size,
-                "max_chars_per_source": max_chars_per_source,
-                "max_chars_per_ood": max_chars_per_ood,
-                "val_fraction": val_fraction,
-                "math_generated": math_generated,
-                "seed": seed,
-            },
-            "vocab_size": len(tokenizer),
-            "eos_token": EOS_TOKEN,
-            "eos_id": tokenizer.eos_token_id,
-            "pad_token": PAD_TOKEN,
-            "pad_id": tokenizer.pad_token_id,
-            "token_dtype": "uint16",
-            "tokenizer_dir": "tokenizer",
-            "sources": sources_entry,
-            "ood": ood_entry,
-            "contamination": {
-                "reference": str(test[0].resolve()) if test else None,
-                "reference_sha256": hashlib.sha256(test[0].read_bytes()).hexdigest() if test else None,
-                "method": f"{NGRAM}-word n-gram overlap with GSM8k test questions; matching documents dropped",
-                "checked_sources": [c.name for c in collected if c.name == "math" or c.name in user_names]
-                if test
-                else [],
-                "dropped_docs": {c.name: c.contaminated for c in collected},
-            },
-            "duplicates_dropped": {c.name: c.duplicates for c in collected + ood},
-            "files": {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()},
-        }
-        manifest["hash"] = content_hash(manifest)
+            collected = _read_all(
+                tmp,
+                journal,
+                plan,
+                caps(plan, max_chars_per_source, max_chars_per_ood),
+                val_fraction,
+                checker,
+                user_names,
+                bar,
+            )
+            tok = _tokenizer(tmp, journal, pretrained, vocab_size, plan, collected, bar)
+            dtype = token_dtype(len(tok))
+            budgets = {spec.name: spec.max_tokens for spec, _, _ in plan if spec is not None and spec.max_tokens}
+            entries = _write_all(tmp, journal, plan, collected, tok, dtype, budgets, num_proc, shard_tokens, bar)
+        manifest = _manifest(tmp, params, tok, dtype, tokenizer, user_specs, plan, collected, entries, test, task_index)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         _replace_dir(tmp, out_dir)
-    finally:
+    except NexusError:  # bad input: nothing to resume, nothing left behind
         shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return manifest
+
+
+def caps(plan: list, max_chars_per_source: int, max_chars_per_ood: int) -> dict[str, int]:
+    """Characters read per source: its spec's max_chars, else enough for its max_tokens, else the build's cap for
+    its role (--max-chars-per-source / --max-chars-per-ood)."""
+    default = {"train": max_chars_per_source, "ood": max_chars_per_ood}
+    read: dict[str, int] = {}
+    for spec, source, role in plan:
+        if spec is not None and spec.max_chars:
+            read[source.name] = spec.max_chars
+        elif spec is not None and spec.max_tokens:  # read enough text for the budget, whatever the tokenizer
+            read[source.name] = spec.max_tokens * CHARS_PER_TOKEN_BOUND
+        else:
+            read[source.name] = default[role]
+    return read
 
 
 def content_hash(manifest: dict) -> str:
@@ -142,46 +180,350 @@ def content_hash(manifest: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-def _split(collected: Collected, val_fraction: float) -> dict[str, list[str]]:
-    split: dict[str, list[str]] = {"train": [], "val": []}
-    for digest, text in collected.docs:
-        split["val" if in_val(digest, val_fraction) else "train"].append(text)
-    if not split["train"] or not split["val"]:
+# ---- the journal of a build in progress ----------------------------------------------------------------------------
+
+
+class _Journal:
+    """tmp/journal.json: what the build in tmp has completed, under the key of its inputs. Rewritten atomically
+    after each completed unit (a source read, the tokenizer, a shard), so a kill at any moment leaves a journal
+    that describes only files completely written."""
+
+    def __init__(self, path: Path, state: dict[str, Any]) -> None:
+        self.path, self.state = path, state
+
+    @classmethod
+    def open(cls, tmp: Path, key: str) -> _Journal:
+        path = tmp / "journal.json"
+        state: dict[str, Any] = {}
+        if path.is_file():
+            try:
+                state = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                state = {}
+            owner = state.get("pid")
+            if isinstance(owner, int) and owner != os.getpid() and _alive(owner):
+                raise DataError(f"{tmp}: another data build (pid {owner}) is writing there; wait for it to end")
+        if state.get("key") != key:  # other inputs: what is there cannot be reused
+            shutil.rmtree(tmp, ignore_errors=True)
+            state = {"key": key, "read": {}, "tokenizer": False, "written": {}}
+        tmp.mkdir(parents=True, exist_ok=True)
+        journal = cls(path, state | {"pid": os.getpid()})
+        journal.save()
+        return journal
+
+    def save(self) -> None:
+        write_json_atomic(self.path, self.state)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _build_key(params: dict, plan: list, tokenizer: str | None, gsm8k: Path, tasks: Path | None, has_test: bool) -> str:
+    """What must be equal for a building dir to be resumed: parameters, sources (as specified and where they were
+    found), tokenizer and contamination references."""
+    body = {
+        "params": params,
+        "sources": [
+            [role, s.name, s.parts and [p.origin for p in s.parts], spec and asdict(spec)] for spec, s, role in plan
+        ],
+        "tokenizer": str(Path(tokenizer).resolve()) if tokenizer else None,
+        "gsm8k": str(Path(gsm8k).resolve()) if has_test else None,
+        "tasks": str(Path(tasks).resolve()) if tasks else None,
+    }
+    return hashlib.sha256(dump_json(body).encode()).hexdigest()
+
+
+# ---- phase 1: read ---------------------------------------------------------------------------------------------------
+
+
+def _read_all(
+    tmp: Path,
+    journal: _Journal,
+    plan: list,
+    cap: dict[str, int],
+    val_fraction: float,
+    checker: Callable[[str, str], Callable[[str], list[str]]],
+    drops_task_overlap: set[str],
+    bar: Any,
+) -> dict[str, dict[str, Any]]:
+    """Read every source not read yet; returns name → what was read (Collected fields + per-split docs/chars)."""
+    seen_path = tmp / "spill" / "seen.npy"
+    seen = SeenHashes.load(seen_path) if journal.state["read"] and seen_path.is_file() else SeenHashes()
+    for _, source, role in plan:
+        if source.name in journal.state["read"]:
+            continue
+        sink = _SourceSink(tmp, source.name, role, val_fraction)
+        sink.check = checker(source.name, role)
+        sink.drops_tasks = source.name in drops_task_overlap and role == "train"
+        task = bar.add_task(f"read {'ood ' if role == 'ood' else ''}{source.name}", total=cap[source.name], info="")
+        try:
+            result = collect(source, cap[source.name], seen, sink.keep, sink.is_contaminated, sink.progress(bar, task))
+        finally:
+            sink.close()
+        bar.update(task, completed=cap[source.name])
+        _check_read(result, sink.counts, role)
+        journal.state["read"][source.name] = asdict(result) | {
+            "splits": sink.counts,
+            "role": role,
+            "overlaps": sink.overlaps,
+        }
+        seen.save(seen_path.with_suffix(".tmp.npy"))
+        os.replace(seen_path.with_suffix(".tmp.npy"), seen_path)
+        journal.save()
+    return journal.state["read"]
+
+
+class _SourceSink:
+    """Where one source's kept documents go while it is read: its split files, counts and overlap tallies."""
+
+    def __init__(self, tmp: Path, name: str, role: str, val_fraction: float) -> None:
+        self.role, self.val_fraction = role, val_fraction
+        splits = ("train", "val") if role == "train" else ("ood",)
+        self.counts = {split: {"docs": 0, "chars": 0} for split in splits}
+        self.handles = {}
+        for split in splits:
+            path = _doc_file(tmp, split, name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.handles[split] = path.open("w", encoding="utf-8")
+        self.check: Callable[[str], list[str]] = lambda text: []
+        self.drops_tasks = False
+        self.overlaps: dict[str, int] = {}
+        self.started = time.monotonic()
+
+    def is_contaminated(self, text: str) -> str | None:
+        """Count every reference the document overlaps; name the one that drops it (None: kept)."""
+        found = self.check(text)
+        for reference in found:
+            self.overlaps[reference] = self.overlaps.get(reference, 0) + 1
+        dropping = [r for r in found if r == "gsm8k_test" or self.drops_tasks]
+        return dropping[0] if dropping else None
+
+    def keep(self, digest: str, text: str) -> None:
+        split = "ood" if self.role == "ood" else ("val" if in_val(digest, self.val_fraction) else "train")
+        self.handles[split].write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
+        self.counts[split]["docs"] += 1
+        self.counts[split]["chars"] += len(text)
+
+    def progress(self, bar: Any, task: Any) -> Callable[[int], None]:
+        def advance(chars: int) -> None:
+            docs = sum(c["docs"] for c in self.counts.values())
+            rate = docs / max(time.monotonic() - self.started, 1e-9)
+            bar.update(task, advance=chars, info=f"{docs:,} docs, {rate:,.0f} docs/s")
+
+        return advance
+
+    def close(self) -> None:
+        for handle in self.handles.values():
+            handle.close()
+
+
+def _doc_file(tmp: Path, split: str, name: str) -> Path:
+    """Where phase 1 writes a split's documents: val/ood ones are kept in the build, train ones are spilled."""
+    return tmp / "spill" / "train" / f"{name}.jsonl" if split == "train" else tmp / split / f"{name}.jsonl"
+
+
+def _check_read(result: Collected, counts: dict[str, dict[str, int]], role: str) -> None:
+    if not result.docs:
+        dropped = sum(result.contaminated.values())
+        why = (
+            f" ({result.duplicates} duplicates of earlier documents, {dropped} contaminated)"
+            if dropped or result.duplicates
+            else ""
+        )
+        raise DataError(f"source {result.name}: no documents read from {_origin_label(result.origin)}{why}")
+    if role == "train" and (not counts["train"]["docs"] or not counts["val"]["docs"]):
         raise DataError(
-            f"source {collected.name}: {len(collected.docs)} documents give an empty train or val split; "
+            f"source {result.name}: {result.docs} documents give an empty train or val split; "
             "raise --max-chars-per-source or --val-fraction"
         )
-    return split
 
 
-def _write_splits(
-    tmp: Path, tokenizer: PreTrainedTokenizerFast, collected: Collected, splits: dict[str, list[str]], bar: Progress
-) -> dict:
-    entry: dict = {"origin": collected.origin, "docs": {}, "chars": {}, "tokens": {}, "files": {}}
-    for split, docs in splits.items():
-        (tmp / split).mkdir(parents=True, exist_ok=True)
-        task = bar.add_task(f"tokenize {split}/{collected.name}", total=1, info="")
-        bin_path = tmp / split / f"{collected.name}.bin"
-        entry["tokens"][split] = encode_stream(tokenizer, docs, bin_path)
-        entry["docs"][split] = len(docs)
-        entry["chars"][split] = sum(len(d) for d in docs)
-        entry["files"][split] = str(bin_path.relative_to(tmp))
-        if split != "train":  # raw text for bits-per-byte and lm-eval loglikelihood_rolling
-            jsonl = tmp / split / f"{collected.name}.jsonl"
-            jsonl.write_text(
-                "".join(json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in docs), encoding="utf-8"
-            )
-            entry["files"][f"{split}_jsonl"] = str(jsonl.relative_to(tmp))
+# ---- phase 2: tokenizer ----------------------------------------------------------------------------------------------
+
+
+def _tokenizer(tmp: Path, journal: _Journal, pretrained: Any, vocab_size: int, plan: list, read: dict, bar: Any) -> Any:
+    from transformers import PreTrainedTokenizerFast
+
+    if journal.state["tokenizer"]:
+        return PreTrainedTokenizerFast.from_pretrained(str(tmp / "tokenizer"))
+    if pretrained is None:
+        train_names = [s.name for _, s, role in plan if role == "train"]
+        n_docs = sum(read[name]["splits"]["train"]["docs"] for name in train_names)
+        docs = (doc for name in train_names for doc in read_jsonl_docs(_doc_file(tmp, "train", name)))
+        task = bar.add_task("train tokenizer", total=1, info=f"{n_docs:,} docs")
+        tokenizer = train_tokenizer(docs, vocab_size, n_docs)
         bar.update(task, completed=1)
+    else:
+        tokenizer = pretrained
+    tokenizer.save_pretrained(tmp / "tokenizer")
+    journal.state["tokenizer"] = True
+    journal.save()
+    return tokenizer
+
+
+# ---- phase 3: token shards -------------------------------------------------------------------------------------------
+
+
+def _write_all(
+    tmp: Path,
+    journal: _Journal,
+    plan: list,
+    read: dict,
+    tokenizer: Any,
+    dtype: str,
+    budgets: dict[str, int],
+    num_proc: int,
+    shard_tokens: int,
+    bar: Any,
+) -> dict[str, dict[str, Any]]:
+    """Encode every split of every source into shards; returns "split/name" → {shards, tokens, docs}."""
+    written = journal.state["written"]
+    encoder = Encoder(
+        tmp / "tokenizer" / "tokenizer.json", tokenizer.backend_tokenizer, tokenizer.eos_token_id, dtype, num_proc
+    )
+    with encoder:
+        for _, source, role in plan:
+            for split in ("train", "val") if role == "train" else ("ood",):
+                unit = f"{split}/{source.name}"
+                state = written.setdefault(unit, {"shards": [], "done": False})
+                if state["done"]:
+                    continue
+                done = from_dicts(state["shards"])
+                start = done[-1].next_doc if done else 0
+                chars = read[source.name]["splits"][split]["chars"]
+                task = bar.add_task(f"tokenize {unit}", total=chars, info="")
+                started, tokens_seen = time.monotonic(), [0]
+
+                def advance(
+                    n_chars: int,
+                    n_tokens: int,
+                    task: Any = task,
+                    started: float = started,
+                    tokens_seen: list[int] = tokens_seen,
+                ) -> None:
+                    tokens_seen[0] += n_tokens
+                    rate = tokens_seen[0] / max(time.monotonic() - started, 1e-9)
+                    bar.update(task, advance=n_chars, info=f"{rate:,.0f} tokens/s")
+
+                def on_shard(record: ShardRecord, state: dict = state) -> None:
+                    state["shards"].append(asdict(record))
+                    journal.save()
+
+                result = write_shards(
+                    tmp,
+                    split,
+                    source.name,
+                    read_jsonl_docs(_doc_file(tmp, split, source.name), start),
+                    encoder,
+                    shard_tokens=shard_tokens,
+                    max_tokens=budgets.get(source.name) if split == "train" else None,
+                    done=done,
+                    on_shard=on_shard,
+                    advance=advance,
+                )
+                if result.docs < read[source.name]["splits"][split]["docs"]:  # a token budget stopped it early
+                    chars = sum(
+                        len(d) for d in islice(read_jsonl_docs(_doc_file(tmp, split, source.name)), result.docs)
+                    )
+                state.update(
+                    shards=as_dicts(result.shards), tokens=result.tokens, docs=result.docs, chars=chars, done=True
+                )
+                journal.save()
+                bar.update(task, completed=chars)
+    return written
+
+
+# ---- the manifest ----------------------------------------------------------------------------------------------------
+
+
+def _manifest(
+    tmp: Path,
+    params: dict,
+    tokenizer: Any,
+    dtype: str,
+    location: str | None,
+    user_specs: list[SourceSpec],
+    plan: list,
+    read: dict,
+    written: dict,
+    test: tuple[Path, list[str]] | None,
+    task_index: TaskNgrams | None,
+) -> dict:
+    for name in WORK_FILES:
+        target = tmp / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    groups: dict[str, dict[str, Any]] = {"train": {}, "ood": {}}
+    for _, source, role in plan:
+        groups[role][source.name] = _entry(tmp, source.name, role, read[source.name], written)
+    checked = [name for name, r in read.items() if "gsm8k_test" in r["overlaps"] or name == "math"]
+    manifest = {
+        "version": MANIFEST_VERSION,
+        "params": params,
+        "vocab_size": len(tokenizer),
+        "eos_token": tokenizer.eos_token,
+        "eos_id": tokenizer.eos_token_id,
+        "pad_token": tokenizer.pad_token,
+        "pad_id": tokenizer.pad_token_id,
+        "token_dtype": dtype,
+        "tokenizer_dir": "tokenizer",
+        "tokenizer": {"kind": "pretrained", "location": str(Path(location).resolve())}
+        if location is not None
+        else {"kind": "bpe", "trained_on": "the train split of the training sources"},
+        "user_sources": {spec.name: spec.params() | {"label": spec.label} for spec in user_specs},
+        "sources": groups["train"],
+        "ood": groups["ood"],
+        "contamination": {
+            "reference": str(test[0].resolve()) if test else None,
+            "reference_sha256": hashlib.sha256(test[0].read_bytes()).hexdigest() if test else None,
+            "method": f"{NGRAM}-word n-gram overlap with GSM8k test questions (math and user training sources: "
+            "matching documents dropped) and with every evaluation item under tasks/ (counted for every source; "
+            "dropped from user sources)",
+            "checked_sources": checked if test else [],
+            "dropped_docs": {name: sum(r["contaminated"].values()) for name, r in read.items() if r["role"] == "train"},
+            "tasks": {task: files for task, files in task_index.files.items()} if task_index else {},
+            "overlaps": {name: r["overlaps"] for name, r in read.items()},
+        },
+        "duplicates_dropped": {name: r["duplicates"] for name, r in read.items()},
+        "files": {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()},
+    }
+    manifest["hash"] = content_hash(manifest)
+    return manifest
+
+
+def _entry(tmp: Path, name: str, role: str, read: dict, written: dict) -> dict:
+    entry: dict = {"origin": read["origin"], "docs": {}, "chars": {}, "tokens": {}, "files": {}, "shards": {}}
+    for split in ("train", "val") if role == "train" else ("ood",):
+        unit = written[f"{split}/{name}"]
+        entry["docs"][split] = unit["docs"]
+        entry["chars"][split] = unit["chars"]
+        entry["tokens"][split] = unit["tokens"]
+        entry["files"][split] = unit["shards"][0]["file"]
+        entry["shards"][split] = [{"file": s["file"], "tokens": s["tokens"]} for s in unit["shards"]]
+        if split != "train":  # raw text for bits-per-byte and lm-eval loglikelihood_rolling
+            entry["files"][f"{split}_jsonl"] = f"{split}/{name}.jsonl"
     return entry
 
 
-def _user_sources(flag: str, specs: dict[str, Path] | None) -> list[Source]:
-    return [Source(name, [text_dir_part(f"{flag} {name}={path}", Path(path))]) for name, path in (specs or {}).items()]
+def _origin_label(origins: list[dict]) -> str:
+    return ", ".join(str(o.get("path") or o.get("dataset") or o.get("package") or o.get("kind")) for o in origins)
 
 
-def _check_unique_names(train_sources: list[Source], ood_sources: list[Source]) -> None:
-    names = [s.name for s in train_sources + ood_sources]
+def _dir_specs(flag: str, directories: dict[str, Path] | None, role: str) -> list[SourceSpec]:
+    """NAME → directory of text files (the older keyword form of --source/--ood) as SourceSpecs."""
+    return [
+        SourceSpec(name, role, path=str(path), label=f"{flag} {name}={path}")  # type: ignore[arg-type]
+        for name, path in (directories or {}).items()
+    ]
+
+
+def _check_unique_names(names: list[str]) -> None:
     for name in names:
         if names.count(name) > 1:
             raise DataError(f"--source/--ood {name}: the name is already used by another source or OOD domain")
@@ -197,7 +539,11 @@ def _check_out(out_dir: Path) -> None:
         raise DataError(f"--out {out_dir}: {out_dir.parent} is a file, not a directory")
 
 
-def _check_params(vocab: int, max_source: int, max_ood: int, val_fraction: float, math_generated: int) -> None:
+def _check_params(
+    vocab: int, max_source: int, max_ood: int, val_fraction: float, math_generated: int, num_proc: int
+) -> None:
+    if not 1 <= num_proc <= 256:
+        raise DataError(f"--num-proc {num_proc}: must be between 1 and 256")
     if not MIN_VOCAB <= vocab <= MAX_VOCAB:  # checked here too: the tokenizer is trained after minutes of reading
         raise DataError(f"--vocab-size {vocab}: must be between {MIN_VOCAB} and {MAX_VOCAB} (uint16 token ids)")
     if max_source < 1000:

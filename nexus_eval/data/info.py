@@ -8,28 +8,45 @@ from typing import Any
 from rich.table import Table
 
 from nexus_eval.data.build import build_data
-from nexus_eval.data.sources import parse_spec
+from nexus_eval.data.spec import DataSpec, SourceSpec, load_spec, parse_cli_source
 from nexus_eval.data.store import load_manifest
 from nexus_eval.display import console
 from nexus_eval.errors import DataError
 
 
-def parse_specs(flag: str, specs: list[str]) -> dict[str, Path]:
-    parsed: dict[str, Path] = {}
-    for spec in specs:
-        name, directory = parse_spec(flag, spec)
-        if name in parsed:
-            raise DataError(f"{flag} {spec!r}: name {name} given twice")
-        parsed[name] = directory
+def parse_specs(flag: str, specs: list[str]) -> list[SourceSpec]:
+    """--source/--ood NAME=PATH[:FIELD] values as SourceSpecs; a name given twice is refused."""
+    parsed: list[SourceSpec] = []
+    for text in specs:
+        spec = parse_cli_source(flag, text)
+        if spec.name in {p.name for p in parsed}:
+            raise DataError(f"{flag} {text!r}: name {spec.name} given twice")
+        parsed.append(spec)
     return parsed
 
 
-def build_and_show(out_dir: Path, source_specs: list[str], ood_specs: list[str], **params: Any) -> dict:
-    """`nexus-eval data build`: build from CLI-style specs, then print the summary table."""
+def build_and_show(
+    out_dir: Path,
+    source_specs: list[str],
+    ood_specs: list[str],
+    spec_file: Path | None = None,
+    builtin: bool | None = None,
+    tokenizer: str | None = None,
+    **params: Any,
+) -> dict:
+    """`nexus-eval data build`: build from CLI-style specs and an optional TOML spec, then print the summary table.
+
+    --source/--ood alone add to the built-in sources (as they always did); a --spec file decides for itself
+    (`builtin`, default false when it names sources); --builtin/--no-builtin overrides both."""
+    cli_sources = parse_specs("--source", source_specs) + parse_specs("--ood", ood_specs)
+    spec = load_spec(spec_file) if spec_file is not None else DataSpec()
+    if builtin is None:
+        builtin = spec.builtin if spec.builtin is not None else (not spec.sources if spec_file else True)
     manifest = build_data(
         out_dir,
-        extra_sources=parse_specs("--source", source_specs),
-        extra_ood=parse_specs("--ood", ood_specs),
+        sources=cli_sources + spec.sources,
+        builtin=builtin,
+        tokenizer=tokenizer if tokenizer is not None else spec.tokenizer,
         **params,
     )
     show_manifest(out_dir, manifest)
@@ -58,6 +75,18 @@ def show_manifest(data_dir: Path, manifest: dict | None = None) -> None:
     shown.print(summary_table(manifest, f"{data_dir}/manifest.json"))
     dropped = sum(manifest["contamination"]["dropped_docs"].values())
     reference = manifest["contamination"]["reference"] or "no GSM8k test file found: not checked"
-    shown.print(f"vocab {manifest['vocab_size']}, eos id {manifest['eos_id']}, pad id {manifest['pad_id']}")
+    tokenizer = manifest.get("tokenizer", {}).get("location", "byte-level BPE trained on the train split")
+    shown.print(
+        f"vocab {manifest['vocab_size']} ({tokenizer}), eos id {manifest['eos_id']}, pad id {manifest['pad_id']}, "
+        f"tokens stored as {manifest.get('token_dtype', 'uint16')}"
+    )
     shown.print(f"contamination: {dropped} documents dropped ({reference})")
+    overlaps = manifest["contamination"].get("overlaps") or {}
+    per_task: dict[str, int] = {}
+    for counts in overlaps.values():
+        for task, count in counts.items():
+            per_task[task] = per_task.get(task, 0) + count
+    if manifest["contamination"].get("tasks") or per_task:
+        listed = ", ".join(f"{task} {count}" for task, count in sorted(per_task.items())) or "none"
+        shown.print(f"13-gram overlaps with evaluation items, documents per task: {listed}")
     shown.print(f"hash {manifest['hash']}")

@@ -248,7 +248,8 @@ def fortunes_part() -> Part:
 
 
 def text_dir_part(spec_flag: str, directory: Path) -> Part:
-    """Every UTF-8 text file under `directory` (recursively, binary files skipped), one document per file."""
+    """Every text file under `directory` (recursively; binary files, with a NUL byte, skipped), one document per
+    file. A text file that is not UTF-8 is an error naming it: silently dropping it would shrink the corpus."""
     if not directory.is_dir():
         raise DataError(f"{spec_flag}: directory {directory} does not exist")
     files = sorted(p for p in directory.rglob("*") if p.is_file() and not p.name.startswith("."))
@@ -262,22 +263,14 @@ def text_dir_part(spec_flag: str, directory: Path) -> Part:
                 continue
             try:
                 text = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                continue
+            except UnicodeDecodeError as e:
+                raise DataError(f"{spec_flag}: {path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
             read += 1
             yield text
         if not read:
             raise DataError(f"{spec_flag}: no UTF-8 text files in {directory}")
 
     return Part(origin | {"files": len(files)}, docs)
-
-
-def parse_spec(flag: str, spec: str) -> tuple[str, Path]:
-    """NAME=DIR from --source/--ood; NAME is a short identifier (it becomes a file name)."""
-    name, sep, directory = spec.partition("=")
-    if not sep or not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", name) or not directory:
-        raise DataError(f"{flag} {spec!r}: expected NAME=DIR with NAME matching [a-z][a-z0-9_]* (≤ 32 chars)")
-    return name, Path(directory)
 
 
 def default_sources(gsm8k_dir: Path, math_generated: int, seed: int) -> list[Source]:

@@ -6,7 +6,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,7 +27,7 @@ MANIFEST_KEYS = {
     "files": dict,
     "hash": str,
 }
-TOKEN_BYTES = 2  # uint16
+TOKEN_DTYPES = ("uint16", "uint32")  # manifest "token_dtype"; a build from before the key stored uint16
 
 
 def load_manifest(data_dir: Path) -> dict:
@@ -106,23 +106,83 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def open_tokens(data_dir: Path, split: str, name: str) -> np.memmap:
-    """Read-only uint16 token stream of one source/domain; documents are separated by the eos id.
+def token_dtype_of(data_dir: Path) -> np.dtype:
+    """The dtype the build stored its token ids in (uint16 or uint32, from the vocabulary size)."""
+    name = load_manifest(data_dir).get("token_dtype", "uint16")
+    if name not in TOKEN_DTYPES:
+        raise DataError(f"{data_dir}/manifest.json: token_dtype {name!r} is not one of {', '.join(TOKEN_DTYPES)}")
+    return np.dtype(name)
 
-    Its size is checked against the manifest's token count on every open (a truncated file, even to an odd number
-    of bytes, is a DataError naming it), its content against the manifest's sha256 once per process."""
+
+def open_tokens(data_dir: Path, split: str, name: str) -> np.memmap | ShardedTokens:
+    """Read-only token stream of one source/domain (uint16 or uint32, as the manifest records); documents are
+    separated by the eos id. One shard: a np.memmap; several: a ShardedTokens view over their memmaps.
+
+    Each shard's size is checked against the manifest's token count on every open (a truncated file, even to an odd
+    number of bytes, is a DataError naming it), its content against the manifest's sha256 once per process."""
     entry = _entry(data_dir, split, name)
-    path = Path(data_dir) / entry["files"][split]
+    dtype = token_dtype_of(data_dir)
+    shards = (entry.get("shards") or {}).get(split) or [
+        {"file": entry["files"][split], "tokens": entry["tokens"][split]}
+    ]
+    maps = [_open_shard(data_dir, shard["file"], int(shard["tokens"]), dtype) for shard in shards]
+    return maps[0] if len(maps) == 1 else ShardedTokens(maps)
+
+
+def _open_shard(data_dir: Path, relative: str, tokens: int, dtype: np.dtype) -> np.memmap:
+    path = Path(data_dir) / relative
     if not path.is_file():
         raise DataError(f"{path} missing: rebuild with `nexus-eval data build`")
-    tokens = int(entry["tokens"][split])
-    if (size := path.stat().st_size) != tokens * TOKEN_BYTES:
+    if (size := path.stat().st_size) != tokens * dtype.itemsize:
         raise DataError(
-            f"{path}: {size} bytes, but {data_dir}/manifest.json lists {tokens} tokens ({tokens * TOKEN_BYTES} bytes): "
-            "truncated or replaced since the build; rebuild with `nexus-eval data build`"
+            f"{path}: {size} bytes, but {data_dir}/manifest.json lists {tokens} {dtype.name} tokens "
+            f"({tokens * dtype.itemsize} bytes): truncated or replaced since the build; "
+            "rebuild with `nexus-eval data build`"
         )
-    verified_file(data_dir, entry["files"][split])
-    return np.memmap(path, dtype=np.uint16, mode="r")
+    verified_file(data_dir, relative)
+    if tokens == 0:  # np.memmap refuses an empty file
+        return np.zeros(0, dtype=dtype)  # type: ignore[return-value]
+    return np.memmap(path, dtype=dtype, mode="r")
+
+
+class ShardedTokens:
+    """The shards of one token stream read as one sequence: len() and [a:b] (step 1) give a numpy array, reading
+    only the shards the slice covers; np.asarray() reads the whole stream."""
+
+    def __init__(self, shards: list[np.ndarray]) -> None:
+        self.shards = shards
+        self.starts = np.cumsum([0] + [len(s) for s in shards])
+        self.dtype = shards[0].dtype
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, key: slice | int) -> np.ndarray | np.integer:
+        if isinstance(key, slice):
+            start, stop, step = key.indices(len(self))
+            if step != 1:
+                raise IndexError("ShardedTokens takes slices with step 1 only")
+            return self._range(start, max(start, stop))
+        index = int(key) + (len(self) if int(key) < 0 else 0)
+        if not 0 <= index < len(self):
+            raise IndexError(f"token index {key} out of range for {len(self)} tokens")
+        shard = int(np.searchsorted(self.starts, index, side="right")) - 1
+        return self.shards[shard][index - self.starts[shard]]
+
+    def _range(self, start: int, stop: int) -> np.ndarray:
+        first = int(np.searchsorted(self.starts, start, side="right")) - 1
+        parts = []
+        shard = first
+        while start < stop and shard < len(self.shards):
+            offset = int(self.starts[shard])
+            end = min(stop, int(self.starts[shard + 1]))
+            parts.append(np.asarray(self.shards[shard][start - offset : end - offset]))
+            start, shard = end, shard + 1
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=self.dtype)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        whole = self._range(0, len(self))
+        return whole if dtype is None else whole.astype(dtype)
 
 
 def read_docs(data_dir: Path, split: str, name: str) -> list[str]:
