@@ -26,7 +26,9 @@ def show_command(
     loss_unit: str = typer.Option(
         "auto", "--loss-unit", help="auto (nats/token when every tokenizer is the data's, else bits/byte), nats, bpb"
     ),
-    windows: int = typer.Option(16, "--windows", help="Held-out windows per source (same-tokenizer nats/token)"),
+    windows: int | None = typer.Option(
+        None, "--windows", help="Held-out windows per source (default: the first series' recipe's, else 16)"
+    ),
     docs: int = typer.Option(20, "--docs", help="Documents per source/domain for bits per byte"),
     cache: LossCache = Path("results/loss"),
     quiet: Quiet = False,
@@ -36,7 +38,7 @@ def show_command(
     once (and caching) what neither nexus.json nor the loss cache holds."""
     from nexus_eval.comparison.series_show import show_series
 
-    if windows <= 0 or docs <= 0:
+    if (windows is not None and windows <= 0) or docs <= 0:
         raise NexusError("--windows and --docs must be positive")
     show_series(
         list(specs or []),

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from nexus_eval.checkpoints import gguf_file, list_checkpoints
+from nexus_eval.checkpoints import gguf_file, list_checkpoints, read_meta
 from nexus_eval.comparison.match import Checkpoint, Run, load_run
 from nexus_eval.comparison.series import Series, load_series_file, loss_unit, series_from_path, split_spec
 from nexus_eval.display import checkpoint_label, progress_bar
@@ -119,34 +119,43 @@ def model_context(ckpt: Path) -> int | None:
     return found[0] if found else None
 
 
-def heldout_spec(runs: list[Run], others: list[Series], reference: str, sources: list[str]) -> HeldOutSpec:
-    """The reference's held-out settings when it is a harness series, else every source alike and 16 windows; the
-    context never longer than the shortest model's (or the reference recipe's)."""
-    contexts = [model_context(c.path) for s in others for c in s.checkpoints]
-    contexts += [model_context(c.path) for r in runs for c in r.checkpoints[-1:]]
-    known = [c for c in contexts if c is not None]
+def heldout_spec(checkpoints: list[Path], reference_recipe: dict[str, Any] | None, sources: list[str]) -> HeldOutSpec:
+    """The reference's held-out settings when it is a harness series (its recipe: mixture, eval windows, context),
+    else every source alike and 16 windows; the context never longer than the shortest model's among `checkpoints`."""
+    known = [c for c in (model_context(p) for p in checkpoints) if c is not None]
     max_context = min([MAX_CONTEXT, *known])
-    reference_runs = [r for r in runs if r.label == reference]
-    if reference_runs:
-        recipe = reference_runs[0].info.get("recipe") or {}
-        mixture = (recipe.get("data") or {}).get("mixture")
-        windows = (recipe.get("train") or {}).get("eval_windows")
-        context = (recipe.get("model") or {}).get("context")
+    mixture = {s: 1.0 for s in sources}
+    windows = DEFAULT_WINDOWS
+    if reference_recipe:
+        recorded_mixture = (reference_recipe.get("data") or {}).get("mixture")
+        recorded_windows = (reference_recipe.get("train") or {}).get("eval_windows")
+        context = (reference_recipe.get("model") or {}).get("context")
         if isinstance(context, int):
             max_context = min(max_context, context)
-        return HeldOutSpec(
-            windows=windows if isinstance(windows, int) and windows > 0 else DEFAULT_WINDOWS,
-            max_context=max_context,
-            mixture=dict(mixture) if isinstance(mixture, dict) and mixture else {s: 1.0 for s in sources},
-        )
-    return HeldOutSpec(max_context=max_context, mixture={s: 1.0 for s in sources})
+        if isinstance(recorded_windows, int) and recorded_windows > 0:
+            windows = recorded_windows
+        if isinstance(recorded_mixture, dict) and recorded_mixture:
+            mixture = dict(recorded_mixture)
+    return HeldOutSpec(windows=windows, max_context=max_context, mixture=mixture)
 
 
-def recorded_on(run: Run, spec: HeldOutSpec, data_hash: str) -> bool:
-    """Whether the run's nexus.json losses were measured on exactly this held-out set (the trainer's windows)."""
-    recipe = run.info.get("recipe") or {}
+def series_heldout_spec(series: list[Series], data_dir: Path) -> HeldOutSpec:
+    """heldout_spec for `series show`: the first series is the reference, as in `compare` without --reference."""
+    from nexus_eval.data import load_manifest, train_source_names
+
+    first = series[0]
+    recipe = read_meta(first.checkpoints[-1].path).get("recipe") if first.origin == "run" else None
+    newest = [s.checkpoints[-1].path for s in series]
+    return heldout_spec(
+        newest, recipe if isinstance(recipe, dict) else None, train_source_names(load_manifest(data_dir))
+    )
+
+
+def recorded_on(recipe: dict[str, Any], recorded_data_hash: Any, spec: HeldOutSpec, data_hash: str) -> bool:
+    """Whether a harness run's nexus.json losses (recipe, data hash as recorded) were measured on exactly this
+    held-out set (the trainer's windows)."""
     return (
-        run.data_hash == data_hash
+        recorded_data_hash == data_hash
         and (recipe.get("train") or {}).get("eval_windows") == spec.windows
         and (recipe.get("model") or {}).get("context") == spec.max_context
         and (recipe.get("data") or {}).get("mixture") == spec.mixture
@@ -289,8 +298,15 @@ def compared_runs(
     labels = list(dict.fromkeys([r.label for r in runs] + [s.label for s in others]))
     probe = [Run(Path(s.path), s.label, s.label, None, None, None, (), (), external=True) for s in others]
     ref = choose_reference([*runs, *probe], reference) if len(labels) > 1 else labels[0]
-    spec = heldout_spec(runs, others, ref, train_source_names(manifest))
-    to_measure = [r for r in runs if unit == "bpb" or not recorded_on(r, spec, manifest["hash"])]
+    reference_runs = [r for r in runs if r.label == ref]
+    recipe = reference_runs[0].info.get("recipe") if reference_runs else None
+    newest = [r.checkpoints[-1].path for r in runs] + [s.checkpoints[-1].path for s in others]
+    spec = heldout_spec(newest, recipe if isinstance(recipe, dict) else None, train_source_names(manifest))
+    to_measure = [
+        r
+        for r in runs
+        if unit == "bpb" or not recorded_on(r.info.get("recipe") or {}, r.data_hash, spec, manifest["hash"])
+    ]
     total = sum(len(r.checkpoints) for r in to_measure) + sum(len(s.checkpoints) for s in others)
     with progress_bar("held-out loss", total, enabled=progress and total > 0) as bar:
         measured = {id(r): remeasured(r, data_dir, unit, spec, cache_dir, bar) for r in to_measure}

@@ -7,11 +7,14 @@ once and cached (evaluation.loss.measured_loss), so a later command reads it bac
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import TypedDict
 
 from rich.table import Table
 
+from nexus_eval.checkpoints import read_meta
+from nexus_eval.comparison.external import recorded_on, series_heldout_spec
 from nexus_eval.comparison.series import UNIT_NAMES, Series, collect_series, loss_unit
 from nexus_eval.data import load_manifest
 from nexus_eval.display import checkpoint_label, console, progress_bar
@@ -49,12 +52,18 @@ def series_losses(
     series_list: list[Series],
     data_dir: Path,
     unit: LossUnit,
-    windows: int = 16,
+    windows: int | None = None,
     docs: int = 20,
     cache_dir: Path = DEFAULT_LOSS_CACHE,
     progress: bool = True,
 ) -> SeriesTable:
-    """Every checkpoint's loss in `unit`, measuring (with a progress bar) what neither nexus.json nor the cache has."""
+    """Every checkpoint's loss in `unit` on the held-out set `compare` would use with the first series as reference
+    (external.series_heldout_spec; `windows` overrides its windows), measuring (with a progress bar) what neither
+    nexus.json nor the cache has."""
+    spec = series_heldout_spec(series_list, data_dir)
+    if windows is not None:
+        spec = replace(spec, windows=windows)
+    data_hash = load_manifest(data_dir)["hash"]
     rows: list[SeriesRow] = []
     total = sum(len(s.checkpoints) for s in series_list)
     with progress_bar("loss", total, enabled=progress) as bar:
@@ -62,7 +71,13 @@ def series_losses(
             points: list[SeriesPoint] = []
             for ckpt in series.checkpoints:
                 bar.update(info=f"{series.label} {checkpoint_label(ckpt.path)}")
-                loss = checkpoint_loss(ckpt.path, data_dir, unit, windows, docs, cache_dir)
+                meta = read_meta(ckpt.path)
+                trusted = not ckpt.external and recorded_on(
+                    meta.get("recipe") or {}, meta.get("data_hash"), spec, data_hash
+                )
+                loss = checkpoint_loss(
+                    ckpt.path, data_dir, unit, spec.windows, docs, cache_dir, trusted, spec.max_context, spec.mixture
+                )
                 points.append(
                     SeriesPoint(
                         checkpoint=str(ckpt.path),
@@ -114,7 +129,7 @@ def show_series(
     series_files: list[Path],
     data_dir: Path,
     unit_override: str | None = None,
-    windows: int = 16,
+    windows: int | None = None,
     docs: int = 20,
     cache_dir: Path = DEFAULT_LOSS_CACHE,
     as_json: bool = False,
