@@ -97,9 +97,9 @@ def _data_info_manifest(text: str) -> Setup:
     return setup
 
 
-def _recipe(edits: dict[str, str], names: str) -> Setup:
+def _recipe(edits: dict[str, str], names: str, *flags: str) -> Setup:
     def setup(s: Sandbox) -> tuple[list[str], str]:
-        return s.train(s.recipe(edits=edits)), names
+        return [*s.train(s.recipe(edits=edits)), *flags], names
 
     return setup
 
@@ -273,8 +273,11 @@ CASES: dict[str, Setup] = {
     ),
     "recipe-keep-state-unknown": _recipe({'keep_state = "all"': 'keep_state = "some"'}, "keep_state"),
     "recipe-context-too-large-for-memory": _recipe(
-        {"context = 32": "context = 100000", "micro_batch = 4": "micro_batch = 64"}, "GiB is available"
+        {"context = 32": "context = 100000", "micro_batch = 4": "micro_batch = 64"},
+        "GiB is available",
+        "--allow-repeat",  # its token budget is also far over the data: the memory check is the one tested
     ),
+    "recipe-budget-over-the-data": _recipe({"steps = 6": "steps = 6000"}, "--allow-repeat"),
     "recipe-context-longer-than-the-data": _recipe(
         {"context = 32": "context = 20000", "micro_batch = 4": "micro_batch = 1"}, "val/"
     ),
