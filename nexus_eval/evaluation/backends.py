@@ -127,6 +127,8 @@ def load_lm(backend: str, ckpt: Path, batch_size: int, seed: int, **extra_args: 
 
     if backend == "vllm":
         _import_lm_eval_vllm()
+        if os.environ.get("TQDM_DISABLE"):  # a log (display.quiet_library_progress): no weight-loading bar either
+            extra_args = {"use_tqdm_on_load": False, **extra_args}
     try:
         return get_model(backend)(**{**model_args(backend, ckpt, batch_size, seed), **extra_args})
     except (OSError, ValueError) as e:
