@@ -88,8 +88,10 @@ def main() -> int:
                 runs.append(eval_once(f"run {i + 1}/{args.n}", backend, [checkpoint], args, scratch))
             for i in range(args.series):
                 runs.append(eval_once(f"series {i + 1}×{len(series)}", backend, series, args, scratch))
-    print(f"stress: {args.n} evals + {args.series} series of {len(series)} checkpoints per backend, {args.tasks} "
-          f"--limit {args.limit}, {checkpoint}")
+    print(
+        f"stress: {args.n} evals + {args.series} series of {len(series)} checkpoints per backend, {args.tasks} "
+        f"--limit {args.limit}, {checkpoint}"
+    )
     for backend in args.backends.split(","):
         print(summary(runs, backend))
     return 0 if all(r.exit_code == 0 for r in runs) else 1
