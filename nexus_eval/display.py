@@ -135,7 +135,8 @@ class LineProgress:
             if not stage.done:  # stopped early (an error, a signal): say where
                 total = f"/{stage.total:g}" if stage.total is not None else ""
                 elapsed = time.monotonic() - stage.started
-                self._print(f"{stage.name}: stopped at {stage.completed:g}{total} after {elapsed:.1f} s")
+                during = f" ({stage.description})" if stage.description != stage.name else ""
+                self._print(f"{stage.name}: stopped at {stage.completed:g}{total}{during} after {elapsed:.1f} s")
 
 
 @contextmanager

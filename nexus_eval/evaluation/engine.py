@@ -228,8 +228,8 @@ class Engine:
         return None
 
     def failure(self, task: str, reason: str) -> EngineError:
-        self.unload()  # now, so that no engine process outlives the error message
         label = checkpoint_label(self.checkpoint) if self.checkpoint else "?"
+        self.unload()  # now, so that no engine process outlives the error message
         return EngineError(f"{label}: task {task}: {self.backend} engine failed: {reason}; nothing cached for {task}")
 
     def unload(self) -> None:

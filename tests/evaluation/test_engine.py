@@ -176,3 +176,19 @@ def test_killing_the_vllm_engine_ends_the_eval_with_one_line_and_no_orphan(vllm_
     assert not list(cache.rglob(f"{VLLM_TASKS[1]}.vllm.*"))  # nothing for the unfinished one
     time.sleep(1)
     assert not [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+@pytest.mark.slow
+def test_a_task_past_timeout_ends_the_eval_with_exit_3_and_caches_nothing(vllm_ckpt: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from nexus_eval.cli import app
+
+    cache = tmp_path / "cache"
+    args = ["eval", str(vllm_ckpt), "--tasks", "arith_steps1_mc", "--limit", "20", "--cache", str(cache), "--quiet"]
+    result = CliRunner().invoke(app, [*args, "--timeout", "0.01"])
+    assert result.exit_code == 3, result.output
+    assert "r/ckpt-000001: task arith_steps1_mc: hf engine failed: no result within --timeout 0.01 s" in result.stderr
+    assert not list(cache.rglob("arith_steps1_mc.*"))
+    bad = CliRunner().invoke(app, [*args, "--timeout", "0"])
+    assert bad.exit_code == 2 and "--timeout must be a positive number" in bad.stderr
