@@ -52,26 +52,41 @@ def is_log_output() -> bool:
     return not (sys.stdout.isatty() and sys.stderr.isatty())
 
 
+_library_progress_off = False
+
+
 def quiet_library_progress() -> None:
     """No tqdm bar and no colour from the libraries, in this process and in the ones it starts (vLLM's engine).
 
-    TQDM_DISABLE only changes tqdm's default, and lm-eval passes `disable=` explicitly: tqdm's constructor is wrapped
-    once so that every bar in this process is disabled. NO_COLOR is read by rich and by vLLM's log formatter."""
-    os.environ["TQDM_DISABLE"] = "1"
+    Every tqdm bar of this process writes to os.devnull: lm-eval passes `disable=` explicitly (so TQDM_DISABLE alone
+    would not do), and vLLM reads a bar's elapsed time for its speed figures (a disabled bar has none and vLLM divides
+    by zero), so the bars still run, unseen. NO_COLOR is read by rich and by vLLM's log formatter."""
+    global _library_progress_off
+    _library_progress_off = True
     os.environ["NO_COLOR"] = "1"
     from tqdm import std
 
-    if getattr(std.tqdm.__init__, "quiet", False):
+    if getattr(std.tqdm.__init__, "unseen", False):
         return
     original = std.tqdm.__init__
 
     @functools.wraps(original)
-    def disabled_init(self: Any, *args: Any, **kwargs: Any) -> None:
-        kwargs["disable"] = True
+    def unseen_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs["file"] = _devnull()
         original(self, *args, **kwargs)
 
-    disabled_init.quiet = True  # type: ignore[attr-defined]
-    std.tqdm.__init__ = disabled_init  # type: ignore[method-assign]
+    unseen_init.unseen = True  # type: ignore[attr-defined]
+    std.tqdm.__init__ = unseen_init  # type: ignore[method-assign]
+
+
+@functools.cache
+def _devnull() -> TextIO:
+    return open(os.devnull, "w")  # noqa: SIM115 (open for the life of the process)
+
+
+def library_progress_off() -> bool:
+    """Whether quiet_library_progress() ran: loaders that take a progress flag (vLLM's weights) pass it on."""
+    return _library_progress_off
 
 
 @dataclass

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from nexus_eval.checkpoints import TOKENIZER_FILES, check_weight_files, gguf_file
+from nexus_eval.display import library_progress_off
 from nexus_eval.errors import EvalError
 
 BACKENDS = ("hf", "vllm")
@@ -32,11 +33,19 @@ def check_backend(backend: str) -> None:
     if backend not in BACKENDS:
         raise EvalError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     if backend == "vllm":
+        vllm_environment()
         try:
             import vllm  # noqa: F401
         except Exception as e:  # not installed, or installed beside an incompatible torch
             reason = " ".join(str(e).split()) or type(e).__name__
             raise EvalError(f"--backend vllm: vLLM is not importable ({reason}); {VLLM_INSTALL_HINT}") from None
+
+
+def vllm_environment() -> None:
+    """vLLM reads its logging settings when first imported: warnings and errors only, and on stderr (its default is
+    stdout, which holds our results: the table, or the JSON of `eval --json`)."""
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
 
 
 def _read_config(ckpt: Path) -> dict[str, Any]:
@@ -122,12 +131,12 @@ def load_lm(backend: str, ckpt: Path, batch_size: int, seed: int, **extra_args: 
     extra_args override or add arguments of that class (benchmarks; e.g. enforce_eager=False for vLLM)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    vllm_environment()
     from lm_eval.api.registry import get_model
 
     if backend == "vllm":
         _import_lm_eval_vllm()
-        if os.environ.get("TQDM_DISABLE"):  # a log (display.quiet_library_progress): no weight-loading bar either
+        if library_progress_off():  # a log: no weight-loading bar from the engine process either
             extra_args = {"use_tqdm_on_load": False, **extra_args}
     try:
         return get_model(backend)(**{**model_args(backend, ckpt, batch_size, seed), **extra_args})
