@@ -216,10 +216,10 @@ class Engine:
                 return work()
         except EngineStopped:
             raise self.failure(task, watchdog.reason or "stopped") from None
-        except Exception as e:
+        except Exception:
             if ended := self.dead_process():  # an error raised because the engine died (e.g. vLLM EngineDeadError)
                 raise self.failure(task, ended) from None
-            raise e
+            raise
 
     def dead_process(self) -> str | None:
         for proc in self.processes:

@@ -418,6 +418,7 @@ def evaluate(
     cache_dir: Path = Path("results/eval"),
     progress: bool = True,
     seed: int = DEFAULT_SEED,
+    timeout: float | None = None,
 ) -> list[EvalResult]:
     """Result dicts (schema.EvalResult) for every checkpoint × task, computed or read from the cache: the Python API
     mirroring `nexus-eval eval`, its flags as keywords (see EvalSettings).
@@ -426,6 +427,6 @@ def evaluate(
     tasks: task names from tasks/ or paths of task YAMLs; else suite's tasks (default suite: tasks.DEFAULT_SUITE).
     """
     settings = EvalSettings(
-        tuple(tasks) if tasks else None, suite, backend, limit, num_fewshot, batch_size, cache_dir, seed
+        tuple(tasks) if tasks else None, suite, backend, limit, num_fewshot, batch_size, cache_dir, seed, timeout
     )
     return [result for result, _ in evaluate_with_status(checkpoints, settings, progress)]
