@@ -2,9 +2,9 @@
 evaluation, geometry). Progress goes to stderr, so stdout stays clean for results (`--json`, tables, paths).
 
 Stages never import the CLI: they take `progress: bool` and open a display here. Bars are drawn only on a terminal;
-in a log (stdout or stderr not a terminal, `--quiet` i.e. progress=False, NO_COLOR or CI=true) the display prints one
-line per stage with its time instead, and the libraries' own progress bars (tqdm: lm-eval, vLLM, datasets) and colours
-are switched off, so that a CI log holds no carriage returns or ANSI codes.
+in a log (stdout or stderr not a terminal, NO_COLOR or CI=true) the display prints one line per stage with its time
+instead, and with `--quiet` (progress=False) nothing. In both cases the libraries' own progress bars (tqdm: lm-eval,
+vLLM, datasets) and colours are switched off, so that a CI log holds no carriage returns or ANSI codes.
 """
 
 from __future__ import annotations
@@ -104,12 +104,13 @@ class LineProgress:
     """The display in a log: the part of rich's Progress interface our stages use, printing one line per stage
     (a task finished, or a bar's description changed) with the seconds it took. No carriage return, no colour."""
 
-    def __init__(self, stream: TextIO | None = None):
-        self.stream = stream or sys.stderr
+    def __init__(self, stream: TextIO | None):
+        self.stream = stream  # None: print nothing (--quiet)
         self.tasks: list[_Stage] = []
 
     def _print(self, text: str) -> None:
-        print(text, file=self.stream, flush=True)
+        if self.stream is not None:
+            print(text, file=self.stream, flush=True)
 
     def add_task(self, description: str, total: float | None = None, **fields: Any) -> int:
         self.tasks.append(_Stage(description, total, description=description))
@@ -146,6 +147,7 @@ class LineProgress:
         self._print(f"{stage.name}: {count} done in {time.monotonic() - stage.started:.1f} s")
 
     def close(self) -> None:
+        """Say where the unfinished tasks stopped."""
         for stage in self.tasks:
             if not stage.done:  # stopped early (an error, a signal): say where
                 total = f"/{stage.total:g}" if stage.total is not None else ""
@@ -158,15 +160,16 @@ class LineProgress:
 def progress_display(enabled: bool = True) -> Iterator[Any]:
     """The one progress display: description, bar, percent, a free `info` field, elapsed and remaining time.
 
-    Several bars may share it (`add_task(description, total=..., info="")`). Bars on a terminal when `enabled`; else
-    (a log, or `enabled=False`: --quiet) one line per stage, and no progress output from the libraries either."""
+    Several bars may share it (`add_task(description, total=..., info="")`). On a terminal: bars. In a log: one line
+    per stage. `enabled=False` (--quiet): nothing. Bars from the libraries only on a terminal and when enabled."""
     if not enabled or is_log_output():
         quiet_library_progress()
-        lines = LineProgress()
+        lines = LineProgress(sys.stderr if enabled else None)
         try:
             yield lines
-        finally:
+        except KeyboardInterrupt:  # a signal (cli/interrupts.py): say at which stage; other errors say it themselves
             lines.close()
+            raise
         return
     columns = (
         TextColumn("[bold]{task.description}"),
