@@ -36,6 +36,22 @@ def start_child() -> multiprocessing.process.BaseProcess:
     return proc
 
 
+def test_closing_waits_for_vllms_client_threads() -> None:
+    """The exit-134 race: vLLM's output thread must have ended before the interpreter may finalize."""
+    import threading
+
+    from nexus_eval.evaluation.backends import VLLM_CLIENT_THREADS, join_threads
+
+    woken = threading.Event()
+    thread = threading.Thread(target=lambda: woken.wait(0.3), name=VLLM_CLIENT_THREADS[0], daemon=True)
+    other = threading.Thread(target=lambda: woken.wait(30), name="someone-elses", daemon=True)
+    thread.start()
+    other.start()
+    join_threads(VLLM_CLIENT_THREADS, timeout=10)
+    assert not thread.is_alive() and other.is_alive()  # only vLLM's client threads are waited for
+    woken.set()
+
+
 def test_how_an_engine_process_ended_is_said_in_words() -> None:
     assert how_ended(-signal.SIGKILL) == "killed by SIGKILL"
     assert how_ended(1) == "exited with code 1"
