@@ -4,7 +4,7 @@ PIP ?= $(PYTHON) -m pip
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: install install-system install-python test test-fast lint demo study bench clean
+.PHONY: install install-system install-python test test-fast lint demo study bench stress leaderboard-refresh clean
 
 install: install-system install-python
 
@@ -34,8 +34,13 @@ test:
 test-fast:
 	$(PYTHON) -m pytest -q -m "not slow"
 
+# The workflow users adopt is checked offline: GitHub's workflow schema (bundled with check-jsonschema) and zizmor's
+# security audits (no network: the SHA pins are not looked up).
+WORKFLOWS ?= $(wildcard .github/workflows/*.yml)
 lint:
 	ruff check . && ruff format --check .
+	check-jsonschema --builtin-schema vendor.github-workflows $(WORKFLOWS)
+	zizmor --offline --no-progress $(WORKFLOWS)
 
 demo:
 	bash scripts/demo.sh
@@ -50,6 +55,22 @@ bench:
 	$(PYTHON) bench/train_bench.py
 	$(PYTHON) bench/data_bench.py
 	$(PYTHON) bench/eval_bench.py $(if $(BENCH_CKPT),--checkpoint $(BENCH_CKPT) --max-gen-toks 128)
+
+# N consecutive evals per backend on the demo checkpoint, then a 4-checkpoint series per backend, each a fresh process
+# and cache; prints every exit code and time. Exit 0 only if all exited 0.
+STRESS_N ?= 20
+STRESS_BACKENDS ?= hf,vllm
+STRESS_CKPT ?= runs/tiny-adamw-s0/ckpt-000300
+stress:
+	$(PYTHON) scripts/stress.py --checkpoint $(STRESS_CKPT) --n $(STRESS_N) --backends $(STRESS_BACKENDS)
+
+# What CI runs unattended (.github/workflows/leaderboard.yml, .ci/run): the leaderboard chain with every stage cached or
+# resumed (so only what is new is trained and evaluated), the Markdown regenerated from the JSON, checked, and the
+# tables appended to the job summary when $$GITHUB_STEP_SUMMARY is set. LEADERBOARD_SCRIPT: your own chain.
+LEADERBOARD_SCRIPT ?= scripts/demo.sh
+LEADERBOARD_DIR ?= leaderboards
+leaderboard-refresh:
+	bash scripts/leaderboard_refresh.sh "$(LEADERBOARD_SCRIPT)" "$(LEADERBOARD_DIR)"
 
 clean:
 	rm -rf runs results reports build *.egg-info

@@ -32,3 +32,10 @@ class EvalError(NexusError):
 
 class ComparisonError(NexusError):
     """Runs that cannot be compared (no pair, mixed data builds, ...) or malformed compare results."""
+
+
+class EngineError(EvalError):
+    """The evaluation engine died (killed, out of memory) or hung past --timeout: not bad input, a failed run that a
+    retry may pass. Its own exit code, so that CI can tell it from a usage error."""
+
+    exit_code = 3

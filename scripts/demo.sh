@@ -17,5 +17,5 @@ done
 # The loglikelihood tasks of the reasoning suite: at this scale exact-match generation scores are all zero.
 TASKS=${TASKS:-gsm8k_gold_bpb,arith_gold_bpb,arith_steps1_mc,arith_steps2_mc,arith_steps3_mc,arith_steps4_mc,compare_mc,code_output_mc}
 nexus-eval compare "$RUNS/tiny-adamw-s0" "$RUNS/tiny-nexus-s0" --match-loss --targets "${TARGETS:-5.5,5.0}" \
-  --tasks "$TASKS" --limit "${LIMIT:-200}" --backend hf --out reports/demo --leaderboard demo --disagreements
+  --tasks "$TASKS" --limit "${LIMIT:-200}" --backend "${BACKEND:-hf}" --out reports/demo --leaderboard demo --disagreements
 echo "demo finished in $(( $(date +%s) - start )) s"

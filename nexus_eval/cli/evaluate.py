@@ -38,9 +38,12 @@ def eval_command(
     seed: int = typer.Option(1234, "--seed", help="Seeds lm-eval's few-shot sampling, numpy and torch"),
     quiet: Quiet = False,
     as_json: AsJson = False,
+    timeout: float | None = typer.Option(
+        None, "--timeout", help="Seconds one task may run; past it the engine counts as hung (exit 3)"
+    ),
 ) -> None:
     """Evaluate checkpoints on lm-eval tasks (default suite: reasoning; cached per checkpoint content, task and
-    settings)."""
+    settings). --json: the results, each with "source": "computed" or "cache". Exit 3: the engine died or hung."""
     from nexus_eval.evaluation import EvalSettings
     from nexus_eval.evaluation.show import evaluate_and_show
 
@@ -54,6 +57,7 @@ def eval_command(
         batch_size=batch_size,
         cache_dir=cache,
         seed=seed,
+        timeout=timeout,
     )
     evaluate_and_show(paths, settings, as_json=as_json, progress=not quiet)
 

@@ -4,12 +4,14 @@ the error boundary that turns a NexusError into one line on stderr and its exit 
 from __future__ import annotations
 
 import functools
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from nexus_eval.cli.interrupts import Interrupted, signals_raise, stop_children
 from nexus_eval.errors import NexusError
 
 # ---- evaluation settings: `eval` and `compare` ---------------------------------------------------------------------
@@ -45,14 +47,21 @@ def float_list(text: str | None, flag: str) -> list[float] | None:
 
 def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn NexusError (and its per-stage subclasses) into `error: message` on stderr and the error's exit code,
-    instead of a traceback."""
+    instead of a traceback; Ctrl-C or SIGTERM into one line and exit 130 or 143, no child process left
+    (cli/interrupts.py)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with signals_raise():
+                return fn(*args, **kwargs)
         except NexusError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt as e:  # Interrupted (SIGINT/SIGTERM), or Ctrl-C before our handler was installed
+            stopped = e if isinstance(e, Interrupted) else Interrupted(signal.SIGINT)
+            stop_children()
+            typer.echo(stopped.line(), err=True)
+            raise typer.Exit(stopped.exit_code) from None
 
     return wrapper

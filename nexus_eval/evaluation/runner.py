@@ -9,6 +9,7 @@ at least one of its results is missing from the cache.
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import logging
 import os
@@ -23,6 +24,7 @@ from nexus_eval.display import ProgressBar, checkpoint_label, progress_bar
 from nexus_eval.errors import EvalError
 from nexus_eval.evaluation import backends
 from nexus_eval.evaluation import cache as evalcache
+from nexus_eval.evaluation.engine import Engine
 from nexus_eval.evaluation.samples import item_samples
 from nexus_eval.io import SAFE_NAME_RULE, file_lock, is_safe_name
 from nexus_eval.provenance import environment
@@ -101,8 +103,8 @@ def check_context(ckpt: Path, specs: list[TaskSpec]) -> None:
 
 @dataclass(frozen=True)
 class EvalSettings:
-    """What to evaluate and how: the flags of `nexus-eval eval`. Every field but batch_size and cache_dir is part of
-    each result's cache key (with the checkpoint's content hash and the task's version and definition)."""
+    """What to evaluate and how: the flags of `nexus-eval eval`. Every field but batch_size, cache_dir and timeout is
+    part of each result's cache key (with the checkpoint's content hash and the task's version and definition)."""
 
     tasks: tuple[str, ...] | None = None  # task names from tasks/ or task YAML paths; None: the suite's tasks
     suite: str | None = None  # None: tasks.DEFAULT_SUITE (when no tasks are given)
@@ -112,6 +114,7 @@ class EvalSettings:
     batch_size: int = 8
     cache_dir: Path = Path("results/eval")
     seed: int = DEFAULT_SEED
+    timeout: float | None = None  # seconds one task may run before the engine counts as hung (not in the cache key)
 
     def check(self) -> None:
         """EvalError naming the flag at fault; the backend's engine must import here."""
@@ -121,6 +124,8 @@ class EvalSettings:
             raise EvalError(f"--num-fewshot must be ≥ 0 (got {self.num_fewshot})")
         if self.batch_size <= 0:
             raise EvalError(f"--batch-size must be positive (got {self.batch_size})")
+        if self.timeout is not None and not self.timeout > 0:
+            raise EvalError(f"--timeout must be a positive number of seconds per task (got {self.timeout:g})")
         if self.cache_dir.exists() and not self.cache_dir.is_dir():  # found before the work whose result it would keep
             raise EvalError(f"--cache {self.cache_dir}: is a file, not a directory")
         backends.check_backend(self.backend)
@@ -244,6 +249,12 @@ def run_task(
     )
 
 
+def _not_custom_kwargs_note(record: logging.LogRecord) -> bool:
+    """lm-eval warns, once per task with a custom dataset function (all of ours), that "Custom kwargs can be passed
+    to `--metadata`": advice for its own CLI, noise in ours."""
+    return "Custom kwargs can be passed" not in record.getMessage()
+
+
 @contextmanager
 def _quiet_libraries() -> Iterator[None]:
     """lm-eval, datasets and transformers log every step at INFO; our progress display says what runs."""
@@ -253,9 +264,12 @@ def _quiet_libraries() -> Iterator[None]:
     levels = {name: logging.getLogger(name).level for name in names}
     for name in names:
         logging.getLogger(name).setLevel(logging.WARNING)
+    task_logger = logging.getLogger("lm_eval.api.task")  # a logger's filters see only the records logged on it
+    task_logger.addFilter(_not_custom_kwargs_note)
     try:
         yield
     finally:
+        task_logger.removeFilter(_not_custom_kwargs_note)
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
 
@@ -360,11 +374,13 @@ def evaluate_with_status(
     for ckpt in ckpts:
         backends.check_checkpoint(ckpt, backend)
         check_context(ckpt, specs)
+    s = settings
     found: list[tuple[EvalResult, bool]] = []
     task_manager = None
     with (
         _quiet_libraries(),
         progress_bar("eval", len(ckpts) * len(specs), enabled=progress) as bar,
+        Engine(backend, settings.batch_size, settings.seed, settings.timeout) as engine,
         closing(missing_work(ckpts, specs, settings, hashes, found, bar)) as work,
     ):
         for ckpt, todo in work:
@@ -377,18 +393,17 @@ def evaluate_with_status(
                 include = list(dict.fromkeys(str(spec.include_dir) for spec in specs))
                 task_manager = TaskManager(include_path=include, include_defaults=False)
             bar.describe(f"{label}: loading ({backend})")
-            lm = backends.load_lm(backend, ckpt, settings.batch_size, settings.seed)
+            lm = engine.load(ckpt)
             provenance = eval_provenance(ckpt, settings)
-            try:
-                for slot in todo:
-                    bar.describe(f"{label}: {slot.spec.name}")
-                    output = run_task(lm, slot.spec, task_manager, settings.num_fewshot, settings.limit, settings.seed)
-                    result = to_result(output, slot.spec, slot.key, ckpt, provenance)
-                    evalcache.write_result(slot.path, result, item_samples(output, slot.spec.name, result))
-                    found.append((result, False))
-                    bar.advance()
-            finally:
-                backends.close_lm(lm)
+            for slot in todo:
+                bar.describe(f"{label}: {slot.spec.name}")
+                task = functools.partial(run_task, lm, slot.spec, task_manager, s.num_fewshot, s.limit, s.seed)
+                output = engine.run(slot.spec.name, task)
+                result = to_result(output, slot.spec, slot.key, ckpt, provenance)
+                evalcache.write_result(slot.path, result, item_samples(output, slot.spec.name, result))
+                found.append((result, False))
+                bar.advance()
+            # The model stays loaded until the next checkpoint or the end of the series (engine.close, above).
     return found
 
 
@@ -403,6 +418,7 @@ def evaluate(
     cache_dir: Path = Path("results/eval"),
     progress: bool = True,
     seed: int = DEFAULT_SEED,
+    timeout: float | None = None,
 ) -> list[EvalResult]:
     """Result dicts (schema.EvalResult) for every checkpoint × task, computed or read from the cache: the Python API
     mirroring `nexus-eval eval`, its flags as keywords (see EvalSettings).
@@ -411,6 +427,6 @@ def evaluate(
     tasks: task names from tasks/ or paths of task YAMLs; else suite's tasks (default suite: tasks.DEFAULT_SUITE).
     """
     settings = EvalSettings(
-        tuple(tasks) if tasks else None, suite, backend, limit, num_fewshot, batch_size, cache_dir, seed
+        tuple(tasks) if tasks else None, suite, backend, limit, num_fewshot, batch_size, cache_dir, seed, timeout
     )
     return [result for result, _ in evaluate_with_status(checkpoints, settings, progress)]

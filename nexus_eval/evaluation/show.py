@@ -43,8 +43,9 @@ def evaluate_and_show(
 ) -> list[EvalResult]:
     """The `eval` command: evaluate, then a summary table or the JSON."""
     rows = evaluate_with_status(paths, settings, progress=progress and not as_json)
-    if as_json:
-        print(json.dumps([result for result, _ in rows], indent=2, sort_keys=True))
+    if as_json:  # each result with where it came from: "computed" now (and cached) or read from the "cache"
+        listed = [{**result, "source": "cache" if cached else "computed"} for result, cached in rows]
+        print(json.dumps(listed, indent=2, sort_keys=True))
     else:
         show_results(rows)
     return [result for result, _ in rows]

