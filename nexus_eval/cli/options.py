@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from nexus_eval.cli.interrupts import Interrupted, signals_raise, stop_children
+from nexus_eval.display import is_log_output, quiet_library_progress
 from nexus_eval.errors import NexusError
 
 # ---- evaluation settings: `eval` and `compare` ---------------------------------------------------------------------
@@ -48,10 +49,15 @@ def float_list(text: str | None, flag: str) -> list[float] | None:
 def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn NexusError (and its per-stage subclasses) into `error: message` on stderr and the error's exit code,
     instead of a traceback; Ctrl-C or SIGTERM into one line and exit 130 or 143, no child process left
-    (cli/interrupts.py)."""
+    (cli/interrupts.py). In a log (display.is_log_output) or with --quiet, the libraries' bars are off from the
+    start."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if is_log_output() or kwargs.get("quiet"):
+            # Before any stage runs: a model loaded before a progress display opens (a training resume) would
+            # otherwise draw transformers' "Loading weights" bar into the log.
+            quiet_library_progress()
         try:
             with signals_raise():
                 return fn(*args, **kwargs)
