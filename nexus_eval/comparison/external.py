@@ -27,8 +27,16 @@ from pathlib import Path
 from typing import Any
 
 from nexus_eval.checkpoints import gguf_file, list_checkpoints, read_meta
-from nexus_eval.comparison.match import Checkpoint, Run, load_run
-from nexus_eval.comparison.series import Series, load_series_file, loss_unit, series_from_path, split_spec
+from nexus_eval.comparison.match import Checkpoint, Run, choose_reference, load_run
+from nexus_eval.comparison.series import (
+    Series,
+    SeriesCheckpoint,
+    load_series_file,
+    loss_unit,
+    series_from_path,
+    split_spec,
+)
+from nexus_eval.data import load_manifest, train_source_names
 from nexus_eval.display import checkpoint_label, progress_bar
 from nexus_eval.errors import ComparisonError
 from nexus_eval.evaluation.loss import DEFAULT_LOSS_CACHE, MAX_CONTEXT, LossUnit, measured_loss
@@ -57,6 +65,7 @@ class ComparedRuns:
     unit: LossUnit
     unit_chosen_by: str  # why this unit: "--loss-unit", "same tokenizer" or "tokenizers differ"
     heldout: HeldOutSpec | None  # None: every loss read from the harness runs' nexus.json
+    reference: str  # the series every other is matched against
 
 
 # ---- what the command line names -------------------------------------------------------------------------------
@@ -99,8 +108,6 @@ def gather(specs: list[str], series_files: list[Path]) -> tuple[list[Run], list[
 
 def as_series(run: Run) -> Series:
     """A harness run seen as a series (for the unit choice: its checkpoints' tokenizers)."""
-    from nexus_eval.comparison.series import SeriesCheckpoint
-
     checkpoints = tuple(SeriesCheckpoint(c.path, c.step, c.tokens, external=False) for c in run.checkpoints)
     return Series(run.label, run.path, "run", checkpoints)
 
@@ -141,8 +148,6 @@ def heldout_spec(checkpoints: list[Path], reference_recipe: dict[str, Any] | Non
 
 def series_heldout_spec(series: list[Series], data_dir: Path) -> HeldOutSpec:
     """heldout_spec for `series show`: the first series is the reference, as in `compare` without --reference."""
-    from nexus_eval.data import load_manifest, train_source_names
-
     first = series[0]
     recipe = read_meta(first.checkpoints[-1].path).get("recipe") if first.origin == "run" else None
     newest = [s.checkpoints[-1].path for s in series]
@@ -282,12 +287,12 @@ def compared_runs(
     progress: bool = True,
 ) -> ComparedRuns:
     """Every run of the comparison in one loss unit on one held-out set (see the module docstring)."""
-    from nexus_eval.comparison.match import choose_reference
-    from nexus_eval.data import load_manifest, train_source_names
-
     runs, others = gather(specs, series_files)
+    labels = list(dict.fromkeys([r.label for r in runs] + [s.label for s in others]))
+    ref = choose_reference(labels, not others, reference)
     if not others and unit_override in (None, "auto", "nats"):
-        return ComparedRuns(runs, "nats", "--loss-unit" if unit_override == "nats" else "same tokenizer", None)
+        why = "--loss-unit" if unit_override == "nats" else "same tokenizer"
+        return ComparedRuns(runs, "nats", why, None, ref)
     manifest = load_manifest(data_dir)
     unit = loss_unit([as_series(r) for r in runs] + others, data_dir, unit_override)
     why = (
@@ -295,9 +300,6 @@ def compared_runs(
         if unit_override in ("nats", "bpb")
         else ("same tokenizer" if unit == "nats" else "tokenizers differ")
     )
-    labels = list(dict.fromkeys([r.label for r in runs] + [s.label for s in others]))
-    probe = [Run(Path(s.path), s.label, s.label, None, None, None, (), (), external=True) for s in others]
-    ref = choose_reference([*runs, *probe], reference) if len(labels) > 1 else labels[0]
     reference_runs = [r for r in runs if r.label == ref]
     recipe = reference_runs[0].info.get("recipe") if reference_runs else None
     newest = [r.checkpoints[-1].path for r in runs] + [s.checkpoints[-1].path for s in others]
@@ -312,4 +314,4 @@ def compared_runs(
         measured = {id(r): remeasured(r, data_dir, unit, spec, cache_dir, bar) for r in to_measure}
         compared = [measured.get(id(r), r) for r in runs]
         compared += [external_run(s, data_dir, unit, spec, cache_dir, bar) for s in others]
-    return ComparedRuns(compared, unit, why, spec)
+    return ComparedRuns(compared, unit, why, spec, ref)

@@ -213,15 +213,14 @@ def series_labels(runs: list[Run]) -> list[str]:
     return list(dict.fromkeys(r.label for r in runs))
 
 
-def choose_reference(runs: list[Run], reference: str | None = None) -> str:
+def choose_reference(labels: list[str], harness_only: bool, reference: str | None = None) -> str:
     """--reference LABEL (a ComparisonError naming the labels when it is none of them), else the first series; runs
     of this harness only, as before series: "adamw" when there is one."""
-    labels = series_labels(runs)
     if reference is not None:
         if reference not in labels:
             raise ComparisonError(f"--reference {reference}: no such series (have: {', '.join(labels)})")
         return reference
-    if BASELINE in labels and all(not r.external for r in runs):
+    if BASELINE in labels and harness_only:
         return BASELINE
     return labels[0]
 
@@ -252,7 +251,7 @@ def seed_groups(runs: list[Run], reference: str | None = None) -> list[SeedGroup
                 "labelled series"
             )
         raise ComparisonError(f"compare: one series only ({found}); need two or more series (LABEL=PATH)")
-    ref = choose_reference(runs, reference)
+    ref = choose_reference(labels, all(not r.external for r in runs), reference)
     baseline = _by_seed(runs, ref)
     groups: list[SeedGroup] = []
     for label in labels:

@@ -34,7 +34,7 @@ from nexus_eval.comparison.disagreements import find_disagreements, print_disagr
 from nexus_eval.comparison.external import compared_runs
 from nexus_eval.comparison.guards import check_runs, warn_mismatches
 from nexus_eval.comparison.leaderboard import check_name, disagreements_path, write_leaderboard
-from nexus_eval.comparison.match import Checkpoint, Pair, Run, Side, Unmatched, choose_reference, match, series_labels
+from nexus_eval.comparison.match import Checkpoint, Pair, Run, Side, Unmatched, match, series_labels
 from nexus_eval.comparison.provenance import run_provenance
 from nexus_eval.comparison.report import ALL_SEEDS, print_report, write_report
 from nexus_eval.comparison.settings import CompareOptions, CompareSettings
@@ -496,7 +496,7 @@ def compare(
     # record no recipe or data: the report says what could be checked about them instead.
     allowed = check_runs([r for r in runs if not r.external], settings.allow_mismatch)
     warn_mismatches(allowed)
-    reference = choose_reference(runs, settings.reference)
+    reference = found.reference
     pairs, unmatched = match(
         runs,
         settings.tolerance,

@@ -40,6 +40,11 @@ from typing import Any
 
 import torch
 
+try:  # imported once, not per parameter in the inner step's hot path
+    from torch.distributed.tensor import DTensor, Shard
+except ImportError:  # a torch build without distributed support: nothing is ever sharded
+    DTensor = Shard = None  # type: ignore[assignment,misc]
+
 
 class Nexus:
     """Wraps an outer torch optimizer; `inner_step()` after each micro-batch backward, `step()` once per outer step."""
@@ -158,23 +163,17 @@ class Nexus:
 
 def _is_sharded(t: torch.Tensor) -> bool:
     """A DTensor sharded over its (1-D, FSDP2) mesh: each rank holds a slice, not the whole."""
-    from torch.distributed.tensor import DTensor, Shard
-
-    return isinstance(t, DTensor) and any(isinstance(p, Shard) for p in t.placements)
+    return DTensor is not None and isinstance(t, DTensor) and any(isinstance(p, Shard) for p in t.placements)
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
     """This rank's part of a DTensor (it shares storage: in-place ops on it update the DTensor); `t` otherwise."""
-    from torch.distributed.tensor import DTensor
-
-    return t.to_local() if isinstance(t, DTensor) else t
+    return t.to_local() if DTensor is not None and isinstance(t, DTensor) else t
 
 
 def _like(param: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
     """`local` as a gradient of `param`: the DTensor with this rank's shard `local` when `param` is one."""
-    from torch.distributed.tensor import DTensor
-
-    if not isinstance(param, DTensor):
+    if DTensor is None or not isinstance(param, DTensor):
         return local
     return DTensor.from_local(
         local, param.device_mesh, param.placements, run_check=False, shape=param.shape, stride=param.stride()
