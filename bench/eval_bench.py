@@ -47,17 +47,18 @@ def run_backend(backend: str, ckpt: Path, prompts: int, batch_size: int, max_gen
     from transformers import AutoTokenizer
 
     from nexus_eval.evaluation import backends
-    from nexus_eval.evaluation.runner import DEFAULT_SEED, resolve_task_specs, run_task
+    from nexus_eval.evaluation.runner import DEFAULT_SEED, resolve_task_specs, run_tasks
 
     (spec,) = resolve_task_specs(["gsm8k"], None)
     task_manager = TaskManager(include_path=str(spec.include_dir), include_defaults=False)
     started = time.perf_counter()
     extra = {"enforce_eager": False} if backend == "vllm" and compile_ else {}
-    lm = backends.load_lm(backend, ckpt, batch_size, DEFAULT_SEED, **extra)
+    backend_spec = backends.BackendSpec(backend, batch_size if backend == "hf" else None, seed=DEFAULT_SEED)
+    lm = backends.load_lm(backend_spec, ckpt, **extra)
     load_s = time.perf_counter() - started
     started = time.perf_counter()
     gen_kwargs = {"max_gen_toks": max_gen_toks}
-    output = run_task(lm, spec, task_manager, num_fewshot=0, limit=prompts, seed=DEFAULT_SEED, gen_kwargs=gen_kwargs)
+    output = run_tasks(lm, [spec], task_manager, num_fewshot=0, limit=prompts, seed=DEFAULT_SEED, gen_kwargs=gen_kwargs)
     eval_s = time.perf_counter() - started
     backends.close_lm(lm)
     samples = [s for s in output["samples"]["gsm8k"] if s["filter"] == "strict-match"]

@@ -166,6 +166,7 @@ class EvalKey(TypedDict):
     num_fewshot: int | None
     limit: int | None
     seed: int
+    engine: NotRequired[dict[str, Any]]  # batch_size, device, model_args where not the backend's defaults
 
 
 class EvalProvenance(TypedDict):
@@ -173,7 +174,8 @@ class EvalProvenance(TypedDict):
 
     model_args: dict[str, Any]  # what lm-eval's model class got (pretrained path, dtype, device, batch size, ...)
     dtype: str
-    batch_size: int
+    batch_size: int | str  # "auto": the backend batches itself (vLLM's default)
+    device: NotRequired[str]  # where the model ran (results before --device existed: cpu)
     environment: Environment
 
 

@@ -12,13 +12,16 @@ from nexus_eval.cli.options import (
     Backend,
     BatchSize,
     DataDir,
+    Device,
     EvalCache,
     Limit,
     LossCache,
+    ModelArgs,
     NumFewshot,
     Quiet,
     Suite,
     Tasks,
+    batch_size_value,
     comma_list,
     one_line_errors,
 )
@@ -33,7 +36,9 @@ def eval_command(
     backend: Backend = "hf",
     limit: Limit = None,
     num_fewshot: NumFewshot = None,
-    batch_size: BatchSize = 8,
+    batch_size: BatchSize = None,
+    device: Device = None,
+    model_args: ModelArgs = None,
     cache: EvalCache = Path("results/eval"),
     seed: int = typer.Option(1234, "--seed", help="Seeds lm-eval's few-shot sampling, numpy and torch"),
     quiet: Quiet = False,
@@ -41,10 +46,16 @@ def eval_command(
     timeout: float | None = typer.Option(
         None, "--timeout", help="Seconds one task may run; past it the engine counts as hung (exit 3)"
     ),
+    check_batch_invariance: bool = typer.Option(
+        False,
+        "--check-batch-invariance",
+        help="Evaluate at batch size 1 and at --batch-size (nothing cached) and report per-item differences",
+    ),
 ) -> None:
     """Evaluate checkpoints on lm-eval tasks (default suite: reasoning; cached per checkpoint content, task and
-    settings). --json: the results, each with "source": "computed" or "cache". Exit 3: the engine died or hung."""
-    from nexus_eval.evaluation import EvalSettings
+    settings; a run's checkpoints share one loaded engine, their weights swapped in). --json: the results, each with
+    "source": "computed" or "cache". Exit 3: the engine died or hung."""
+    from nexus_eval.evaluation import EvalSettings, parse_model_args
     from nexus_eval.evaluation.show import evaluate_and_show
 
     chosen = comma_list(tasks)
@@ -54,11 +65,18 @@ def eval_command(
         backend=backend,
         limit=limit,
         num_fewshot=num_fewshot,
-        batch_size=batch_size,
+        batch_size=batch_size_value(batch_size),
         cache_dir=cache,
         seed=seed,
         timeout=timeout,
+        device=device,
+        model_args=parse_model_args(model_args),
     )
+    if check_batch_invariance:
+        from nexus_eval.evaluation.invariance import check_and_show
+
+        check_and_show(paths, settings, as_json=as_json, progress=not quiet)
+        return
     evaluate_and_show(paths, settings, as_json=as_json, progress=not quiet)
 
 

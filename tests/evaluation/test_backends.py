@@ -112,13 +112,13 @@ def test_hf_and_vllm_agree_item_by_item(reciting_ckpt: Path, tmp_path: Path) -> 
 def test_hf_model_args_for_our_checkpoint_and_gguf(tmp_path: Path) -> None:
     ours = tmp_path / "ckpt-000001"
     ours.mkdir()
-    args = backends.model_args("hf", ours, batch_size=4, seed=0)
+    args = backends.BackendSpec("hf", 4, seed=0).lm_args(ours)
     assert args["pretrained"] == str(ours) and args["batch_size"] == 4 and args["dtype"] == "float32"
     assert "gguf_file" not in args
     gguf_dir = tmp_path / "external"
     gguf_dir.mkdir()
     (gguf_dir / "model.Q4.gguf").write_bytes(b"GGUF")
-    args = backends.model_args("hf", gguf_dir / "model.Q4.gguf", batch_size=2, seed=0)
+    args = backends.BackendSpec("hf", 2, seed=0).lm_args(gguf_dir / "model.Q4.gguf")
     assert args["pretrained"] == str(gguf_dir) and args["gguf_file"] == "model.Q4.gguf"
 
 
@@ -127,9 +127,9 @@ def test_vllm_model_args_use_the_checkpoint_context(tiny_data_dir: Path, tmp_pat
 
     ckpt = tiny_checkpoint(tmp_path / "ckpt-000001", load_tokenizer(tiny_data_dir))
     config = json.loads((ckpt / "config.json").read_text())
-    args = backends.model_args("vllm", ckpt, batch_size=4, seed=3)
+    args = backends.BackendSpec("vllm", seed=3).lm_args(ckpt)
     assert args["max_model_len"] == config["max_position_embeddings"]
-    assert args["seed"] == 3 and args["dtype"] == "float32"
+    assert args["seed"] == 3 and args["dtype"] == "float32" and args["batch_size"] == "auto"
 
 
 def test_vllm_rejects_head_dims_its_cpu_attention_lacks(tiny_data_dir: Path, tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ import psutil
 import pytest
 
 from nexus_eval.errors import EngineError
+from nexus_eval.evaluation.backends import BackendSpec
 from nexus_eval.evaluation.engine import Engine, EngineProcess, EngineStopped, Watchdog, child_pids, how_ended
 from tests.evaluation.eval_fixtures import tiny_checkpoint
 from tests.evaluation.test_backends import needs_vllm
@@ -102,7 +103,7 @@ def test_a_dead_grandchild_worker_counts_as_a_dead_engine() -> None:
 
 
 def test_engine_close_stops_processes_started_while_it_was_open() -> None:
-    with Engine("hf", batch_size=1, seed=0) as engine:
+    with Engine(BackendSpec("hf", 1, seed=0)) as engine:
         child = start_child()  # a process the backend started and did not stop
         assert child.pid in child_pids()
     assert not psutil.pid_exists(child.pid)  # stopped and reaped (multiprocessing's own handle cannot tell)
@@ -110,13 +111,13 @@ def test_engine_close_stops_processes_started_while_it_was_open() -> None:
 
 
 def test_an_engine_failure_names_the_checkpoint_the_task_and_how(tmp_path: Path) -> None:
-    engine = Engine("vllm", batch_size=1, seed=0)
+    engine = Engine(BackendSpec("vllm", seed=0))
     engine.checkpoint = tmp_path / "run" / "ckpt-000010"
-    error = engine.failure("arith_steps1_mc", "engine process EngineCore_DP0 (pid 7) killed by SIGKILL")
+    error = engine.failure("task arith_steps1_mc", "engine process EngineCore_DP0 (pid 7) killed by SIGKILL")
     assert isinstance(error, EngineError) and error.exit_code == 3
     assert str(error) == (
         "run/ckpt-000010: task arith_steps1_mc: vllm engine failed: engine process EngineCore_DP0 (pid 7) killed by "
-        "SIGKILL; nothing cached for arith_steps1_mc"
+        "SIGKILL; nothing cached for task arith_steps1_mc"
     )
 
 
