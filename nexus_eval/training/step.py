@@ -1,5 +1,5 @@
 """One outer step on the K micro-batches of a training step: where AdamW, Nexus and its ablations differ, and only
-there (optimizer.py VARIANTS names them).
+there (variants.py names them).
 
 AdamW: backward on each micro-batch loss / K (the gradients accumulate into their mean), clip, one AdamW step.
 Nexus: after each micro-batch's backward one normalized inner step, then the outer step on the displacement
@@ -106,7 +106,10 @@ def nexus_k1_step(
     one of the K micro-batches would drop tokens. With one inner step the displacement has no second-order term:
     what Nexus argues is its gain, −(γ²/2)(J2·n1 + J1·n2), vanishes, while everything else (the same tokens per
     step, AdamW on a normalized pseudo-gradient of the same direction as AdamW's gradient) stays. So it separates
-    "the inner loop across sources" from "AdamW on a unit-norm step direction" (no clipping: the norm is 1)."""
+    "the inner loop across sources" from "AdamW on a unit-norm step direction" (no clipping: the norm is 1). Note
+    that while ‖g‖ exceeds grad_clip, AdamW's clipped gradient g/(‖g‖ + 1e-6) is that same unit vector: nexus-k1 then
+    steps as adamw does (up to rounding); they part where ‖g‖ < grad_clip (on train/tiny.toml: most steps after
+    the first ~40)."""
     losses, per_source = accumulate(model, batches, params, record_grads, ex)
     opt.inner_step()  # θ ← θ0 − γ g/‖g‖ on the accumulated gradient, gradients cleared
     opt.step()  # AdamW on (θ0 − θ1)/γ from θ0
