@@ -75,7 +75,7 @@ class RunIdentity(TypedDict):
     """What every file of a run says about how it was trained (the common part of run.json and nexus.json)."""
 
     run_id: str  # <recipe>-<optimizer>-s<seed>
-    optimizer: str  # "adamw" | "nexus"
+    optimizer: str  # "adamw" | "nexus" | an ablation variant (training/variants.py OPTIMIZERS)
     optimizer_hparams: dict[str, Any]
     seed: int
     recipe: dict[str, Any]  # Recipe.to_dict()

@@ -13,7 +13,11 @@ from nexus_eval.cli.options import Quiet, one_line_errors
 @one_line_errors
 def train_command(
     recipe: Path = typer.Argument(..., help="Training recipe, e.g. train/tiny.toml"),
-    optimizer: str = typer.Option(..., "--optimizer", help="adamw or nexus"),
+    optimizer: str = typer.Option(
+        ...,
+        "--optimizer",
+        help="adamw or nexus; ablations of Nexus: reptile, nexus-k1, nexus-mixed, fish (training/variants.py)",
+    ),
     seed: int = typer.Option(0, "--seed", help="Seeds the initial weights and the micro-batch sequence"),
     out: Path = typer.Option(Path("runs"), "--out", help="Parent of the run directory"),
     data: Path | None = typer.Option(None, "--data", help="Data dir (default: the recipe's data.dir)"),

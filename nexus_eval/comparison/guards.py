@@ -33,15 +33,24 @@ from nexus_eval.display import console
 from nexus_eval.errors import ComparisonError
 from nexus_eval.schema import AllowedMismatch
 from nexus_eval.training.recipe import flat_recipe, recipe_keys
+from nexus_eval.training.variants import OPTIMIZERS
 
-# The [optim] fields only one optimizer reads: an AdamW run and a Nexus run may differ in them (an AdamW recipe still
-# carries Nexus' defaults, and the other way round). Two runs of the same optimizer must agree on its own fields like
-# on any other; the other optimizer's fields mean nothing to them and are not compared. Everything both read (lr,
-# betas, weight decay, micro_batch, accum = Nexus' inner steps, the schedule and warmup) is compared.
+# The [optim] fields not every optimizer reads, by the optimizers that read them: an AdamW run and a Nexus run may
+# differ in them (an AdamW recipe still carries Nexus' defaults, and the other way round). Two runs must agree on the
+# fields both read like on any other; a field one of them does not read means nothing to it and is not compared.
+# Everything all read (lr, betas, weight decay, micro_batch, accum = Nexus' inner steps, the schedule and warmup) is
+# compared. reptile and fish force un-normalized inner steps (optim.normalize is not theirs); fish's outer step is
+# plain SGD with optim.fish_meta_lr; nothing but adamw clips (training/variants.py).
+INNER = "optim.inner_lr_ratio"  # the inner lr γ = ratio × lr of every variant with inner steps
 OWN_FIELDS: dict[str, frozenset[str]] = {
-    CANDIDATE: frozenset({"optim.inner_lr_ratio", "optim.normalize"}),  # Nexus' inner lr γ = ratio × lr; its norm
     BASELINE: frozenset({"optim.grad_clip"}),  # clips AdamW's accumulated gradient; Nexus' inner steps are normalized
+    CANDIDATE: frozenset({INNER, "optim.normalize"}),
+    "reptile": frozenset({INNER}),
+    "nexus-k1": frozenset({INNER, "optim.normalize"}),
+    "nexus-mixed": frozenset({INNER, "optim.normalize"}),
+    "fish": frozenset({INNER, "optim.fish_meta_lr"}),
 }
+OWNED = frozenset().union(*OWN_FIELDS.values())
 # Recipe keys that are not settings of the training: the recipe's name labels runs, and data.dir is where the build
 # was looked for (the build itself is data_hash; `--data` overrides the dir without changing the recipe).
 NOT_SETTINGS = frozenset({"name", "data.dir"})
@@ -130,7 +139,8 @@ def compared_recipe(run: Run) -> dict[str, Any]:
 
 def exempt(a: Run, b: Run) -> frozenset[str]:
     """Fields owned by an optimizer that not both runs use."""
-    return frozenset().union(*(own for name, own in OWN_FIELDS.items() if not a.optimizer == b.optimizer == name))
+    empty: frozenset[str] = frozenset()
+    return OWNED - (OWN_FIELDS.get(a.optimizer or "", empty) & OWN_FIELDS.get(b.optimizer or "", empty))
 
 
 # ---- comparing runs ----------------------------------------------------------------------------------------------
@@ -151,13 +161,16 @@ def differences(a: Run, b: Run) -> list[Mismatch]:
 
 
 def run_pairs(runs: list[Run]) -> list[tuple[Run, Run]]:
-    """The comparisons that make every run agree with every other: the first AdamW run against the first Nexus run
-    (lowest seed), and each other run against the first of its optimizer."""
+    """The comparisons that make every run agree with every other: the first run (lowest seed) of the first
+    optimizer (AdamW when there is one) against the first run of every other optimizer (Nexus first, then the
+    ablation variants in training/variants.py's order), and each other run against the first of its optimizer."""
     ordered = sorted(runs, key=lambda r: (r.seed is None, r.seed or 0, r.run_id))
-    first: dict[str, Run] = {}
+    first: dict[str | None, Run] = {}
     for run in ordered:
         first.setdefault(run.optimizer, run)
-    pairs = [(first[BASELINE], first[CANDIDATE])] if BASELINE in first and CANDIDATE in first else []
+    names = sorted(first, key=lambda name: OPTIMIZERS.index(name) if name in OPTIMIZERS else len(OPTIMIZERS))
+    anchor = first[names[0]] if names else None
+    pairs = [(anchor, first[name]) for name in names[1:] if anchor is not None]
     return pairs + [(first[r.optimizer], r) for r in ordered if r is not first[r.optimizer]]
 
 

@@ -38,8 +38,9 @@ from nexus_eval.checkpoints import list_checkpoints, read_meta
 from nexus_eval.errors import ComparisonError
 from nexus_eval.io import read_json_object
 from nexus_eval.schema import CheckpointMeta, SideSummary
+from nexus_eval.training.variants import OPTIMIZERS
 
-BASELINE, CANDIDATE = "adamw", "nexus"  # the optimizers of the harness (guards.OWN_FIELDS)
+BASELINE, CANDIDATE = "adamw", "nexus"  # the optimizers under comparison; the ablation variants are other series
 GRID_POINTS = 5
 # A checkpoint not written for crossing a target stands for it only this close (or 2× the tolerance, if wider).
 MIN_REACH = 0.05
@@ -168,8 +169,10 @@ def load_run(run_dir: Path, label: str | None = None) -> Run:
         else read_meta(ckpts[-1])
     )
     optimizer = info.get("optimizer")
-    if optimizer not in (BASELINE, CANDIDATE):
-        raise ComparisonError(f"{run_dir}: optimizer {optimizer!r} in run.json/nexus.json is not adamw or nexus")
+    if optimizer not in OPTIMIZERS:
+        raise ComparisonError(
+            f"{run_dir}: optimizer {optimizer!r} in run.json/nexus.json is not one of {', '.join(OPTIMIZERS)}"
+        )
     seed = info.get("seed")
     seed = int(seed) if isinstance(seed, int) else None
     run_id = str(info.get("run_id") or run_dir.name)

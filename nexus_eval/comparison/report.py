@@ -70,7 +70,15 @@ def target(x: float) -> str:
 
 
 # How the harness's own series (labelled by their optimizer) are named in tables; any other label as it is.
-DISPLAY_NAMES = {"adamw": "AdamW", "nexus": "Nexus"}
+DISPLAY_NAMES = {
+    "adamw": "AdamW",
+    "nexus": "Nexus",
+    # the ablations of Nexus (training/variants.py)
+    "reptile": "Reptile",
+    "nexus-k1": "Nexus K=1",
+    "nexus-mixed": "Nexus mixed",
+    "fish": "Fish",
+}
 EXTERNAL_MARK = " †"
 
 

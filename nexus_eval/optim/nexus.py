@@ -123,7 +123,7 @@ class Nexus:
         for group, params, start in zip(self.param_groups, self._group_params(), self._theta0, strict=True):
             local = [_local(p) for p in params]
             displacement = torch._foreach_sub(start, local)
-            torch._foreach_div_(displacement, self.inner_lr(group))
+            self._pseudo_gradient_(displacement, group)
             for p, d in zip(params, displacement, strict=True):
                 p.grad = _like(p, d)
             torch._foreach_copy_(local, start)
@@ -131,6 +131,10 @@ class Nexus:
         # The pseudo-gradient must not leak into the next outer step's first backward (which accumulates).
         self.outer.zero_grad(set_to_none=True)
         self.inner_steps = 0
+
+    def _pseudo_gradient_(self, displacement: list[torch.Tensor], group: dict[str, Any]) -> None:
+        """Δ → what the outer optimizer gets as the gradient, in place: Δ/γ, so its size matches a gradient's."""
+        torch._foreach_div_(displacement, self.inner_lr(group))
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.outer.zero_grad(set_to_none=set_to_none)

@@ -22,12 +22,13 @@ from nexus_eval.training.optimizer import Optimizer, build_optimizer, check_opti
 from nexus_eval.training.parallel import Execution, single_process, wrap_model
 from nexus_eval.training.recipe import Recipe
 from nexus_eval.training.schedule import MicroBatchSchedule
+from nexus_eval.training.variants import VARIANTS, Variant
 
 
 @dataclass
 class Components:
     recipe: Recipe
-    optimizer: str  # "adamw" | "nexus"
+    optimizer: str  # one of recipe.OPTIMIZERS: "adamw", "nexus" or an ablation variant
     seed: int
     data_dir: Path
     manifest: dict[str, Any]  # the data build's manifest.json
@@ -42,6 +43,11 @@ class Components:
     def __post_init__(self) -> None:
         if self.train_model is None:
             self.train_model = self.model
+
+    @property
+    def variant(self) -> Variant:
+        """How `opt` updates on a step's micro-batches (step.outer_step)."""
+        return VARIANTS[self.optimizer]
 
     def identity(self, run_id: str) -> RunIdentity:
         """What run.json and every nexus.json of this run say about how it was trained."""
@@ -97,7 +103,7 @@ def heldout_hash(manifest: dict[str, Any], recipe: Recipe) -> str | None:
 
 
 def set_up(recipe: Recipe, optimizer: str, seed: int, data_dir: Path, ex: Execution | None = None) -> Components:
-    """Both optimizers get the identical micro-batch sequence and initial weights for a seed; only `opt` differs.
+    """Every optimizer gets the identical micro-batch sequence and initial weights for a seed; only `opt` differs.
     `ex`: how this process executes (default: one process on the CPU); under DDP/FSDP the process group must be
     started (parallel.start) before."""
     ex = ex or single_process()

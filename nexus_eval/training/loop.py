@@ -1,6 +1,7 @@
-"""Training: one recipe, one optimizer (adamw | nexus), one seed → a run directory of loss-labelled HF checkpoints.
+"""Training: one recipe, one optimizer (adamw | nexus, or an ablation variant of Nexus: optimizer.py VARIANTS), one
+seed → a run directory of loss-labelled HF checkpoints.
 
-Both optimizers consume the identical micro-batch sequence (schedule.py) from identical initial weights; only the
+All optimizers consume the identical micro-batch sequence (schedule.py) from identical initial weights; only the
 update differs (step.py). AdamW accumulates the K micro-batch gradients into one step; Nexus takes K normalized inner
 steps on them and hands the displacement to the same AdamW. Checkpoints are written at an interval and when the
 held-out loss first drops below each recipe target, so that loss matching later pairs near-equal losses.
@@ -187,7 +188,7 @@ def train_step(c: Components, state: RunState, record_grads: bool = False) -> St
     optim = c.recipe.optim
     set_lr(c.opt, lr_at(optim, state.step, state.total_steps))
     batches = c.schedule.step_batches(state.step, optim.accum)  # the global micro-batches, the same on every rank
-    result = outer_step(c.train_model, c.opt, batches, optim.grad_clip, record_grads, c.execution)
+    result = outer_step(c.train_model, c.opt, batches, optim.grad_clip, record_grads, c.execution, c.variant)
     state.step += 1
     state.tokens += c.recipe.tokens_per_step()
     return result

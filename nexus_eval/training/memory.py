@@ -4,7 +4,8 @@ for 10 minutes at 15.5 GB before it was killed).
 
 The estimate, in fp32 bytes (training keeps everything in fp32):
 - the runtime: torch + transformers + tokenizers once imported;
-- per parameter: weights, gradients, AdamW's two moments, Nexus' copy of θ0, and the gradient-cosine window's
+- per parameter: weights, gradients, AdamW's two moments (none for fish's SGD), Nexus' copy of θ0 (every variant with
+  inner steps), and the gradient-cosine window's
   summed gradient per source;
 - the activations that one micro-batch (micro_batch × context tokens) keeps for its backward: per token and layer
   ACTIVATION_FLOATS (LLaMA block with sdpa attention: no context × context matrix is kept), plus the logits
@@ -24,6 +25,7 @@ from pathlib import Path
 from nexus_eval.errors import RecipeError
 from nexus_eval.training.model import PRESETS
 from nexus_eval.training.recipe import Recipe
+from nexus_eval.training.variants import VARIANTS
 
 FLOAT_BYTES = 4
 GIB = 1 << 30
@@ -84,6 +86,16 @@ def heldout_batch(recipe: Recipe, stream_tokens: list[int] | None = None) -> int
     return min(HELDOUT_BATCH, windows)
 
 
+def adam_copies(optimizer: str) -> int:
+    """Parameter-sized copies the outer optimizer keeps: AdamW's two moments; Fish's plain SGD none."""
+    return ADAM_MOMENTS if VARIANTS[optimizer].outer == "AdamW" else 0
+
+
+def theta0_copies(optimizer: str) -> int:
+    """Nexus' θ0 (every variant with inner steps keeps one); AdamW none."""
+    return 1 if VARIANTS[optimizer].has_inner_steps else 0
+
+
 def estimate(recipe: Recipe, optimizer: str, vocab: int, stream_tokens: list[int] | None = None) -> MemoryEstimate:
     """Peak memory of training `recipe` with `optimizer` on a data build of `vocab` tokens whose held-out streams
     hold `stream_tokens` tokens (None: as many windows as the recipe asks for)."""
@@ -92,7 +104,7 @@ def estimate(recipe: Recipe, optimizer: str, vocab: int, stream_tokens: list[int
     params = parameter_count(recipe.model.preset, vocab)
     sources = sum(1 for w in recipe.data.mixture.values() if w > 0)
     # weights + gradients + AdamW moments (2) + Nexus' θ0 + one summed gradient per source (gradient cosines)
-    copies = 4 + (1 if optimizer == "nexus" else 0) + sources
+    copies = 2 + adam_copies(optimizer) + theta0_copies(optimizer) + sources
     context = recipe.model.context
     tokens = recipe.optim.micro_batch * context
     per_token = layers * activation_floats(hidden, inter) + LOGIT_COPIES * vocab
@@ -231,8 +243,8 @@ def rank_memory(
         ranks=ranks,
         params=per_copy,
         grads=per_copy,
-        optimizer_state=ADAM_MOMENTS * per_copy,
-        theta0=per_copy if optimizer == "nexus" else 0,
+        optimizer_state=adam_copies(optimizer) * per_copy,
+        theta0=theta0_copies(optimizer) * per_copy,
         grad_cosine=sources * per_copy,
         compute_copy=compute_copy,
         comm_buffers=per_copy if strategy == "ddp" else 0,

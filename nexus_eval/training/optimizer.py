@@ -1,4 +1,6 @@
-"""The two optimizers under comparison, built from the recipe's [optim] table: AdamW, and Nexus around that AdamW."""
+"""The optimizers under comparison, built from the recipe's [optim] table: AdamW, Nexus around that AdamW, and the
+ablations of Nexus (issue 13), each a named variant run exactly like the two (`--optimizer NAME`; variants.py says
+what each one is)."""
 
 from __future__ import annotations
 
@@ -7,8 +9,9 @@ from typing import Any
 import torch
 
 from nexus_eval.errors import RecipeError
-from nexus_eval.optim import Nexus
-from nexus_eval.training.recipe import OPTIMIZERS, OptimSpec
+from nexus_eval.optim import Fish, Nexus
+from nexus_eval.training.recipe import OptimSpec
+from nexus_eval.training.variants import OPTIMIZERS, VARIANTS, Variant
 
 Optimizer = torch.optim.Optimizer | Nexus
 
@@ -18,39 +21,56 @@ def check_optimizer_name(name: str) -> None:
         raise RecipeError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
 
 
-def build_optimizer(model: torch.nn.Module, optim: OptimSpec, name: str, fused: bool = False) -> Optimizer:
-    """AdamW with no weight decay on norms (1-D params); Nexus wraps exactly that AdamW. `fused`: the one-kernel
-    AdamW (CUDA); the CPU default (foreach) is what every CPU result of this harness was made with."""
+def variant(name: str) -> Variant:
     check_optimizer_name(name)
+    return VARIANTS[name]
+
+
+def inner_normalize(optim: OptimSpec, name: str) -> bool:
+    """Whether the inner steps of variant `name` are normalized (nexus, nexus-k1 and nexus-mixed: as the recipe says;
+    reptile and fish: never)."""
+    chosen = variant(name).normalize
+    return optim.normalize if chosen is None else chosen
+
+
+def build_optimizer(model: torch.nn.Module, optim: OptimSpec, name: str, fused: bool = False) -> Optimizer:
+    """AdamW with no weight decay on norms (1-D params); Nexus (and its AdamW-outer ablations) wraps exactly that
+    AdamW; Fish takes plain SGD over the same groups. `fused`: the one-kernel AdamW (CUDA); the CPU default (foreach)
+    is what every CPU result of this harness was made with."""
+    chosen = variant(name)
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if chosen.outer == "SGD":
+        return Fish(groups, lr=optim.lr, meta_lr=optim.fish_meta_lr, inner_lr_ratio=optim.inner_lr_ratio)
     extra = {"fused": True} if fused else {}
     adamw = torch.optim.AdamW(groups, lr=optim.lr, betas=(optim.beta1, optim.beta2), **extra)
-    if name == "adamw":
+    if not chosen.has_inner_steps:
         return adamw
-    return Nexus(adamw, inner_lr_ratio=optim.inner_lr_ratio, normalize=optim.normalize)
+    return Nexus(adamw, inner_lr_ratio=optim.inner_lr_ratio, normalize=inner_normalize(optim, name))
 
 
 def optimizer_hparams(optim: OptimSpec, name: str) -> dict[str, Any]:
     """The settings that define the update, as recorded in run.json and every nexus.json."""
-    hp: dict[str, Any] = {
-        "outer": "AdamW",
-        "lr": optim.lr,
-        "betas": [optim.beta1, optim.beta2],
-        "weight_decay": optim.weight_decay,
-        "accum": optim.accum,
-        "micro_batch": optim.micro_batch,
-        "schedule": optim.schedule,
-    }
-    if name == "nexus":
-        hp.update(inner_lr_ratio=optim.inner_lr_ratio, normalize=optim.normalize, inner_steps=optim.accum)
+    chosen = variant(name)
+    hp: dict[str, Any] = {"outer": chosen.outer, "lr": optim.lr}
+    if chosen.outer == "AdamW":
+        hp.update(betas=[optim.beta1, optim.beta2], weight_decay=optim.weight_decay)
     else:
+        hp.update(meta_lr=optim.fish_meta_lr, momentum=0.0, weight_decay=0.0)
+    hp.update(accum=optim.accum, micro_batch=optim.micro_batch, schedule=optim.schedule)
+    if not chosen.has_inner_steps:
         hp.update(grad_clip=optim.grad_clip)
+        return hp
+    inner_steps = 1 if chosen.inner == "one" else optim.accum
+    hp.update(inner_lr_ratio=optim.inner_lr_ratio, normalize=inner_normalize(optim, name), inner_steps=inner_steps)
+    if chosen.mixed_sources:
+        hp.update(micro_batches="mixed sources")
     return hp
 
 
 def set_lr(opt: Optimizer, lr: float) -> None:
-    """The outer lr of every group (Nexus' inner lr follows it: γ = inner_lr_ratio × lr)."""
+    """The outer lr of every group (Nexus' inner lr follows it: γ = inner_lr_ratio × lr; Fish's groups are its
+    inner steps' and the meta step keeps its ε)."""
     for group in opt.param_groups:
         group["lr"] = lr

@@ -14,8 +14,8 @@ from typing import Any
 from nexus_eval.errors import RecipeError
 from nexus_eval.io import SAFE_NAME_RULE, is_safe_name
 from nexus_eval.training.model import PRESETS
+from nexus_eval.training.variants import OPTIMIZERS  # noqa: F401  (the --optimizer names, re-exported)
 
-OPTIMIZERS = ("adamw", "nexus")
 SCHEDULES = ("wsd", "cosine")
 STRATEGIES = ("auto", "none", "ddp", "fsdp")  # auto: ddp under torchrun with more than one process, else none
 DEVICES = ("auto", "cpu", "cuda", "mps")  # auto: cuda when there is one, else cpu
@@ -43,12 +43,19 @@ class OptimSpec:
     micro_batch: int = 16
     accum: int = 4  # K: micro-batches per outer step = Nexus inner steps
     inner_lr_ratio: float = 1.0  # Nexus inner lr γ_t = inner_lr_ratio × outer lr at step t
-    normalize: bool = True  # False: un-normalized inner steps (Reptile-style ablation)
+    normalize: bool = True  # False: un-normalized inner steps (Reptile-style; the `reptile` variant forces it)
     grad_clip: float = 1.0  # AdamW's accumulated gradient; Nexus' inner steps are normalized already
     schedule: str = "wsd"  # warmup-stable-decay or cosine
     warmup_steps: int = 10
     decay_fraction: float = 0.2  # wsd: share of steps in the final linear decay
     min_lr_ratio: float = 0.1
+    fish_meta_lr: float = 0.5  # fish: meta step θ ← θ0 + ε(θK − θ0), ε constant (DomainBed's default; optim/fish.py)
+
+
+# [optim] keys only an ablation variant reads, added after runs were recorded: at their default they are left out of
+# the recipe dict and its hash, so that every recipe (and run) recorded before them keeps its hash and stays
+# resumable and comparable; a non-default value is recorded like any key.
+VARIANT_ONLY_DEFAULTS = {"fish_meta_lr": OptimSpec.fish_meta_lr}
 
 
 @dataclass(frozen=True)
@@ -92,6 +99,9 @@ class Recipe:
         out = dataclasses.asdict(self)
         out.pop("path")
         out.pop("parallel")  # how it runs is not what it trains: every recipe hash stays what it was
+        for key, default in VARIANT_ONLY_DEFAULTS.items():
+            if out["optim"][key] == default:
+                del out["optim"][key]
         return out
 
     def with_execution(self, strategy: str | None = None, device: str | None = None) -> Recipe:
@@ -227,6 +237,7 @@ def check(recipe: Recipe, where: str) -> None:
         "optim.micro_batch": o.micro_batch,
         "optim.accum": o.accum,
         "optim.inner_lr_ratio": o.inner_lr_ratio,
+        "optim.fish_meta_lr": o.fish_meta_lr,
         "model.context": recipe.model.context,
         "train.steps": t.steps,
         "train.eval_interval": t.eval_interval,

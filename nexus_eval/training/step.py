@@ -1,8 +1,12 @@
-"""One outer step on the K micro-batches of a training step: where AdamW and Nexus differ, and only there.
+"""One outer step on the K micro-batches of a training step: where AdamW, Nexus and its ablations differ, and only
+there (variants.py names them).
 
 AdamW: backward on each micro-batch loss / K (the gradients accumulate into their mean), clip, one AdamW step.
-Nexus: after each micro-batch's backward one normalized inner step, then the outer step on the displacement.
-Both check every micro-batch loss for NaN/inf before its backward, and can record each source's share of the
+Nexus: after each micro-batch's backward one normalized inner step, then the outer step on the displacement
+(reptile and fish: the same loop, with un-normalized inner steps and, for fish, a plain-SGD outer step).
+nexus-k1: AdamW's accumulation, then one inner step on the accumulated gradient and the outer step (nexus_k1_step).
+nexus-mixed: Nexus on the step's rows regrouped so that every micro-batch holds every source.
+All check every micro-batch loss for NaN/inf before its backward, and can record each source's share of the
 gradients for the gradient-cosine log at no extra cost (the gradients are there after backward anyway).
 """
 
@@ -17,7 +21,8 @@ from nexus_eval.optim import Nexus
 from nexus_eval.training.model import causal_lm_loss
 from nexus_eval.training.optimizer import Optimizer
 from nexus_eval.training.parallel import Execution, gradient_sync, mean_over_ranks, physical_batches, single_process
-from nexus_eval.training.schedule import MicroBatch
+from nexus_eval.training.schedule import MicroBatch, mixed_micro_batches
+from nexus_eval.training.variants import VARIANTS, Variant
 
 
 class NonFiniteLoss(RecipeError):
@@ -41,16 +46,29 @@ def outer_step(
     grad_clip: float = 0.0,
     record_grads: bool = False,
     ex: Execution | None = None,
+    variant: Variant | None = None,
 ) -> StepResult:
     """One outer step of `opt` on `batches` (the caller sets the lr). `grad_clip` applies to AdamW's accumulated
     gradient only (0: none); Nexus' inner steps are normalized already. With `record_grads`, also each source's
-    summed micro-batch gradient (one flat tensor per source). `model`: what forward/backward runs through (the DDP
-    wrapper under DDP); `ex`: how this process executes (default: one process)."""
+    summed micro-batch gradient (one flat tensor per source; none for nexus-mixed, whose micro-batches mix them).
+    `model`: what forward/backward runs through (the DDP wrapper under DDP); `ex`: how this process executes
+    (default: one process); `variant`: the named optimizer `opt` was built for (default: nexus for a Nexus, else
+    adamw)."""
     ex = ex or single_process()
     params = [p for p in model.parameters() if p.requires_grad]
-    if isinstance(opt, Nexus):
-        return nexus_step(model, opt, batches, params, record_grads, ex)
-    return adamw_step(model, opt, batches, params, grad_clip, record_grads, ex)
+    if variant is None:
+        variant = VARIANTS["nexus" if isinstance(opt, Nexus) else "adamw"]
+    if not variant.has_inner_steps:
+        if isinstance(opt, Nexus):
+            raise TypeError(f"{variant.name} steps a torch optimizer, got {opt!r}")
+        return adamw_step(model, opt, batches, params, grad_clip, record_grads, ex)
+    if not isinstance(opt, Nexus):
+        raise TypeError(f"{variant.name} takes inner steps: it needs a Nexus (or Fish), got {type(opt).__name__}")
+    if variant.inner == "one":
+        return nexus_k1_step(model, opt, batches, params, record_grads, ex)
+    if variant.mixed_sources:  # per-source gradients do not exist when every micro-batch mixes the sources
+        return nexus_step(model, opt, mixed_micro_batches(batches), params, False, ex)
+    return nexus_step(model, opt, batches, params, record_grads, ex)
 
 
 def nexus_step(
@@ -72,6 +90,32 @@ def nexus_step(
     return StepResult(mean_loss(losses, ex), per_source)
 
 
+def nexus_k1_step(
+    model: torch.nn.Module,
+    opt: Nexus,
+    batches: list[MicroBatch],
+    params: list[torch.Tensor],
+    record_grads: bool,
+    ex: Execution,
+) -> StepResult:
+    """nexus-k1, the K = 1 ablation: one inner step per outer step, no inner loop. The step's micro-batches are the
+    ones AdamW and Nexus see, accumulated as AdamW accumulates them (their mean gradient g, one all-reduce under
+    DDP), then one inner step θ1 = θ0 − γ g/‖g‖ and the outer AdamW on (θ0 − θ1)/γ = g/‖g‖. Why this is the faithful
+    K = 1: taking K = 1 by giving every micro-batch its own outer step would change the number of AdamW steps, the
+    lr schedule and the tokens per step, so the run would no longer be comparable at equal tokens; feeding only
+    one of the K micro-batches would drop tokens. With one inner step the displacement has no second-order term:
+    what Nexus argues is its gain, −(γ²/2)(J2·n1 + J1·n2), vanishes, while everything else (the same tokens per
+    step, AdamW on a normalized pseudo-gradient of the same direction as AdamW's gradient) stays. So it separates
+    "the inner loop across sources" from "AdamW on a unit-norm step direction" (no clipping: the norm is 1). Note
+    that while ‖g‖ exceeds grad_clip, AdamW's clipped gradient g/(‖g‖ + 1e-6) is that same unit vector: nexus-k1 then
+    steps as adamw does (up to rounding); they part where ‖g‖ < grad_clip (on train/tiny.toml: most steps after
+    the first ~40)."""
+    losses, per_source = accumulate(model, batches, params, record_grads, ex)
+    opt.inner_step()  # θ ← θ0 − γ g/‖g‖ on the accumulated gradient, gradients cleared
+    opt.step()  # AdamW on (θ0 − θ1)/γ from θ0
+    return StepResult(mean_loss(losses, ex), per_source)
+
+
 def adamw_step(
     model: torch.nn.Module,
     opt: torch.optim.Optimizer,
@@ -81,6 +125,20 @@ def adamw_step(
     record_grads: bool,
     ex: Execution,
 ) -> StepResult:
+    losses, per_source = accumulate(model, batches, params, record_grads, ex)
+    if grad_clip > 0:
+        clip_grad_norm(params, grad_clip, ex)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return StepResult(mean_loss(losses, ex), per_source)
+
+
+def accumulate(
+    model: torch.nn.Module, batches: list[MicroBatch], params: list[torch.Tensor], record_grads: bool, ex: Execution
+) -> tuple[list[float], dict[str, torch.Tensor]]:
+    """Backward on every micro-batch loss / K: the parameters' gradients become the mean micro-batch gradient (all
+    ranks' once the last micro-batch synchronizes). Returns the micro-batch losses and, with `record_grads`, each
+    source's share of the gradient (its micro-batch gradients / K, summed)."""
     losses: list[float] = []
     per_source: dict[str, torch.Tensor] = {}
     accumulated = None  # the gradient summed so far: a micro-batch's share is the difference
@@ -94,11 +152,7 @@ def adamw_step(
             micro = total if accumulated is None else total - accumulated
             per_source[mb.source] = per_source.get(mb.source, 0) + micro
             accumulated = total
-    if grad_clip > 0:
-        clip_grad_norm(params, grad_clip, ex)
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    return StepResult(mean_loss(losses, ex), per_source)
+    return losses, per_source
 
 
 def backward(model: torch.nn.Module, mb: MicroBatch, ex: Execution, divisor: int, sync: bool) -> float:

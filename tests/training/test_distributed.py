@@ -83,12 +83,13 @@ def assert_same_losses(got: Path, want: Path, atol: float = 1e-5) -> None:
             assert all(abs(g[key][k] - w[key][k]) <= atol for k in g[key]), (g["step"], key)
 
 
-def assert_same_weights(got: Path, want: Path) -> None:
-    """Within 1e-5, but for the few near-zero-gradient elements AdamW's sign-like first steps move by ~lr."""
+def assert_same_weights(got: Path, want: Path, share: float = 1e-3) -> None:
+    """Within 1e-5, but for the few near-zero-gradient elements AdamW's sign-like first steps move by ~lr (at most
+    `share` of all)."""
     a, b = load_file(got / "model.safetensors"), load_file(want / "model.safetensors")
     assert a.keys() == b.keys()
     off = sum(int(((a[k] - b[k]).abs() > 1e-5).sum()) for k in a)
-    assert off <= 1e-3 * sum(t.numel() for t in a.values()), off
+    assert off <= share * sum(t.numel() for t in a.values()), off
     assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 2 * LR * STEPS
 
 
@@ -128,6 +129,23 @@ def test_world_2_trains_the_one_process_run(optimizer: str, strategy: str, dist_
     assert info["recipe_hash"] == json.loads((single / "run.json").read_text())["recipe_hash"]
     assert (distributed / "ckpt-000005" / "optimizer" / "sharded" / ".metadata").is_file()  # DCP, not state.pt
     assert not [p for p in distributed.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("optimizer", "strategy"), [("fish", "fsdp"), ("nexus-mixed", "ddp"), ("nexus-k1", "fsdp")])
+def test_ablation_variants_under_world_2_train_the_one_process_run(optimizer: str, strategy: str, dist_runs) -> None:
+    """Fish's own param groups and SGD outer step, the regrouped micro-batches (each rank takes its slice of every
+    mixed one) and K = 1's single synchronized accumulation: each world-2 run is the one-process run. Looser than
+    adamw/nexus: losses within 5e-5 and weights off by > 1e-5 in at most 1% of elements. nexus-k1 under FSDP measured
+    1.8e-5 on one OOD loss and 0.3% / 0.8% of elements off at steps 3 / 5 (median difference 2e-7 / 5e-7, max 9e-4 <
+    lr): its pseudo-gradient (θ0 − θ1)/γ is a difference of nearly equal weights, ~3e-5 relative rounding (another
+    reduction order, other digits) that AdamW's sign-like steps carry into near-zero-gradient weights. A missing or
+    doubled reduction would move every weight by ~lr."""
+    single, distributed = dist_runs(optimizer, "single"), dist_runs(optimizer, strategy)
+    assert_same_losses(distributed, single, atol=5e-5)
+    for ckpt in ("ckpt-000003", "ckpt-000005"):
+        assert_same_weights(distributed / ckpt, single / ckpt, share=1e-2)
+    assert json.loads((distributed / "run.json").read_text())["optimizer"] == optimizer
 
 
 @pytest.mark.slow
