@@ -287,7 +287,7 @@ class EvalSettingsProvenance(TypedDict):
 
     backend: str
     dtype: str
-    batch_size: int
+    batch_size: int | str
     model_args: dict[str, Any]  # paths left out: they name where a checkpoint lay, not what it is
     task_yaml_hashes: dict[str, str]  # task → hash of its YAML, helpers and data
     environment: Environment

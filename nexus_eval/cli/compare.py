@@ -10,13 +10,16 @@ from nexus_eval.cli.options import (
     Backend,
     BatchSize,
     DataDir,
+    Device,
     EvalCache,
     LeaderboardDir,
     Limit,
+    ModelArgs,
     NumFewshot,
     Quiet,
     Suite,
     Tasks,
+    batch_size_value,
     comma_list,
     float_list,
     one_line_errors,
@@ -54,7 +57,9 @@ def compare_command(
     backend: Backend = "hf",
     limit: Limit = None,
     num_fewshot: NumFewshot = None,
-    batch_size: BatchSize = 8,
+    batch_size: BatchSize = None,
+    device: Device = None,
+    model_args: ModelArgs = None,
     cache: EvalCache = Path("results/eval"),
     out: Path = typer.Option(Path("reports/compare"), "--out", help="Dir for report.md, results.json and PNGs"),
     leaderboard: str | None = typer.Option(None, "--leaderboard", help="Also write leaderboards/NAME.{json,md,png}"),
@@ -77,6 +82,7 @@ def compare_command(
     """Loss-matched series (AdamW vs Nexus, or any checkpoint series): pairs, evaluation of what is missing, paired
     bootstrap CIs, tables and plots. Held-out loss is the harness's own, on --data, for every series."""
     from nexus_eval.comparison import CompareOptions, CompareSettings, compare
+    from nexus_eval.evaluation import parse_model_args
 
     if not match_loss and not interpolate:
         raise ComparisonError("compare: pass --match-loss (or --interpolate): unmatched comparisons are not supported")
@@ -97,7 +103,9 @@ def compare_command(
         loss_unit=loss_unit,
     )
     options = CompareOptions(
-        batch_size=batch_size,
+        batch_size=batch_size_value(batch_size),
+        device=device,
+        model_args=parse_model_args(model_args),
         cache_dir=cache,
         out=out,
         leaderboard=leaderboard,

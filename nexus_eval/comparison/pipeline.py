@@ -108,6 +108,8 @@ def gather_results(
         limit=settings.limit,
         num_fewshot=settings.num_fewshot,
         batch_size=options.batch_size,
+        device=options.device,
+        model_args=options.model_args,
         cache_dir=options.cache_dir,
     )
     found = {(r["checkpoint_hash"], r["task"]): r for r in cached_results([c.path for c in ckpts], query, hashes)}

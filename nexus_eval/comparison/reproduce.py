@@ -149,9 +149,12 @@ def settings_of(results: CompareResults) -> CompareSettings:
     )
 
 
-def _batch_size(provenance: dict[str, RunProvenance]) -> int:
-    sizes = [e["batch_size"] for p in provenance.values() for e in p.get("evaluation") or []]
-    return sizes[0] if sizes else CompareOptions.batch_size
+def _batch_size(provenance: dict[str, RunProvenance]) -> int | str | None:
+    """The batch size the committed results were evaluated with: what lm-eval's model class got (its model_args;
+    the settings' batch_size was recorded even where the vllm backend ignored it), None for the backend's default."""
+    for entry in (e for p in provenance.values() for e in p.get("evaluation") or []):
+        return entry["model_args"].get("batch_size", entry["batch_size"])
+    return None
 
 
 def _row_key(row: dict[str, Any], name_field: str) -> str:

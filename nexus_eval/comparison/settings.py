@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from nexus_eval.comparison.series import LOSS_UNITS
 from nexus_eval.comparison.stats import LEVEL, RESAMPLES
@@ -101,14 +102,17 @@ class CompareSettings:
 
 @dataclass(frozen=True)
 class CompareOptions:
-    """How a comparison runs and where it writes; nothing here changes the numbers it reports.
+    """How a comparison runs and where it writes. batch_size, device and model_args set how the backend runs (keyed
+    in the eval cache where not the defaults; `eval --check-batch-invariance` says whether they move the numbers).
 
     geometry_data_dir: None, no geometry columns; a data dir, gradient cosine and minima MSD per pair measured on it.
     disagreements: list the items each pair scores differently (out/disagreements.md, and beside the leaderboard);
     disagreement_task: only for this task (a name or YAML path among the compared tasks), else for every task.
     """
 
-    batch_size: int = 8
+    batch_size: int | str | None = None  # None: the backend's default
+    device: str | None = None
+    model_args: tuple[tuple[str, Any], ...] = ()
     cache_dir: Path = Path("results/eval")
     out: Path = Path("reports/compare")
     leaderboard: str | None = None
