@@ -77,6 +77,7 @@ def run_backend(backend: str, ckpt: Path, args: argparse.Namespace) -> dict:
     from nexus_eval.evaluation.runner import DEFAULT_SEED, resolve_task_specs
 
     resolve_task_specs(["gsm8k", "arc_easy"], None)  # task data materialized before the load clock starts
+    load_before = os.getloadavg()[0]
     started = time.perf_counter()
     lm = backends.load_lm(backend, ckpt, args.hf_batch_size, DEFAULT_SEED)
     load_s = time.perf_counter() - started
@@ -87,6 +88,8 @@ def run_backend(backend: str, ckpt: Path, args: argparse.Namespace) -> dict:
         "backend": backend,
         "load_s": load_s,
         "torch_threads": torch.get_num_threads(),
+        # the machine's 1-minute load average before and after: other jobs on a shared machine slow both backends
+        "load_average": [load_before, os.getloadavg()[0]],
         "generation": generation,
         "loglikelihood": loglikelihood,
     }
@@ -108,6 +111,9 @@ def thread_env(threads: int) -> dict[str, str]:
 
 def import_checkpoint(gguf: Path, out: Path) -> tuple[Path, float]:
     from nexus_eval.checkpoints_gguf import import_gguf
+    from nexus_eval.display import quiet_library_progress
+
+    quiet_library_progress()  # no dequantization bar between the table's lines
 
     started = time.perf_counter()
     import_gguf(gguf, out)
