@@ -123,7 +123,6 @@ def test_a_failed_export_leaves_nothing(tiny_gguf: Path, tmp_path: Path, monkeyp
 
 
 @needs_gguf
-@pytest.mark.slow
 def test_eval_with_the_hf_backend_runs_on_the_export(imported: Path, tmp_path: Path) -> None:
     args = ["eval", str(imported), "--tasks", TASK, "--limit", "2", "--cache", str(tmp_path), "--quiet", "--json"]
     result = invoke(*args)
