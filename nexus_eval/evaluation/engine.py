@@ -4,12 +4,12 @@
     with Engine(BackendSpec("vllm"), timeout) as engine:
         for ckpt in checkpoints:
             lm = engine.load(ckpt)         # the previous checkpoint's weights swapped for these, or a fresh load
-            output = engine.run("task_a, task_b", lambda: simple_evaluate(lm, ...), tasks=2)
+            output = engine.run("tasks a, b", lambda: simple_evaluate(lm, ...), count=2)
     # here every engine process is gone
 
 `load` is the one place a model changes. When the checkpoint shares the loaded one's config, tokenizer and generation
 settings (the checkpoints of one run do), its weights are loaded into the running engine (backends.swap_weights: hf
-into the live module, vLLM through its workers' reload_weights); otherwise the engine is closed and a new one loaded.
+into the live module, vLLM through its workers: vllm_worker.py); otherwise the engine is closed and a new one loaded.
 A vLLM load costs tens of seconds on a CPU, a weight swap about the time to read the file. A dead engine process
 (killed, out of memory) or tasks running past `timeout` each raise EngineError (exit code 3) naming the checkpoint,
 the tasks and how the engine ended; the caller caches nothing for those tasks.

@@ -187,7 +187,7 @@ def eval_provenance(ckpt: Path, settings: EvalSettings) -> EvalProvenance:
         "dtype": str(args.get("dtype", "")),
         "batch_size": spec.resolved_batch_size,
         "device": spec.resolved_device,
-        "environment": environment("cpu"),
+        "environment": environment(spec.resolved_device),
     }
 
 
