@@ -3,11 +3,27 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
 
 from nexus_eval.cli.options import Quiet, one_line_errors
+
+
+@contextmanager
+def in_training_evaluation(tasks: tuple[str, ...], cache: Path) -> Iterator[Callable[[Path], object] | None]:
+    """The recipe's [train] eval_tasks evaluated at each checkpoint (hf backend, `eval`'s defaults, cached in
+    `cache`), by the main process only; None when the recipe names none."""
+    if not tasks or int(os.environ.get("RANK", "0")) != 0:
+        yield None
+        return
+    from nexus_eval.evaluation import EvalSettings
+    from nexus_eval.evaluation.runner import checkpoint_evaluator
+
+    with checkpoint_evaluator(EvalSettings(tasks=tasks, cache_dir=cache)) as evaluate_checkpoint:
+        yield evaluate_checkpoint
 
 
 @one_line_errors
@@ -43,6 +59,9 @@ def train_command(
         "--strategy",
         help="auto | none | ddp | fsdp (default: parallel.strategy; auto: ddp under torchrun); with --dry-run, planned",
     ),
+    eval_cache: Path = typer.Option(
+        Path("results/eval"), "--eval-cache", help="Where [train] eval_tasks results go (eval's --cache)"
+    ),
     quiet: Quiet = False,
 ) -> None:
     """Train RECIPE with one optimizer and seed; writes runs/<recipe>-<optimizer>-s<seed>/ckpt-*."""
@@ -73,18 +92,20 @@ def train_command(
     peak_flops = parse_peak(peak_tflops)[0] if peak_tflops is not None else None
     if (data_dir / "manifest.json").is_file():  # a missing build is train()'s one-line error
         check_epochs(plan, load_manifest(data_dir), data_dir, allow_repeat)
-    run_dir = train(
-        recipe,
-        optimizer,
-        seed,
-        out,
-        data,
-        resume,
-        steps,
-        progress=not quiet,
-        device=device,
-        strategy=strategy,
-        peak_flops=peak_flops,
-    )
+    with in_training_evaluation(plan.train.eval_tasks, eval_cache) as on_checkpoint:
+        run_dir = train(
+            recipe,
+            optimizer,
+            seed,
+            out,
+            data,
+            resume,
+            steps,
+            progress=not quiet,
+            device=device,
+            strategy=strategy,
+            peak_flops=peak_flops,
+            on_checkpoint=on_checkpoint,
+        )
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: one line, not one per process
         typer.echo(f"run: {run_dir}")

@@ -13,8 +13,8 @@ import functools
 import hashlib
 import logging
 import os
-from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -407,12 +407,17 @@ def run_slots(
 
 
 def evaluate_with_status(
-    checkpoints: list[Path], settings: EvalSettings, progress: bool = True, hashes: dict[Path, str] | None = None
+    checkpoints: list[Path],
+    settings: EvalSettings,
+    progress: bool = True,
+    hashes: dict[Path, str] | None = None,
+    engine: Engine | None = None,
 ) -> list[tuple[EvalResult, bool]]:
     """Every checkpoint × task result, read from the cache or computed (and cached), with a flag per result saying
     whether it came from the cache. A model is loaded only for a checkpoint with a result missing.
 
-    hashes: content hashes the caller already computed (checkpoint path → hash), to avoid hashing twice."""
+    hashes: content hashes the caller already computed (checkpoint path → hash), to avoid hashing twice.
+    engine: an engine the caller keeps open across calls (checkpoint_evaluator); by default one for this call."""
     ckpts, specs = checked_inputs(checkpoints, settings)
     backend = settings.backend
     found: list[tuple[EvalResult, bool]] = []
@@ -420,7 +425,7 @@ def evaluate_with_status(
     with (
         quiet_libraries(),
         progress_bar("eval", len(ckpts) * len(specs), enabled=progress) as bar,
-        Engine(settings.backend_spec(), settings.timeout) as engine,
+        Engine(settings.backend_spec(), settings.timeout) if engine is None else nullcontext(engine) as engine,
         closing(missing_work(ckpts, specs, settings, hashes, found, bar)) as missing,
     ):
         for ckpt, todo in missing:
@@ -438,6 +443,22 @@ def evaluate_with_status(
                 bar.advance()
             # The model stays loaded until the next checkpoint or the end of the series (engine.close, above).
     return found
+
+
+@contextmanager
+def checkpoint_evaluator(settings: EvalSettings) -> Iterator[Callable[[Path], list[EvalResult]]]:
+    """A function that evaluates one checkpoint at a time, as a training run writes them, through one engine kept
+    open meanwhile (each next checkpoint's weights swapped in): results cached exactly as `nexus-eval eval` caches
+    them, so that `eval` and `compare` later find them. The settings are checked before anything trains."""
+    settings.check()
+    settings.task_specs()
+    with Engine(settings.backend_spec(), settings.timeout) as engine:
+
+        def evaluate_checkpoint(ckpt: Path) -> list[EvalResult]:
+            rows = evaluate_with_status([ckpt], settings, progress=False, engine=engine)
+            return [result for result, _ in rows]
+
+        yield evaluate_checkpoint
 
 
 def evaluate(

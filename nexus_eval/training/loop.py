@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -59,11 +60,13 @@ def train(
     device: str | None = None,
     strategy: str | None = None,
     peak_flops: float | None = None,
+    on_checkpoint: Callable[[Path], object] | None = None,
 ) -> Path:
     """`nexus-eval train`: returns the run directory. recipe_path: a recipe file, or a Recipe already read (e.g. the
     one a leaderboard recorded, which `leaderboard reproduce` trains again). device / strategy: --device and
     --strategy, over the recipe's [parallel] table (None: the recipe's). peak_flops: one device's peak FLOP/s for
-    the MFU (None: the CUDA device's from training.flops' table; none on CPU)."""
+    the MFU (None: the CUDA device's from training.flops' table; none on CPU). on_checkpoint: called with each
+    checkpoint's path once it is written (the main process only; e.g. in-training evaluation)."""
     recipe = recipe_path if isinstance(recipe_path, Recipe) else load_recipe(recipe_path)
     recipe = recipe.with_execution(strategy=strategy, device=device)
     if steps is not None and steps <= 0:
@@ -77,7 +80,8 @@ def train(
         recipe = recipe.with_steps(steps)
     started = parallel.start(ex)  # the process group, under torchrun
     try:
-        return train_run(recipe, optimizer, seed, run_dir, data_dir, resume, progress and ex.is_main, ex, peak_flops)
+        show = progress and ex.is_main
+        return train_run(recipe, optimizer, seed, run_dir, data_dir, resume, show, ex, peak_flops, on_checkpoint)
     finally:
         parallel.end(started)
 
@@ -92,6 +96,7 @@ def train_run(
     progress: bool,
     ex: Execution,
     peak_flops: float | None = None,
+    on_checkpoint: Callable[[Path], object] | None = None,
 ) -> Path:
     """train() once the recipe and this process's execution are settled."""
     # Set up: data, micro-batch schedule, held-out windows, model, optimizer; then the loop's hooks. The thread count
@@ -168,7 +173,9 @@ def train_run(
             if measured is not None and (measured.crossed or is_checkpoint):
                 target = min(measured.crossed) if measured.crossed else None
                 meta = checkpoint_meta(identity, state, measured.losses, target)
-                checkpointer.save(c, meta, trainer_state(c, state, cosine))
+                ckpt = checkpointer.save(c, meta, trainer_state(c, state, cosine))
+                if on_checkpoint is not None and ex.is_main:  # other ranks go on and wait at the next collective
+                    on_checkpoint(ckpt)
             bar.update(step, info=progress_info(result.loss, state.last_val, since_start.rate(), cost))
     return run_dir
 

@@ -67,6 +67,9 @@ class TrainSpec:
     target_losses: tuple[float, ...] = ()  # checkpoint when the held-out mixture loss first drops below each
     target_watch: float = 0.1  # within this many nats of a target, measure held-out loss every step
     keep_state: str = "latest"  # optimizer state beside the newest checkpoint only, or "all" (resume from any)
+    # lm-eval tasks evaluated at each checkpoint as it is written (cached as `nexus-eval eval` caches them). What is
+    # measured, not what is trained: outside the recipe dict and hash, like [parallel].
+    eval_tasks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,7 @@ class Recipe:
         out = dataclasses.asdict(self)
         out.pop("path")
         out.pop("parallel")  # how it runs is not what it trains: every recipe hash stays what it was
+        out["train"].pop("eval_tasks")  # what is measured along the way, likewise
         for key, default in VARIANT_ONLY_DEFAULTS.items():
             if out["optim"][key] == default:
                 del out["optim"][key]
@@ -153,9 +157,14 @@ def _section(cls: type, raw: dict[str, Any], where: str) -> Any:
     defaults = cls()
     for key, value in raw.items():
         default = getattr(defaults, key)
-        converted = _typed(default, value)
+        if key == "eval_tasks":  # names, not numbers like the other lists
+            names = isinstance(value, list) and all(isinstance(v, str) and v for v in value)
+            converted = tuple(value) if names else None
+        else:
+            converted = _typed(default, value)
         if converted is None:
-            raise RecipeError(f"{where}.{key}: expected {_type_name(default)}, got {value!r}")
+            expected = "a list of task names" if key == "eval_tasks" else _type_name(default)
+            raise RecipeError(f"{where}.{key}: expected {expected}, got {value!r}")
         values[key] = converted
     return cls(**values)
 
