@@ -55,6 +55,13 @@ def lock_path(cache_dir: Path, checkpoint_hash: str) -> Path:
     return cache_dir / f"{checkpoint_hash[:16]}.lock"
 
 
+def remove_partial(cache_dir: Path, checkpoint_hash: str) -> None:
+    """Delete the temp files a killed writer left in one checkpoint's cache dir (io.temp_path names them
+    `.<name>.<pid>.tmp<suffix>`). Call it holding that checkpoint's lock: no live process writes there then."""
+    for stale in (cache_dir / checkpoint_hash[:16]).glob(".*.tmp*"):
+        stale.unlink(missing_ok=True)
+
+
 def _stem(key: EvalKey) -> str:
     """<task>.<backend>.<hash of the whole key>: the name of a result file without its suffix."""
     if not is_safe_name(key["task"]) or not is_safe_name(key["backend"]):  # the names become the file name

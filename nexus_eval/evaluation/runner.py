@@ -361,6 +361,7 @@ def missing_work(
         if not missing:
             continue
         with file_lock(evalcache.lock_path(settings.cache_dir, ckpt_hash)):
+            evalcache.remove_partial(settings.cache_dir, ckpt_hash)  # what a killed eval was writing
             # Read the missing ones again under the lock: what another process wrote while we waited is reused.
             again = cache_slots(ckpt_hash, [slot.spec for slot in missing], settings)
             if todo := take_cached(again, ckpt, found, bar):
