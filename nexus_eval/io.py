@@ -7,6 +7,7 @@ never leaves a half-written file that a later run would trust.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import math
 import os
@@ -26,6 +27,15 @@ SAFE_NAME_RULE = "use letters, digits, '.', '_' or '-', starting with a letter o
 
 def is_safe_name(name: str) -> bool:
     return SAFE_NAME.fullmatch(name) is not None
+
+
+def sha256_file(path: Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks (data shards and GGUF files run to gigabytes)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def temp_path(path: Path) -> Path:

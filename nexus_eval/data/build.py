@@ -37,11 +37,10 @@ from nexus_eval.data.shards import (
 )
 from nexus_eval.data.sources import Source, default_ood, default_sources, gsm8k_test_questions
 from nexus_eval.data.spec import SourceSpec
-from nexus_eval.data.store import sha256_file
 from nexus_eval.data.tokenizer import MAX_VOCAB, MIN_VOCAB, load_pretrained_tokenizer, token_dtype, train_tokenizer
 from nexus_eval.display import progress_display
 from nexus_eval.errors import DataError, NexusError
-from nexus_eval.io import dump_json, write_json_atomic
+from nexus_eval.io import dump_json, sha256_file, write_json_atomic
 
 MANIFEST_VERSION = 1
 DEFAULT_GSM8K_DIR = Path("../shared/data/gsm8k")

