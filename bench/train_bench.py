@@ -7,8 +7,14 @@ so that load from other processes hits every variant alike; step time is the med
 The DDP variants run the trainer's step under `torchrun --standalone --nproc-per-node=2` (gloo on CPU: on a 2-core
 machine each rank gets one core, so the ratio to one process shows what data parallelism costs or gains there); a
 child reports from rank 0 only (RANK), its peak RSS that rank's.
-Targets: Nexus/AdamW step time <= 1.05, peak RSS <= 1.3, harness (AdamW through the trainer's step) >= 0.9x bare.
+Targets: Nexus/AdamW step time <= 1.05, peak memory <= 1.3, harness (AdamW through the trainer's step) >= 0.9x bare.
+On a GPU (`--device cuda`, or auto with one visible) the children train as `nexus-eval train` does there (bf16
+autocast, torch.compile, fused AdamW): step times are taken after a CUDA synchronize, peak memory is
+torch.cuda.max_memory_allocated of the child, and the table adds MFU over the GPU's peak (training/flops.py). The
+default variants there are adamw and nexus (the bare loop has no autocast or compile, so it is no baseline on a GPU;
+DDP needs two GPUs).
     python bench/train_bench.py [--recipe train/tiny.toml] [--steps 15] [--rounds 2] [--data data]
+    python bench/train_bench.py --recipe train/130m.toml --device cuda --steps 20 --rounds 1
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 WARMUP_STEPS = 2  # not timed: the first steps allocate (Nexus' θ0, AdamW's moments, autograd buffers)
+CUDA_WARMUP_STEPS = 4  # and on a GPU, torch.compile compiles (forward, backward) in them
 MIB = 1 << 20
 
 
@@ -35,10 +42,10 @@ class Variant:
     launcher: tuple[str, ...] = (sys.executable,)  # what runs this file in the child
     strategy: str = "none"  # the trainer's [parallel] strategy in the child
 
-    def command(self, recipe: Path, data: Path, steps: int) -> list[str]:
+    def command(self, recipe: Path, data: Path, steps: int, device: str) -> list[str]:
         script = str(Path(__file__).resolve())
         return [*self.launcher, script, "--child", self.name, "--recipe", str(recipe), "--data", str(data),
-                "--steps", str(steps)]  # fmt: skip
+                "--steps", str(steps), "--device", device]  # fmt: skip
 
 
 TORCHRUN_2 = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2")
@@ -57,10 +64,12 @@ class Result:
 
     variant: str
     step_s: list[float]
-    peak_rss_mib: float
+    peak_mib: float  # peak RSS on CPU (VmHWM), torch.cuda.max_memory_allocated on a GPU
     state_mib: float  # parameters + optimizer state (Nexus adds θ0)
     tokens_per_step: int
     flops_per_token: int
+    device: str  # "cpu", or the GPU's name as torch reports it
+    peak_flops: float | None  # one device's peak FLOP/s (training/flops.py), None on CPU or an unknown GPU
 
 
 # ---- in the child ----------------------------------------------------------------------------------------------------
@@ -89,13 +98,14 @@ def json_leaves(obj):  # noqa: ANN001, ANN201
         yield obj
 
 
-def make_stepper(variant: Variant, recipe_path: Path, data_dir: Path):  # noqa: ANN201 - (step, model, optimizer)
-    """(one outer step at index i, the model, its optimizer): same recipe, data and micro-batches for every variant."""
+def make_stepper(variant: Variant, recipe_path: Path, data_dir: Path, device: str):  # noqa: ANN201
+    """(one outer step at index i, the model, its optimizer, the execution): same recipe, data and micro-batches for
+    every variant."""
     import torch
 
     from nexus_eval.training import RunState, load_recipe, parallel, set_up, train_step
 
-    recipe = load_recipe(recipe_path).with_execution(strategy=variant.strategy)
+    recipe = load_recipe(recipe_path).with_execution(strategy=variant.strategy, device=device)
     ex = parallel.resolve_execution(recipe.parallel, recipe.optim.micro_batch, str(recipe_path))
     parallel.start(ex)  # the process group under torchrun; nothing for one process
     c = set_up(recipe, "adamw" if variant.optimizer == "bare" else variant.optimizer, 0, data_dir, ex)
@@ -105,7 +115,7 @@ def make_stepper(variant: Variant, recipe_path: Path, data_dir: Path):  # noqa: 
         def trainer_step(i: int) -> None:
             train_step(c, state)  # the loop's step at state.step, which is i
 
-        return trainer_step, c.model, c.opt
+        return trainer_step, c.model, c.opt, ex
 
     model, schedule, k = c.model, c.schedule, recipe.optim.accum
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.optim.lr)
@@ -118,41 +128,48 @@ def make_stepper(variant: Variant, recipe_path: Path, data_dir: Path):  # noqa: 
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    return bare_step, model, opt
+    return bare_step, model, opt, ex
 
 
-def run_child(variant: Variant, recipe_path: Path, data_dir: Path, steps: int) -> Result:
+def run_child(variant: Variant, recipe_path: Path, data_dir: Path, steps: int, device: str) -> Result:
     import torch
 
-    from nexus_eval.training.flops import model_flops_per_token
+    from nexus_eval.training.flops import device_peak_flops, model_flops_per_token
     from nexus_eval.training.loop import training_threads
-    from nexus_eval.training.metrics_log import peak_rss_bytes
+    from nexus_eval.training.metrics_log import peak_memory_bytes
     from nexus_eval.training.recipe import load_recipe
 
     torch.set_num_threads(training_threads())
     recipe = load_recipe(recipe_path)
-    step, model, opt = make_stepper(variant, recipe_path, data_dir)
+    step, model, opt, ex = make_stepper(variant, recipe_path, data_dir, device)
+    on_cuda = ex.device.type == "cuda"
+    sync = torch.cuda.synchronize if on_cuda else (lambda: None)  # a GPU step has ended when its kernels have
+    warmup = CUDA_WARMUP_STEPS if on_cuda else WARMUP_STEPS
     times = []
-    for i in range(WARMUP_STEPS + steps):
+    for i in range(warmup + steps):
+        sync()
         start = time.perf_counter()
         step(i)
-        if i >= WARMUP_STEPS:
+        sync()
+        if i >= warmup:
             times.append(time.perf_counter() - start)
     return Result(
         variant=variant.name,
         step_s=times,
-        peak_rss_mib=peak_rss_bytes() / MIB,
+        peak_mib=peak_memory_bytes(ex.device) / MIB,
         state_mib=state_bytes(model, opt) / MIB,
         tokens_per_step=recipe.tokens_per_step(),
         flops_per_token=model_flops_per_token(model, recipe.model.context),
+        device=torch.cuda.get_device_name(ex.device) if on_cuda else "cpu",
+        peak_flops=device_peak_flops(ex.device),
     )
 
 
 # ---- in the parent ---------------------------------------------------------------------------------------------------
 
 
-def run_variant(variant: Variant, recipe: Path, data: Path, steps: int) -> Result:
-    done = subprocess.run(variant.command(recipe, data, steps), check=True, capture_output=True, text=True)
+def run_variant(variant: Variant, recipe: Path, data: Path, steps: int, device: str) -> Result:
+    done = subprocess.run(variant.command(recipe, data, steps, device), check=True, capture_output=True, text=True)
     return Result(**json.loads(done.stdout.strip().splitlines()[-1]))
 
 
@@ -171,30 +188,36 @@ def gather(variants: list[Variant], run: Callable[[Variant], Result], rounds: in
         else:
             kept = merged[variant.name]
             kept.step_s += result.step_s
-            kept.peak_rss_mib = max(kept.peak_rss_mib, result.peak_rss_mib)
+            kept.peak_mib = max(kept.peak_mib, result.peak_mib)
     return merged
 
 
 def print_table(results: dict[str, Result], recipe: Path, steps: int, rounds: int) -> None:
     step_s = {v: statistics.median(r.step_s) for v, r in results.items()}
     any_result = next(iter(results.values()))
-    tokens, flops = any_result.tokens_per_step, any_result.flops_per_token
-    threads = os.environ.get("OMP_NUM_THREADS", "all cores")
+    tokens, flops, peak = any_result.tokens_per_step, any_result.flops_per_token, any_result.peak_flops
+    on_gpu = any_result.device != "cpu"
+    where = any_result.device if on_gpu else f"CPU, {os.environ.get('OMP_NUM_THREADS', 'all cores')} thread(s)"
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())  # other processes' load skews the step times
     print(
         f"train bench: {recipe}, {tokens} tokens/step, median of {rounds} x {steps} steps per variant, one process "
-        f"per variant, {threads} thread(s), load average {load} at the end"
+        f"per variant, {where}, load average {load} at the end"
     )
-    print(f"{'variant':8} {'tokens/s':>10} {'step s':>8} {'GFLOP/s':>8} {'peak RSS MiB':>13} {'params+opt MiB':>15}")
+    memory = "peak CUDA MiB" if on_gpu else "peak RSS MiB"
+    mfu_head = f" {'MFU':>6}" if peak else ""
+    print(f"{'variant':10} {'tokens/s':>10} {'step s':>8} {'TFLOP/s':>8}{mfu_head} {memory:>13} {'params+opt MiB':>15}")
     for v, r in results.items():
         rate = tokens / step_s[v]
-        gflops = rate * flops / 1e9  # the model's arithmetic at this rate (MFU's numerator)
-        print(f"{v:8} {rate:10.0f} {step_s[v]:8.3f} {gflops:8.2f} {r.peak_rss_mib:13.0f} {r.state_mib:15.1f}")
+        tflops = rate * flops / 1e12  # the model's arithmetic at this rate (MFU's numerator)
+        mfu_cell = f" {tflops * 1e12 / peak:6.1%}" if peak else ""
+        print(f"{v:10} {rate:10.0f} {step_s[v]:8.3f} {tflops:8.3f}{mfu_cell} {r.peak_mib:13.0f} {r.state_mib:15.1f}")
+    if peak:
+        print(f"MFU over {peak / 1e12:g} TFLOP/s, the bf16 dense peak of one {any_result.device} (training/flops.py)")
     if {"adamw", "nexus"} <= set(results):
         adamw, nexus = results["adamw"], results["nexus"]
         print(
             f"nexus/adamw  step time {step_s['nexus'] / step_s['adamw']:.3f} (target <= 1.05)   "
-            f"peak RSS {nexus.peak_rss_mib / adamw.peak_rss_mib:.3f} (target <= 1.3)   "
+            f"peak memory {nexus.peak_mib / adamw.peak_mib:.3f} (target <= 1.3)   "
             f"params+opt state {nexus.state_mib / adamw.state_mib:.3f} (θ0)"
         )
     if {"adamw", "bare"} <= set(results):
@@ -207,22 +230,42 @@ def print_table(results: dict[str, Result], recipe: Path, steps: int, rounds: in
         )
 
 
+def default_variants(device: str) -> list[str]:
+    """All variants on CPU; on a GPU the trainer's optimizers, and DDP only where two GPUs are visible."""
+    import torch
+
+    on_gpu = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if not on_gpu:
+        return [v.name for v in VARIANTS]
+    two_gpus = torch.cuda.device_count() >= 2
+    return [v.name for v in VARIANTS if v.optimizer != "bare" and (v.strategy == "none" or two_gpus)]
+
+
 def main() -> None:
+    names = [v.name for v in VARIANTS]
     parser = argparse.ArgumentParser()
     parser.add_argument("--recipe", type=Path, default=Path("train/tiny.toml"))
     parser.add_argument("--data", type=Path, default=Path("data"))
     parser.add_argument("--steps", type=int, default=15, help="timed steps per child")
     parser.add_argument("--rounds", type=int, default=2, help="children per variant, in alternating order")
-    parser.add_argument("--child", choices=[v.name for v in VARIANTS], help=argparse.SUPPRESS)
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: cuda if any")
+    parser.add_argument("--variants", help=f"comma-separated, of {', '.join(names)} (default: all the device runs)")
+    parser.add_argument("--child", choices=names, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        result = run_child(next(v for v in VARIANTS if v.name == args.child), args.recipe, args.data, args.steps)
+        result = run_child(next(v for v in VARIANTS if v.name == args.child), args.recipe, args.data, args.steps,
+                           args.device)  # fmt: skip
         if int(os.environ.get("RANK", "0")) == 0:
             print(json.dumps(result.__dict__))
         return
+    chosen = args.variants.split(",") if args.variants else default_variants(args.device)
+    unknown = sorted(set(chosen) - set(names))
+    if unknown:
+        parser.error(f"--variants: unknown variant {unknown[0]!r} (known: {', '.join(names)})")
     if not (args.data / "manifest.json").exists():
         subprocess.run([sys.executable, "-m", "nexus_eval.cli", "data", "build", "--out", str(args.data)], check=True)
-    results = gather(VARIANTS, lambda v: run_variant(v, args.recipe, args.data, args.steps), args.rounds)
+    variants = [v for v in VARIANTS if v.name in chosen]
+    results = gather(variants, lambda v: run_variant(v, args.recipe, args.data, args.steps, args.device), args.rounds)
     print_table(results, args.recipe, args.steps, args.rounds)
 
 
