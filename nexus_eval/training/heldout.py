@@ -39,7 +39,7 @@ def mean_token_loss(model: Any, windows: torch.Tensor, batch_size: int = 16, ex:
     device = model_device(model)
     for chunk in windows.split(batch_size):
         chunk = chunk.to(device)
-        logits = model(chunk[:, :-1]).logits.float()
+        logits = model(chunk[:, :-1], use_cache=False).logits.float()  # no KV cache: see causal_lm_loss
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), chunk[:, 1:].flatten(), reduction="sum")
         total += float(loss)
         count += chunk[:, 1:].numel()
@@ -57,7 +57,7 @@ def _mean_token_loss_over_ranks(model: Any, windows: torch.Tensor, batch_size: i
         chunk = mine[i * batch_size : (i + 1) * batch_size]
         measured = len(chunk) > 0
         chunk = to_device(chunk if measured else windows[:1], ex)  # a rank out of windows joins with a dummy pass
-        logits = model(chunk[:, :-1]).logits.float()  # no autocast: as one process measures (FSDP on CUDA: bf16)
+        logits = model(chunk[:, :-1], use_cache=False).logits.float()  # no autocast: as one process measures
         if measured:
             loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), chunk[:, 1:].flatten(), reduction="sum")
             total += loss.double()

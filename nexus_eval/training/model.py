@@ -52,5 +52,8 @@ def causal_lm_loss(model: Any, inputs: Any, targets: Any) -> Any:
     import torch.nn.functional as F
 
     device = next(model.parameters()).device
-    logits = model(input_ids=inputs.to(device)).logits
+    # use_cache=False: otherwise transformers fills a KV cache on every training forward, which costs memory, and
+    # under torch.compile of each decoder layer its per-layer state forces a recompile per layer until dynamo's
+    # recompile limit leaves the last layers eager (seen on an H200: 12 layers, limit 8)
+    logits = model(input_ids=inputs.to(device), use_cache=False).logits
     return F.cross_entropy(logits.float().flatten(0, 1), targets.to(device).flatten())
