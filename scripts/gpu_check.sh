@@ -17,7 +17,6 @@ runs=$(mktemp -d)
 {
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
     "$python" -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'
-    git rev-parse HEAD 2>/dev/null || true
 } 2>&1 | tee "$out/gpu.txt"
 
 echo "== 1. train bench: train/130m.toml, bf16 + compile, one process per optimizer"
