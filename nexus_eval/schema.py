@@ -288,6 +288,10 @@ class CompareSettingsRecord(TypedDict):
     reference: str  # the label every other series is matched against (schema 3)
     series: list[str]  # every series label, the reference first
     loss_unit: str  # "nats" (nats/token) | "bpb" (bits per byte), what every loss of the comparison is in
+    # Written since the noise and curves sections; older files lack them.
+    tolerance_auto: NotRequired[bool]  # `--tolerance auto`: `tolerance` was derived from the seed SD of the loss
+    curve_points: NotRequired[int]  # points of the default loss grid of the curves
+    curve_losses: NotRequired[list[float] | None]  # the grid as given (--curve-losses), else None
 
 
 class ExternalChecks(TypedDict):
@@ -445,6 +449,125 @@ class RunCurve(TypedDict):
     points: list[CurvePoint]
 
 
+class LossNoiseRow(TypedDict):
+    """The seed-to-seed SD of one series' held-out loss at one eval step all its seeds logged (comparison.noise)."""
+
+    series: str
+    at: str  # "target": the first shared eval step whose mean over seeds reaches `target`; "final": the last one
+    target: float | None  # None for "final"
+    step: int | None  # None: the mean over seeds never reaches the target
+    mean: float | None
+    sd: float | None  # sample SD over seeds (n − 1 degrees of freedom); None with fewer than two seeds
+    n: int  # seeds
+    source: str  # "metrics.jsonl" (the trainer's val_loss, nats/token) | "checkpoints" (the comparison's loss)
+
+
+class ScoreNoiseRow(TypedDict):
+    """The seed-to-seed SD of one series' task score at one target loss (each seed's score read at that loss)."""
+
+    series: str
+    target: float
+    task: str
+    metric: str
+    mean: float | None
+    sd: float | None  # sample SD over seeds; None with fewer than two
+    n: int  # seeds with a score at the target
+    interpolated: int  # of them, read off the line between evaluated checkpoints around the target
+    nearest: int  # of them, at their evaluated checkpoint nearest the target (none brackets it)
+
+
+class ToleranceRecord(TypedDict):
+    """The matching tolerance and where it came from."""
+
+    value: float | None  # the largest |Δloss| of a pair (None: interpolated, both sides sit at the target)
+    auto: bool  # `--tolerance auto`: half of smallest_sd
+    smallest_sd: float | None  # the smallest positive seed SD of held-out loss in the noise rows
+    series: str | None  # the row it came from
+    at: str | None
+    step: int | None
+    derivation: str  # one line, as the report prints it
+
+
+class NoiseRecord(TypedDict):
+    """Seed-to-seed noise of a comparison: held-out loss at fixed steps, task scores at fixed losses."""
+
+    loss: list[LossNoiseRow]
+    scores: list[ScoreNoiseRow]
+    score_method: str  # how a seed's score at a target loss is read
+    tolerance: ToleranceRecord
+
+
+class SeedBand(TypedDict):
+    """A mean over seeds with its 95% Student-t interval (None with fewer than two seeds)."""
+
+    mean: float | None
+    low: float | None
+    high: float | None
+    n: int  # seeds
+
+
+class CurveBandPoint(SeedBand):
+    loss: float  # the grid point: held-out loss, in the comparison's unit
+
+
+class CurveBand(TypedDict):
+    """One series' curve of a task score (or an OOD domain's loss) against held-out loss: at each grid point the mean
+    over seeds of each seed's value, interpolated linearly in held-out loss between its checkpoints, with a t band."""
+
+    kind: str  # "task" | "ood"
+    name: str  # the task, or the OOD domain
+    metric: str  # the task's primary metric, or "ood_loss"
+    higher_is_better: bool
+    series: str
+    points: list[CurveBandPoint]
+
+
+class CurveDelta(TypedDict):
+    """One grid point of a curve, a series against the reference: both bands and their difference paired by seed."""
+
+    kind: str
+    name: str
+    metric: str
+    higher_is_better: bool
+    series: str  # the candidate's
+    loss: float
+    reference: SeedBand
+    candidate: SeedBand
+    delta: SeedBand  # candidate − reference, per seed, then mean and t interval over the seeds both cover
+
+
+class OodPoint(TypedDict):
+    """A checkpoint's loss on one OOD domain at its held-out loss (the OOD curves), in the comparison's unit."""
+
+    series: str
+    seed: int | None
+    run_id: str
+    checkpoint: str
+    loss: float
+    domain: str
+    value: float
+
+
+class LossCurves(TypedDict):
+    """Score and OOD loss against held-out loss over every checkpoint of every seed (comparison.curves)."""
+
+    method: str  # how the grid was chosen and the bands computed
+    bands: list[CurveBand]
+    deltas: list[CurveDelta]
+    ood_points: list[OodPoint]  # the raw OOD points (task points are CompareResults.points)
+
+
+class GeometrySeedRow(TypedDict):
+    """One geometry measure at one target over the seeds of a series and the reference (t intervals over seeds)."""
+
+    target: float
+    series: str
+    measure: str  # "grad_cos" (mean off-diagonal gradient cosine) | "minima_msd" (per-source minima MSD)
+    reference: SeedBand
+    candidate: SeedBand
+    delta: SeedBand  # candidate − reference, per seed
+
+
 class AllowedMismatch(TypedDict):
     """Two runs of a comparison that differ in a guarded field, paired anyway because of --allow-mismatch FIELD."""
 
@@ -469,3 +592,7 @@ class CompareResults(TypedDict):
     points: list[MetricPoint]
     curves: list[RunCurve]
     allowed_mismatches: NotRequired[list[AllowedMismatch]]  # empty: every guarded field agreed; absent in old files
+    # Written since issue 13's noise, curves and geometry-over-seeds sections; absent in older files (then not shown).
+    noise: NotRequired[NoiseRecord]
+    loss_curves: NotRequired[LossCurves]
+    geometry_seeds: NotRequired[list[GeometrySeedRow]]

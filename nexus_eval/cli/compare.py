@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import typer
@@ -27,6 +28,20 @@ from nexus_eval.cli.options import (
 from nexus_eval.errors import ComparisonError
 
 leaderboard_app = typer.Typer(no_args_is_help=True, help="Generated leaderboards in leaderboards/.")
+DEFAULT_TOLERANCE = 0.01
+
+
+def tolerance_value(text: str) -> tuple[float, bool]:
+    """--tolerance: (a number ≥ 0, False), or "auto" → (the default, True): the comparison derives the number."""
+    if text.strip().lower() == "auto":
+        return DEFAULT_TOLERANCE, True
+    try:
+        value = float(text)
+    except ValueError:
+        raise ComparisonError(f"--tolerance {text}: expected a number ≥ 0 or auto") from None
+    if not math.isfinite(value) or value < 0:
+        raise ComparisonError(f"--tolerance {text}: expected a number ≥ 0 or auto")
+    return value, False
 
 
 @one_line_errors
@@ -49,9 +64,23 @@ def compare_command(
         help="auto (nats/token when every series has the data's tokenizer, else bpb) | nats | bpb",
     ),
     match_loss: bool = typer.Option(False, "--match-loss", help="Pair checkpoints of equal held-out loss"),
-    tolerance: float = typer.Option(0.01, "--tolerance", help="Largest |Δloss| of a pair, in the loss unit"),
+    tolerance: str = typer.Option(
+        "0.01",
+        "--tolerance",
+        help="Largest |Δloss| of a pair, in the loss unit; auto: half the smallest seed SD of held-out loss at a "
+        "fixed step (measured from the runs before matching)",
+    ),
     targets: str | None = typer.Option(None, "--targets", help="Target losses, e.g. 3.2,3.0 (default: the recipes')"),
     interpolate: bool = typer.Option(False, "--interpolate", help="Interpolate metrics linearly in loss at targets"),
+    curve_points: int = typer.Option(
+        8, "--curve-points", help="Curves: grid points over the held-out loss range every seed covers"
+    ),
+    curve_losses: str | None = typer.Option(
+        None, "--curve-losses", help="Curves: the grid of held-out losses, e.g. 5.6,5.4,5.2 (instead of --curve-points)"
+    ),
+    evaluate_all: bool = typer.Option(
+        False, "--evaluate-all", help="Evaluate every checkpoint of the runs (the curves), not only the paired ones"
+    ),
     suite: Suite = "reasoning",
     tasks: Tasks = None,
     backend: Backend = "hf",
@@ -87,10 +116,15 @@ def compare_command(
     if not match_loss and not interpolate:
         raise ComparisonError("compare: pass --match-loss (or --interpolate): unmatched comparisons are not supported")
     chosen_targets = float_list(targets, "--targets")
+    chosen_tolerance, tolerance_auto = tolerance_value(tolerance)
+    grid = float_list(curve_losses, "--curve-losses")
     chosen_tasks = comma_list(tasks)
     settings = CompareSettings(
         mode="interpolate" if interpolate else "match-loss",
-        tolerance=tolerance,
+        tolerance=chosen_tolerance,
+        tolerance_auto=tolerance_auto,
+        curve_points=curve_points,
+        curve_losses=tuple(grid) if grid else None,
         targets=tuple(chosen_targets) if chosen_targets else None,
         suite=suite,
         tasks=tuple(chosen_tasks) if chosen_tasks else None,
@@ -115,6 +149,7 @@ def compare_command(
         progress=not quiet,
         data_dir=data,
         loss_cache_dir=loss_cache,
+        evaluate_all=evaluate_all,
     )
     compare([*(series or []), *(more_series or [])], settings, options, list(series_file or []))
 

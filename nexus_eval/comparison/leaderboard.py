@@ -1,4 +1,5 @@
-"""Leaderboards: leaderboards/<name>.md (+ .png) generated from the compare results stored beside it (<name>.json).
+"""Leaderboards: leaderboards/<name>.md (+ .png, and .curves.png when the results have curves) generated from the
+compare results stored beside it (<name>.json).
 
 The Markdown is a pure function of the JSON (fixed number formatting, no timestamps), so `check` can tell whether a
 committed .md is exactly what its .json produces; `refresh` rewrites every .md and .png from the JSON.
@@ -13,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from nexus_eval.comparison.plots import write_overview
+from nexus_eval.comparison.plots import curve_panels, write_loss_curves, write_overview
 from nexus_eval.comparison.report import render_markdown
 from nexus_eval.comparison.results_schema import upgraded
 from nexus_eval.errors import ComparisonError
@@ -35,7 +36,7 @@ REQUIRED = {
     "curves": list,
 }
 # Keys added since schema 1 was first written: older results lack them, so they are checked only when present.
-OPTIONAL = {"allowed_mismatches": list}
+OPTIONAL = {"allowed_mismatches": list, "noise": dict, "loss_curves": dict, "geometry_seeds": list}
 SETTINGS = ("mode", "tasks", "backend", "bootstrap_resamples")
 DISAGREEMENTS_SUFFIX = ".disagreements.md"
 
@@ -80,6 +81,11 @@ def load(path: Path) -> CompareResults:
     return validate(data, str(path))
 
 
+def curves_path(name: str, directory: Path = LEADERBOARD_DIR) -> Path:
+    """leaderboards/NAME.curves.png: score and OOD loss against held-out loss with seed bands."""
+    return directory / f"{name}.curves.png"
+
+
 def render(name: str, results: CompareResults) -> str:
     preamble = (
         f"> Generated from `{name}.json` by `nexus-eval leaderboard refresh` (first written by "
@@ -87,7 +93,8 @@ def render(name: str, results: CompareResults) -> str:
         "this file differs from what its JSON produces."
     )
     try:
-        return render_markdown(results, f"Leaderboard: {name}", preamble, [("overview", f"{name}.png")])
+        curves = curves_path(name).name if curve_panels(results) else None
+        return render_markdown(results, f"Leaderboard: {name}", preamble, [("overview", f"{name}.png")], curves)
     except (KeyError, TypeError, ValueError) as e:
         raise ComparisonError(
             f"leaderboards/{name}.json: malformed compare results ({type(e).__name__}: {e})"
@@ -98,7 +105,10 @@ def write_files(name: str, results: CompareResults, directory: Path) -> list[Pat
     md, png = directory / f"{name}.md", directory / f"{name}.png"
     write_text_atomic(md, render(name, results))
     write_overview(results, png)
-    return [md, png]
+    written = [md, png]
+    if write_loss_curves(results, curves_path(name, directory)):
+        written.append(curves_path(name, directory))
+    return written
 
 
 def write_leaderboard(results: CompareResults, name: str, directory: Path = LEADERBOARD_DIR) -> list[Path]:

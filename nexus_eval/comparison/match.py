@@ -288,6 +288,11 @@ def default_targets(groups: list[SeedGroup]) -> list[float]:
     return [round(float(x), 4) for x in np.linspace(high, low, GRID_POINTS)]
 
 
+def chosen_targets(groups: list[SeedGroup], targets: list[float] | tuple[float, ...] | None) -> list[float]:
+    """The targets a comparison pairs at, highest first: those given, else default_targets."""
+    return sorted(set(targets), reverse=True) if targets else default_targets(groups)
+
+
 def reach(tolerance: float) -> float:
     return max(MIN_REACH, 2 * tolerance)
 
@@ -398,7 +403,7 @@ def match(
     if tolerance < 0:
         raise ComparisonError(f"--tolerance must be ≥ 0 (got {tolerance})")
     groups = seed_groups(runs, reference)
-    chosen = sorted(set(targets), reverse=True) if targets else default_targets(groups)
+    chosen = chosen_targets(groups, targets)
     if interpolate:
         pairs, unmatched = match_interpolated(groups, chosen)
     else:

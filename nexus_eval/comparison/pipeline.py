@@ -20,7 +20,6 @@ accuracy and exact match; for bits-per-byte lm-eval weights documents by length,
 
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
 from dataclasses import replace
@@ -30,11 +29,24 @@ from typing import Any
 import numpy as np
 
 from nexus_eval.checkpoints import content_hash
+from nexus_eval.comparison.curves import loss_curves, ood_points
 from nexus_eval.comparison.disagreements import find_disagreements, print_disagreements, write_disagreements
 from nexus_eval.comparison.external import compared_runs
+from nexus_eval.comparison.geometry_seeds import geometry_over_seeds
 from nexus_eval.comparison.guards import check_runs, warn_mismatches
 from nexus_eval.comparison.leaderboard import check_name, disagreements_path, write_leaderboard
-from nexus_eval.comparison.match import Checkpoint, Pair, Run, Side, Unmatched, match, series_labels
+from nexus_eval.comparison.match import (
+    Checkpoint,
+    Pair,
+    Run,
+    Side,
+    Unmatched,
+    chosen_targets,
+    match,
+    seed_groups,
+    series_labels,
+)
+from nexus_eval.comparison.noise import loss_noise, read_metrics, score_method, score_noise, tolerance_record
 from nexus_eval.comparison.provenance import run_provenance
 from nexus_eval.comparison.report import ALL_SEEDS, print_report, write_report
 from nexus_eval.comparison.settings import CompareOptions, CompareSettings
@@ -47,6 +59,7 @@ from nexus_eval.comparison.stats import (
     paired_bootstrap,
     seed_mean_ci,
 )
+from nexus_eval.display import console
 from nexus_eval.errors import ComparisonError
 from nexus_eval.evaluation import EvalSettings, cached_results, evaluate_with_status
 from nexus_eval.io import finite_json, write_json_atomic
@@ -56,13 +69,16 @@ from nexus_eval.schema import (
     CompareResults,
     CurvePoint,
     EvalResult,
+    LossNoiseRow,
     MetricPoint,
+    NoiseRecord,
     OodRow,
     OverlapRow,
     PairRow,
     RunCurve,
     RunRow,
     TaskRow,
+    ToleranceRecord,
     UnmatchedRow,
 )
 from nexus_eval.tasks import primary_metric, read_task_yaml
@@ -96,10 +112,11 @@ def gather_results(
     options: CompareOptions,
 ) -> Results:
     """(checkpoint, task name) → result for every checkpoint of the runs the cache holds results for, after
-    evaluating the tasks (names: what their results are called) the paired checkpoints lack.
+    evaluating the tasks (names: what their results are called) the paired checkpoints lack (with
+    options.evaluate_all, every checkpoint).
 
-    Checkpoints outside the pairs are never evaluated: their cached results only add points to the metric-vs-loss
-    plot."""
+    Without evaluate_all, checkpoints outside the pairs are never evaluated: their cached results only add points to
+    the metric-vs-loss plot and the curves."""
     ckpts = [c for r in runs for c in r.checkpoints]
     hashes = {c.path: content_hash(c.path) for c in ckpts}
     query = EvalSettings(
@@ -113,8 +130,11 @@ def gather_results(
         cache_dir=options.cache_dir,
     )
     found = {(r["checkpoint_hash"], r["task"]): r for r in cached_results([c.path for c in ckpts], query, hashes)}
-    paired = {c.path: c for p in pairs for side in (p.reference, p.candidate) for c in side.checkpoints}
-    needed = [paired[path] for path in sorted(paired, key=str)]
+    if options.evaluate_all:
+        wanted = {c.path: c for c in ckpts}
+    else:
+        wanted = {c.path: c for p in pairs for side in (p.reference, p.candidate) for c in side.checkpoints}
+    needed = [wanted[path] for path in sorted(wanted, key=str)]
 
     def lacking() -> list[Checkpoint]:
         return [c for c in needed if any((hashes[c.path], t) not in found for t in names)]
@@ -333,12 +353,7 @@ def run_curves(runs: list[Run]) -> list[RunCurve]:
     curves: list[RunCurve] = []
     for run in sorted(runs, key=lambda r: r.run_id):
         points: list[CurvePoint] = []
-        path = run.path / "metrics.jsonl"
-        for line in path.read_text().splitlines() if path.exists() else []:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a kill
+        for row in read_metrics(run.path) if run.path.is_dir() else []:
             cos = (row.get("grad_cosine") or {}).get("mean_offdiag")
             points.append({"tokens": row.get("tokens"), "val_loss": row.get("val_loss"), "grad_cos": cos})
         curves.append({"run_id": run.run_id, "series": run.label, "seed": run.seed, "points": points})
@@ -424,6 +439,24 @@ def run_row(run: Run, tasks: list[str], results: Results) -> RunRow:
     return row
 
 
+def noise_record(
+    runs: list[Run],
+    points: list[MetricPoint],
+    settings: CompareSettings,
+    loss: list[LossNoiseRow] | None = None,
+    tolerance: ToleranceRecord | None = None,
+) -> NoiseRecord:
+    """The noise section (comparison.noise); `loss` and `tolerance` as measured before matching, when they were."""
+    targets = list(settings.targets or ())
+    loss = loss if loss is not None else loss_noise(runs, targets, settings.loss_unit)
+    return {
+        "loss": loss,
+        "scores": score_noise(points, list(settings.tasks or ()), targets, list(settings.series), settings.tolerance),
+        "score_method": score_method(settings.tolerance),
+        "tolerance": tolerance or tolerance_record(loss, settings, settings.loss_unit),
+    }
+
+
 def build_results(
     runs: list[Run],
     pairs: list[Pair],
@@ -431,11 +464,19 @@ def build_results(
     results: Results,
     settings: CompareSettings,
     geometry: list[dict[str, Any]] | None = None,
+    loss_noise_rows: list[LossNoiseRow] | None = None,
+    tolerance: ToleranceRecord | None = None,
 ) -> CompareResults:
-    """The results JSON; `settings` as resolved by the comparison (their tasks are the result's task names)."""
+    """The results JSON; `settings` as resolved by the comparison (their tasks are the result's task names);
+    loss_noise_rows / tolerance: the noise measured before matching (else measured here)."""
     tasks = list(settings.tasks or ())
     rows, overlap = task_rows(pairs, tasks, results, settings)
     metrics = {r["task"]: r["metric"] for r in rows}
+    points = metric_points(runs, tasks, results, metrics)
+    higher = {r["task"]: r["higher_is_better"] for r in rows}
+    curves = loss_curves(
+        tasks, points, ood_points(runs), settings.series, higher, settings.curve_points, settings.curve_losses
+    )
     order = {label: i for i, label in enumerate(settings.series)}
     run_rows = [run_row(r, tasks, results) for r in sorted(runs, key=lambda r: (order.get(r.label, 0), r.run_id))]
     pair_rows: list[PairRow] = [
@@ -463,8 +504,11 @@ def build_results(
         "overlap": overlap,
         "ood": ood_rows(pairs),
         "geometry": geometry or [],
-        "points": metric_points(runs, tasks, results, metrics),
+        "points": points,
         "curves": run_curves(runs),
+        "noise": noise_record(runs, points, settings, loss_noise_rows, tolerance),
+        "loss_curves": curves,
+        "geometry_seeds": geometry_over_seeds(geometry or []),
     }
     return finite_json(report)
 
@@ -499,6 +543,14 @@ def compare(
     allowed = check_runs([r for r in runs if not r.external], settings.allow_mismatch)
     warn_mismatches(allowed)
     reference = found.reference
+    # The noise of held-out loss comes from the runs alone, before matching: `--tolerance auto` is derived from it.
+    targets = chosen_targets(seed_groups(runs, reference), settings.targets)
+    loss_rows = loss_noise(runs, targets, found.unit)
+    tolerance = tolerance_record(loss_rows, settings, found.unit)
+    if settings.tolerance_auto:
+        settings = replace(settings, tolerance=float(tolerance["value"] or 0.0))
+        if options.show:
+            console().print(tolerance["derivation"])
     pairs, unmatched = match(
         runs,
         settings.tolerance,
@@ -519,7 +571,7 @@ def compare(
         loss_unit=found.unit,
     )
     geometry = geometry_rows(pairs, options.geometry_data_dir) if options.geometry_data_dir is not None else None
-    report = build_results(runs, pairs, unmatched, results, used, geometry)
+    report = build_results(runs, pairs, unmatched, results, used, geometry, loss_rows, tolerance)
     report["allowed_mismatches"] = [m.record() for m in allowed]
     options.out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(options.out / "results.json", report)

@@ -2,7 +2,9 @@
 
 - metric vs held-out loss, one line per series and seed, one panel per task (the paper's central figure);
 - training curves: held-out loss vs tokens per run;
-- gradient cosine (mean off-diagonal across sources) vs held-out loss, when the runs logged it.
+- gradient cosine (mean off-diagonal across sources) vs held-out loss, when the runs logged it;
+- the curves (comparison.curves): per task and OOD domain, each series' mean over seeds with its 95% t band at the
+  grid of held-out losses, over every checkpoint of every seed as faint dots.
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ from typing import Any
 
 from nexus_eval.comparison.series import UNIT_NAMES
 from nexus_eval.io import atomic_path
-from nexus_eval.schema import CompareResults
+from nexus_eval.schema import CompareResults, CurveBand
 
 COLORS = {"adamw": "tab:blue", "nexus": "tab:red"}  # the harness's two optimizers; other series: the cycle below
 CYCLE = ("tab:green", "tab:purple", "tab:orange", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
 PNG_METADATA = {"Software": None}  # no library version in the file: same data, same bytes
+CURVES_FIGURE = "loss_curves.png"
 
 
 def _pyplot() -> Any:
@@ -109,12 +112,22 @@ def cosine_panel(results: CompareResults) -> tuple[str, dict, str, str, str, boo
 
 
 def _save(plt: Any, panels: list, path: Path, columns: int) -> None:
-    rows = (len(panels) + columns - 1) // columns
-    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.4 * rows), squeeze=False)
-    for ax, (_, lines, xlabel, ylabel, title, invert) in zip(axes.flat, panels, strict=False):
+    fig, axes = _grid(plt, len(panels), columns)
+    for ax, (_, lines, xlabel, ylabel, title, invert) in zip(axes, panels, strict=True):
         _draw(ax, lines, xlabel, ylabel, title, invert)
-    for ax in list(axes.flat)[len(panels) :]:
+    _write(plt, fig, path)
+
+
+def _grid(plt: Any, panels: int, columns: int) -> tuple[Any, list[Any]]:
+    """A figure of `panels` axes in rows of `columns`, the unused ones hidden."""
+    rows = (panels + columns - 1) // columns
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.4 * rows), squeeze=False)
+    for ax in list(axes.flat)[panels:]:
         ax.set_visible(False)
+    return fig, list(axes.flat)[:panels]
+
+
+def _write(plt: Any, fig: Any, path: Path) -> None:
     fig.tight_layout()
     try:
         with atomic_path(path) as tmp:  # the temp name keeps ".png": savefig picks the format from it
@@ -123,8 +136,63 @@ def _save(plt: Any, panels: list, path: Path, columns: int) -> None:
         plt.close(fig)
 
 
+def _nan(value: Any) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def curve_panels(results: CompareResults) -> list[tuple[tuple[str, str], list[CurveBand]]]:
+    """(kind, name) → the bands of every series, in the order the comparison lists tasks and domains."""
+    panels: dict[tuple[str, str], list[CurveBand]] = {}
+    for band in (results.get("loss_curves") or {}).get("bands") or []:
+        if band["points"]:
+            panels.setdefault((band["kind"], band["name"]), []).append(band)
+    return list(panels.items())
+
+
+def raw_points(results: CompareResults, kind: str, name: str) -> list[Mapping[str, Any]]:
+    """The checkpoints behind one panel: a task's metric points, or an OOD domain's losses."""
+    if kind == "ood":
+        return [p for p in (results.get("loss_curves") or {}).get("ood_points") or [] if p["domain"] == name]
+    return [p for p in results["points"] if p["task"] == name]
+
+
+def _draw_bands(ax: Any, results: CompareResults, kind: str, name: str, bands: list[CurveBand]) -> None:
+    order = list(results["settings"]["series"])
+    for band in bands:
+        shade = color(band["series"], order)
+        dots = [p for p in raw_points(results, kind, name) if p["series"] == band["series"]]
+        ax.scatter([p["loss"] for p in dots], [p["value"] for p in dots], s=8, color=shade, alpha=0.3, lw=0)
+        xs = [p["loss"] for p in band["points"]]
+        mean = [_nan(p["mean"]) for p in band["points"]]
+        ax.fill_between(xs, [_nan(p["low"]) for p in band["points"]], [_nan(p["high"]) for p in band["points"]],
+                        color=shade, alpha=0.2, lw=0)  # fmt: skip
+        ax.plot(xs, mean, color=shade, lw=1.6, marker="o", ms=3, label=band["series"])
+    ax.set_xlabel(loss_axis(results))
+    unit = UNIT_NAMES[results["settings"].get("loss_unit", "nats")]
+    ax.set_ylabel(f"OOD loss ({unit})" if kind == "ood" else bands[0]["metric"])
+    ax.set_title(f"OOD: {name}" if kind == "ood" else name, fontsize=10)
+    ax.invert_xaxis()  # training lowers the loss: progress reads left to right
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+
+
+def write_loss_curves(results: CompareResults, path: Path) -> bool:
+    """One panel per task and OOD domain: each series' mean line and 95% t band over seeds at the grid of held-out
+    losses, the checkpoints as faint dots; False (nothing written) when the results have no curves."""
+    panels = curve_panels(results)
+    if not panels:
+        return False
+    plt = _pyplot()
+    fig, axes = _grid(plt, len(panels), min(3, len(panels)))
+    for ax, ((kind, name), bands) in zip(axes, panels, strict=True):
+        _draw_bands(ax, results, kind, name, bands)
+    _write(plt, fig, path)
+    return True
+
+
 def write_figures(results: CompareResults, out: Path) -> list[str]:
-    """metric_vs_loss.png, training_loss.png and (if logged) grad_cosine.png in `out`; returns the file names."""
+    """metric_vs_loss.png, training_loss.png, (if logged) grad_cosine.png and (if computed) loss_curves.png in `out`;
+    returns the file names."""
     plt = _pyplot()
     written = []
     if panels := metric_panels(results):
@@ -135,6 +203,8 @@ def write_figures(results: CompareResults, out: Path) -> list[str]:
     if (cosine := cosine_panel(results)) is not None:
         _save(plt, [cosine], out / "grad_cosine.png", 1)
         written.append("grad_cosine.png")
+    if write_loss_curves(results, out / CURVES_FIGURE):
+        written.append(CURVES_FIGURE)
     return written
 
 

@@ -14,13 +14,24 @@ from typing import Any
 import pandas as pd
 from rich.table import Table
 
-from nexus_eval.comparison.plots import write_figures
+from nexus_eval.comparison.curves import OOD, TASK
+from nexus_eval.comparison.geometry_seeds import MEASURES
+from nexus_eval.comparison.plots import CURVES_FIGURE, write_figures
 from nexus_eval.comparison.provenance import differing_fields
 from nexus_eval.comparison.series import UNIT_NAMES
 from nexus_eval.comparison.stats import HIERARCHICAL_UNIT
 from nexus_eval.display import console
 from nexus_eval.io import write_text_atomic
-from nexus_eval.schema import CompareResults, Environment, EvalSettingsProvenance, OodRow, RunRow, TaskRow
+from nexus_eval.schema import (
+    CompareResults,
+    CurveDelta,
+    Environment,
+    EvalSettingsProvenance,
+    OodRow,
+    RunRow,
+    SeedBand,
+    TaskRow,
+)
 
 ALL_SEEDS = "all"
 CONDITIONAL = "conditional on the training seed (item bootstrap; does not include seed-to-seed variance)"
@@ -36,6 +47,24 @@ def signed(x: Any, digits: int = 4) -> str:
 
 def interval(low: Any, high: Any) -> str:
     return "—" if low is None or high is None else f"[{low:+.4f}, {high:+.4f}]"
+
+
+def span(low: Any, high: Any, digits: int = 4) -> str:
+    """An interval of values (not of differences): unsigned."""
+    return "—" if low is None or high is None else f"[{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def band_cell(band: SeedBand, digits: int = 4) -> str:
+    """A mean over seeds and its t interval in one cell: `0.4120 [0.3900, 0.4340]`."""
+    if band.get("mean") is None:
+        return "—"
+    shown = num(band["mean"], digits)
+    return shown if band.get("low") is None else f"{shown} {span(band['low'], band['high'], digits)}"
+
+
+def band_excludes(band: SeedBand) -> str:
+    low, high = band.get("low"), band.get("high")
+    return "—" if low is None or high is None else ("yes" if low > 0 or high < 0 else "no")
 
 
 def ci(row: TaskRow | OodRow) -> str:
@@ -218,6 +247,67 @@ def geometry_frame(results: CompareResults, names: Names) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def geometry_seeds_frame(results: CompareResults, names: Names) -> pd.DataFrame:
+    """Each geometry measure at each target: both sides' mean over seeds [t CI] and their per-seed difference."""
+    rows = []
+    for r in _of(results.get("geometry_seeds") or [], names):
+        digits = 6 if r["measure"] == "minima_msd" else 4
+        rows.append(
+            {
+                "target loss": target(r["target"]),
+                "measure": MEASURES.get(r["measure"], r["measure"]),
+                names.reference: band_cell(r["reference"], digits),
+                names.candidate: band_cell(r["candidate"], digits),
+                f"Δ ({names.candidate} − {names.reference})": signed(r["delta"]["mean"], digits),
+                "Δ 95% CI, t over seeds": interval(r["delta"]["low"], r["delta"]["high"]),
+                "n": f"{r['delta']['n']} seeds",
+                "CI excludes 0": band_excludes(r["delta"]),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def curve_metric(row: CurveDelta, unit: str) -> str:
+    if row["kind"] == OOD:
+        return f"OOD loss, {unit} (↓ better)"
+    return row["metric"] + ("" if row["higher_is_better"] else " (↓ better)")
+
+
+def curves_frame(results: CompareResults, names: Names, kind: str) -> pd.DataFrame:
+    """At every grid loss of every task (or OOD domain): both series' mean [t CI] over seeds and Δ per seed."""
+    curves = results.get("loss_curves") or {}
+    unit = UNIT_NAMES[results["settings"].get("loss_unit", "nats")]
+    rows = [
+        {
+            "task" if kind == TASK else "OOD domain": r["name"],
+            "metric": curve_metric(r, unit),
+            "held-out loss": num(r["loss"]),
+            names.reference: band_cell(r["reference"]),
+            names.candidate: band_cell(r["candidate"]),
+            f"Δ ({names.candidate} − {names.reference})": signed(r["delta"]["mean"]),
+            "Δ 95% CI, t over seeds": interval(r["delta"]["low"], r["delta"]["high"]),
+            "n": f"{r['delta']['n']} seeds",
+            "CI excludes 0": band_excludes(r["delta"]),
+        }
+        for r in _of(curves.get("deltas") or [], names)
+        if r["kind"] == kind
+    ]
+    return pd.DataFrame(rows)
+
+
+CURVES_HEADINGS = ("Downstream vs held-out loss (curves)", "OOD loss vs held-out loss (curves)")
+
+
+def curves_note(results: CompareResults, kind: str) -> str:
+    method = (results.get("loss_curves") or {}).get("method", "")
+    what = (
+        "Each task's score against held-out loss, over every evaluated checkpoint of every seed."
+        if kind == TASK
+        else "Each OOD domain's loss against held-out loss, over every checkpoint of every seed."
+    )
+    return f"{what} {method} Cells: mean over seeds [95% t CI]."
+
+
 def headline_note(resamples: int) -> str:
     return (
         "Δ: mean over training seeds of each seed's paired item difference. 95% CI, seeds × items (the headline): "
@@ -243,14 +333,19 @@ def pair_note(results: CompareResults) -> str:
             "crossing."
         )
     unit = UNIT_NAMES[settings.get("loss_unit", "nats")]
+    auto = (
+        " The tolerance is half the smallest seed SD of held-out loss (`--tolerance auto`, see Noise)."
+        if settings.get("tolerance_auto")
+        else ""
+    )
     if not measured_by_harness(results):
         return (
             f"Pairs differ by at most {settings['tolerance']:g} {unit} in held-out mixture loss "
-            "(measured by the harness, nexus.json heldout_loss)."
+            f"(measured by the harness, nexus.json heldout_loss).{auto}"
         )
     return (
         f"Pairs differ by at most {settings['tolerance']:g} {unit} in held-out loss, measured by the harness on the "
-        "same held-out data for every series."
+        f"same held-out data for every series.{auto}"
     )
 
 
@@ -287,9 +382,69 @@ def series_sections(results: CompareResults, names: Names, prefix: str) -> list[
         out.append(("Out-of-distribution loss, per seed", ood_frame(results, names, "per-seed"), note + "."))
     else:
         out.append(("Out-of-distribution loss", ood_frame(results, names, "per-seed"), note + "; one seed: no CI."))
+    for kind, heading in zip((TASK, OOD), CURVES_HEADINGS, strict=True):
+        out.append((heading, curves_frame(results, names, kind), curves_note(results, kind)))
+    seeds_note = (
+        "At the matched pairs: mean over seeds [95% t CI] of each side's mean off-diagonal gradient cosine across "
+        "sources and per-source minima MSD; Δ per seed, then mean and t interval over seeds."
+    )
+    out.append(("Geometry across seeds", geometry_seeds_frame(results, names), seeds_note))
     geometry_note = "Mean off-diagonal gradient cosine; per-source minima MSD."
     out.append(("Geometry", geometry_frame(results, names), geometry_note))
     return [(prefix + h, t, n) for h, t, n in out if not t.empty or h == "Loss-matched pairs"]
+
+
+def loss_noise_frame(results: CompareResults) -> pd.DataFrame:
+    rows = [
+        {
+            "series": display_name(results, r["series"]),
+            "at": f"target {target(r['target'])}" if r["at"] == "target" else "final",
+            "step": "—" if r["step"] is None else str(r["step"]),
+            "mean held-out loss": num(r["mean"]),
+            "seed SD": num(r["sd"]),
+            "n": f"{r['n']} seeds",
+            "from": r["source"],
+        }
+        for r in results["noise"]["loss"]
+    ]
+    return pd.DataFrame(rows)
+
+
+def score_noise_frame(results: CompareResults) -> pd.DataFrame:
+    rows = [
+        {
+            "series": display_name(results, r["series"]),
+            "target loss": target(r["target"]),
+            "task": r["task"],
+            "metric": r["metric"],
+            "mean": num(r["mean"]),
+            "seed SD": num(r["sd"]),
+            "n": f"{r['n']} seeds",
+            "read": f"{r['interpolated']} interpolated, {r['nearest']} nearest",
+        }
+        for r in results["noise"]["scores"]
+    ]
+    return pd.DataFrame(rows)
+
+
+def noise_sections(results: CompareResults) -> list[tuple[str, pd.DataFrame, str]]:
+    """The seed-to-seed SDs of held-out loss and of task scores, and how the tolerance was chosen; none for results
+    written before them."""
+    noise = results.get("noise")
+    if not noise:
+        return []
+    unit = UNIT_NAMES[results["settings"].get("loss_unit", "nats")]
+    loss_note = (
+        f"Sample SD over training seeds (n − 1) of held-out loss ({unit}) at one eval step every seed of the series "
+        "logged: the first where their mean reaches the target, and the last. Matching tolerance: "
+        f"{noise['tolerance']['derivation']}"
+    )
+    score_note = f"Sample SD over training seeds of each task's score at the target loss. {noise['score_method']}"
+    found = [
+        ("Noise: held-out loss across seeds at fixed steps", loss_noise_frame(results), loss_note),
+        ("Noise: task scores across seeds at fixed losses", score_noise_frame(results), score_note),
+    ]
+    return [(h, t, n) for h, t, n in found if not t.empty or h.startswith("Noise: held-out")]
 
 
 def sections(results: CompareResults) -> list[tuple[Names, list[tuple[str, pd.DataFrame, str]]]]:
@@ -437,8 +592,14 @@ def series_line(results: CompareResults) -> str:
 
 
 def render_markdown(
-    results: CompareResults, title: str, preamble: str = "", figures: list[tuple[str, str]] | None = None
+    results: CompareResults,
+    title: str,
+    preamble: str = "",
+    figures: list[tuple[str, str]] | None = None,
+    curves_figure: str | None = None,
 ) -> str:
+    """The report; `figures` (caption, file) are linked at the end, `curves_figure` under the first curves table
+    (at the end when there is none)."""
     s = results["settings"]
     what = f"suite `{s['suite']}`" if s.get("suite") else "tasks " + ", ".join(f"`{t}`" for t in s["tasks"])
     limit = f", limit {s['limit']}" if s.get("limit") is not None else ""
@@ -451,22 +612,31 @@ def render_markdown(
     if not plain_optimizer_comparison(results):
         lines += [series_line(results), ""]
     lines += mismatch_warning(results)
+    figures = list(figures or [])
     for names, found in sections(results):
         for heading, frame, note in found:
             table = to_markdown(frame) if not frame.empty else "No loss-matched pair."
             lines += [f"## {heading}", "", note, "", table, ""]
+            if curves_figure and heading.endswith(CURVES_HEADINGS):
+                lines += [f"![{CURVES_CAPTION}]({curves_figure})", ""]
+                curves_figure = None
             unmatched = _of(results["unmatched"], names)
             if heading.endswith("Loss-matched pairs") and unmatched:
                 lines += ["Targets without a pair:", ""]
                 lines += [f"- {target(u['target'])} (seed {u['seed']}): {u['reason']}" for u in unmatched]
                 lines += [""]
-    for caption, name in figures or []:
+    for heading, frame, note in noise_sections(results):
+        lines += [f"## {heading}", "", note, "", to_markdown(frame) if not frame.empty else "No series.", ""]
+    if curves_figure:
+        figures.append((CURVES_CAPTION, curves_figure))
+    for caption, name in figures:
         lines += [f"![{caption}]({name})", ""]
     lines += external_lines(results)
     lines += provenance_lines(results)
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
+CURVES_CAPTION = "score and OOD loss vs held-out loss: mean and 95% t band over seeds"
 FIGURE_CAPTIONS = {
     "metric_vs_loss.png": "downstream metric vs held-out loss",
     "training_loss.png": "training curves",
@@ -477,10 +647,12 @@ FIGURE_CAPTIONS = {
 def write_report(results: CompareResults, out: Path) -> Path:
     """out/report.md plus the PNG figures it links."""
     names = write_figures(results, out)
-    figures = [(FIGURE_CAPTIONS[n], n) for n in names]
+    figures = [(FIGURE_CAPTIONS[n], n) for n in names if n != CURVES_FIGURE]
+    curves = CURVES_FIGURE if CURVES_FIGURE in names else None
     path = out / "report.md"
     title = " vs ".join(display_name(results, label) for label in results["settings"]["series"])
-    write_text_atomic(path, render_markdown(results, f"{title} at equal held-out loss", figures=figures))
+    markdown = render_markdown(results, f"{title} at equal held-out loss", figures=figures, curves_figure=curves)
+    write_text_atomic(path, markdown)
     return path
 
 
@@ -488,14 +660,14 @@ def print_report(results: CompareResults, out: Path) -> None:
     shown = console()  # logs and pipes get a wide one: the tables are not folded into 80 columns
     if not plain_optimizer_comparison(results):
         shown.print(series_line(results))
-    for _, found in sections(results):
-        for heading, frame, note in found:
-            table = Table(title=heading, caption=note, show_lines=False)
-            for column in frame.columns:
-                table.add_column(str(column), overflow="fold")
-            for row in frame.itertuples(index=False):
-                table.add_row(*(str(v) for v in row))
-            shown.print(table)
+    found_sections = [item for _, found in sections(results) for item in found] + noise_sections(results)
+    for heading, frame, note in found_sections:
+        table = Table(title=heading, caption=note, show_lines=False)
+        for column in frame.columns:
+            table.add_column(str(column), overflow="fold")
+        for row in frame.itertuples(index=False):
+            table.add_row(*(str(v) for v in row))
+        shown.print(table)
     for u in results["unmatched"]:
         where = f"{u['series']}, seed {u['seed']}"
         shown.print(f"[yellow]no pair at target {target(u['target'])} ({where}):[/] {u['reason']}")

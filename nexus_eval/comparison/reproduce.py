@@ -146,6 +146,9 @@ def settings_of(results: CompareResults) -> CompareSettings:
         allow_mismatch=tuple(sorted({m["field"] for m in results.get("allowed_mismatches") or []})),
         reference=s["reference"],
         loss_unit=s["loss_unit"],
+        tolerance_auto=bool(s.get("tolerance_auto", False)),
+        curve_points=s.get("curve_points", CompareSettings.curve_points),
+        curve_losses=tuple(s["curve_losses"]) if s.get("curve_losses") else None,
     )
 
 

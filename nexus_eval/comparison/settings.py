@@ -15,6 +15,7 @@ from nexus_eval.schema import CompareSettingsRecord
 
 MATCH_LOSS, INTERPOLATE = "match-loss", "interpolate"
 MIN_RESAMPLES = 100
+CURVE_POINTS = 8  # points of the default held-out loss grid of the curves (comparison.curves)
 
 
 @dataclass(frozen=True)
@@ -42,10 +43,15 @@ class CompareSettings:
     reference: str | None = None  # the series every other is matched against (None: adamw, else the first)
     loss_unit: str = "auto"  # "auto" (nats/token when every series shares the data's tokenizer) | "nats" | "bpb"
     series: tuple[str, ...] = ()  # every series label, the reference first: set by `resolved`
+    # `--tolerance auto`: the comparison replaces `tolerance` with half the smallest seed SD of held-out loss
+    # (comparison.noise) before matching; the resolved settings keep the flag and the derived number.
+    tolerance_auto: bool = False
+    curve_points: int = CURVE_POINTS  # the default grid: this many losses over the range every seed covers
+    curve_losses: tuple[float, ...] | None = None  # the grid as given (--curve-losses)
 
     def __post_init__(self) -> None:
         # Sequences given as lists are stored as tuples: the settings stay hashable and immutable.
-        for name in ("targets", "tasks", "allow_mismatch", "series"):
+        for name in ("targets", "tasks", "allow_mismatch", "series", "curve_losses"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, tuple):
                 object.__setattr__(self, name, tuple(value))
@@ -65,6 +71,12 @@ class CompareSettings:
             raise ComparisonError(f"--tolerance must be ≥ 0 (got {self.tolerance})")
         if self.loss_unit not in LOSS_UNITS:
             raise ComparisonError(f"--loss-unit {self.loss_unit}: expected one of {', '.join(LOSS_UNITS)}")
+        if self.tolerance_auto and self.interpolate:
+            raise ComparisonError("--tolerance auto: only with --match-loss (--interpolate pairs at the target itself)")
+        if self.curve_points < 2:
+            raise ComparisonError(f"--curve-points must be ≥ 2 (got {self.curve_points})")
+        if self.curve_losses is not None and not all(0 < x < float("inf") for x in self.curve_losses):
+            raise ComparisonError(f"--curve-losses: expected positive finite losses (got {list(self.curve_losses)})")
         if self.level != LEVEL:  # the t quantiles over seeds and the report's "95% CI" headers are for this level
             raise ComparisonError(f"confidence level must be {LEVEL} (got {self.level})")
 
@@ -95,6 +107,7 @@ class CompareSettings:
             "targets": list(self.targets or ()),
             "tasks": list(self.tasks or ()),
             "series": list(self.series),
+            "curve_losses": None if self.curve_losses is None else list(self.curve_losses),
         }
         record.pop("allow_mismatch")  # what it let through is results["allowed_mismatches"]
         return CompareSettingsRecord(**{**record, "tolerance": None if self.interpolate else self.tolerance})
@@ -124,6 +137,9 @@ class CompareOptions:
     show: bool = True
     data_dir: Path = Path("data")  # held-out data for the losses the runs do not record (external series, bpb)
     loss_cache_dir: Path = Path("results/loss")
+    # Evaluate every checkpoint of the runs, not only the paired ones: the curves (comparison.curves) then have every
+    # checkpoint of every seed. Without it they have the paired checkpoints and whatever the cache already holds.
+    evaluate_all: bool = False
 
     def check(self) -> None:
         """ComparisonError naming the flag whose directory is a file: found before the evaluations, not after."""

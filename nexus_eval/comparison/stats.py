@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from nexus_eval.schema import EstimateFields
+from nexus_eval.schema import EstimateFields, SeedBand
 
 BOOTSTRAP_SEED = 0
 RESAMPLES = 10_000
@@ -186,6 +186,26 @@ def seed_mean_ci(differences: np.ndarray) -> Estimate:
         return Estimate(mean, math.nan, math.nan, 1, "seeds", "t over seeds")
     half = t_quantile_975(n - 1) * float(d.std(ddof=1)) / math.sqrt(n)
     return Estimate(mean, mean - half, mean + half, n, "seeds", "t over seeds")
+
+
+def _finite_or_none(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def seed_band(values: Sequence[float]) -> SeedBand:
+    """Mean over seeds with its 95% Student-t interval (seed_mean_ci); None where there are too few seeds."""
+    est = seed_mean_ci(np.asarray(values, dtype=np.float64))
+    return {
+        "mean": _finite_or_none(est.mean),
+        "low": _finite_or_none(est.low),
+        "high": _finite_or_none(est.high),
+        "n": est.n,
+    }
+
+
+def seed_sd(values: Sequence[float]) -> float | None:
+    """Sample standard deviation over seeds (n − 1 degrees of freedom); None with fewer than two."""
+    return float(np.std(np.asarray(values, dtype=np.float64), ddof=1)) if len(values) >= 2 else None
 
 
 def both_exclude_zero(first: Estimate, second: Estimate) -> bool:

@@ -18,6 +18,9 @@ from nexus_eval.errors import ComparisonError
         ({"mode": "unmatched"}, "mode must be 'match-loss' or 'interpolate'"),
         ({"tolerance": -0.1}, "--tolerance must be ≥ 0"),
         ({"level": 0.9}, "confidence level must be 0.95"),
+        ({"tolerance_auto": True, "mode": "interpolate"}, "--tolerance auto: only with --match-loss"),
+        ({"curve_points": 1}, "--curve-points must be ≥ 2"),
+        ({"curve_losses": [5.0, float("nan")]}, "--curve-losses: expected positive finite losses"),
     ],
 )
 def test_bad_settings_are_comparison_errors(kwargs: dict, message: str) -> None:
@@ -44,6 +47,9 @@ def test_record_of_resolved_settings() -> None:
         "reference": "x",  # the first series resolved
         "series": ["x", "y"],
         "loss_unit": "bpb",
+        "tolerance_auto": False,
+        "curve_points": 8,
+        "curve_losses": None,
     }
     by_suite = CompareSettings(mode="interpolate", suite="gsm8k").resolved(
         targets=[3.0], tasks=["gsm8k"], series=["adamw", "nexus"], loss_unit="nats"
