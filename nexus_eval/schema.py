@@ -13,6 +13,7 @@ nexus.json is read by other tools, an eval result by lm-eval users, a leaderboar
 | EvalResult     | results/eval/<hash>/<task>.<backend>.<key>.json  | evaluation (cache.py) | comparison             |
 | ItemSample     | the same path, .samples.jsonl.gz (one per line)  | evaluation (cache.py) | samples, comparison    |
 | MeasuredLoss   | results/loss/<hash16>.<key16>.json               | evaluation (loss.py)  | comparison (series)    |
+| MinimalPair    | tasks/generated/pairs/<task>/test.jsonl          | tasks (pairs.py)      | lm-eval (task YAML)    |
 | CompareResults | reports/<name>/results.json, leaderboards/*.json | comparison            | leaderboard, plots     |
 """
 
@@ -235,6 +236,19 @@ class ItemSample(TypedDict):
     filtered_resps: dict[str, Any]  # filter name → what it kept of resps (generate_until: the extracted answer)
     choices: list[ChoiceScore]  # multiple_choice / loglikelihood: each continuation scored; else empty
     scores: dict[str, float | None]  # "metric,filter" → this item's score, as in EvalResult.item_scores
+
+
+class MinimalPair(TypedDict):
+    """One minimal-pair task item (BLiMP-style): the model should give `good` a higher total log-likelihood than
+    `bad`, an exact reordering of the same characters (`tasks prepare --data DIR`, nexus_eval/tasks/pairs.py)."""
+
+    good: str  # a sentence or code line of the build's held-out text, whitespace as written there (prose: collapsed)
+    bad: str  # `good` with two adjacent words (prose) or tokens (code) swapped
+    source: str  # the val source or OOD domain it comes from
+    split: str  # "val" | "ood": never "train"
+    source_doc: int  # index of its document in <split>/<source>.jsonl of the build
+    corruption: str  # "word_swap" | "token_swap"
+    position: int  # index of the first of the two swapped words / tokens in `good`
 
 
 class LossKey(TypedDict):

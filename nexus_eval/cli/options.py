@@ -17,7 +17,9 @@ from nexus_eval.errors import NexusError
 
 # ---- evaluation settings: `eval` and `compare` ---------------------------------------------------------------------
 Tasks = Annotated[str | None, typer.Option("--tasks", help="Comma-separated task names (or task YAML paths)")]
-Suite = Annotated[str | None, typer.Option("--suite", help="Task suite: reasoning, reasoning-real, gsm8k, ood, all")]
+Suite = Annotated[
+    str | None, typer.Option("--suite", help="Task suite: reasoning, reasoning-real, gsm8k, ood, pairs, all")
+]
 Backend = Annotated[str, typer.Option("--backend", help="hf (transformers, CPU) or vllm")]
 Limit = Annotated[int | None, typer.Option("--limit", help="First N items per task (a smoke test, not a result)")]
 NumFewshot = Annotated[int | None, typer.Option("--num-fewshot", help="Override the tasks' few-shot count")]

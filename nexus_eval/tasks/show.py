@@ -7,8 +7,10 @@ from pathlib import Path
 from rich.table import Table
 
 from nexus_eval.display import console
+from nexus_eval.errors import EvalError
 from nexus_eval.tasks import registry as tasks
 from nexus_eval.tasks.materialize import prepare
+from nexus_eval.tasks.pairs import ITEMS_PER_FAMILY
 from nexus_eval.tasks.synthetic import generate
 
 
@@ -26,8 +28,13 @@ def show_tasks(suite: str | None) -> None:
     console().print(table)
 
 
-def prepare_and_show(gsm8k_dir: Path | None, data_dir: Path | None) -> None:
-    summary = prepare(gsm8k_dir=gsm8k_dir, data_dir=data_dir)
+def prepare_and_show(gsm8k_dir: Path | None, data_dir: Path | None, pair_items: int | None = None) -> None:
+    if pair_items is not None and data_dir is None:
+        raise EvalError("--pair-items: needs --data DIR (the build the minimal pairs are drawn from)")
+    if pair_items is not None and pair_items < 1:
+        raise EvalError(f"--pair-items {pair_items}: must be at least 1")
+    items = ITEMS_PER_FAMILY if pair_items is None else pair_items
+    summary = prepare(gsm8k_dir=gsm8k_dir, data_dir=data_dir, pair_items=items)
     tasks.refresh()
     table = Table(title="prepared task data")
     for column in ("data", "splits", "source"):
