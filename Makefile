@@ -4,7 +4,7 @@ PIP ?= $(PYTHON) -m pip
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: install install-system install-python test test-fast lint demo study bench stress leaderboard-refresh clean
+.PHONY: install install-system install-python test test-fast lint demo study study-geometry ablations bench stress leaderboard-refresh clean
 
 install: install-system install-python
 
@@ -47,6 +47,14 @@ demo:
 
 study:
 	bash scripts/study.sh
+
+# The study plus gradient-cosine / minima columns at its matched pairs (evaluations come from the study's cache)
+study-geometry:
+	GEOMETRY=1 bash scripts/study.sh
+
+# Nexus's ablations (training/variants.py) on the study's micro-batch stream, seeds 0-2, against its AdamW and Nexus
+ablations:
+	SEEDS="0 1 2" OPTIMIZERS="adamw nexus reptile nexus-k1 nexus-mixed fish" NAME=ablations bash scripts/study.sh
 
 # Eval throughput on the demo's trained tiny checkpoint when there is one (random-init weights make greedy
 # generations run to the length limit on near-ties, which is not what evaluation looks like), then on the real
