@@ -21,10 +21,13 @@ from tests.conftest import REPO_ROOT, TINY_RECIPE
 REFERENCE = Path(os.environ.get("NEXUS_EVAL_REFERENCE_CHECKOUT", REPO_ROOT.parent / "main"))
 
 
+MACHINE_COLUMNS = {"tokens_per_s", "mfu", "peak_memory_mib"}  # what the process and machine measure, not the run
+
+
 def loss_rows(run: Path) -> list[dict]:
-    """metrics.jsonl without the timing column."""
+    """metrics.jsonl without the columns of speed and memory (a run in pytest's process has pytest's RSS)."""
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in row.items() if k != "tokens_per_s"} for row in rows]
+    return [{k: v for k, v in row.items() if k not in MACHINE_COLUMNS} for row in rows]
 
 
 def recipe_with(tmp_path: Path, data_dir: Path, parallel: str) -> Path:
