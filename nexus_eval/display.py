@@ -100,6 +100,12 @@ class _Stage:
     done: bool = False
 
 
+def _count(amount: float) -> str:
+    """A stage's count for a log line: whole numbers with thousands separators (12,000,000 characters read, not
+    1.2e+07)."""
+    return f"{int(amount):,}" if float(amount).is_integer() else f"{amount:,.1f}"
+
+
 class LineProgress:
     """The display in a log: the part of rich's Progress interface our stages use, printing one line per stage
     (a task finished, or a bar's description changed) with the seconds it took. No carriage return, no colour."""
@@ -143,17 +149,17 @@ class LineProgress:
         stage.done = True
         if stage.description != stage.name:
             self._print(f"{stage.description}: {time.monotonic() - stage.stage_started:.1f} s")
-        count = f"{stage.completed:g}/{stage.total:g}" if stage.total is not None else f"{stage.completed:g}"
+        count = _count(stage.completed) + (f"/{_count(stage.total)}" if stage.total is not None else "")
         self._print(f"{stage.name}: {count} done in {time.monotonic() - stage.started:.1f} s")
 
     def close(self) -> None:
         """Say where the unfinished tasks stopped."""
         for stage in self.tasks:
             if not stage.done:  # stopped early (an error, a signal): say where
-                total = f"/{stage.total:g}" if stage.total is not None else ""
+                total = f"/{_count(stage.total)}" if stage.total is not None else ""
                 elapsed = time.monotonic() - stage.started
                 during = f" ({stage.description})" if stage.description != stage.name else ""
-                self._print(f"{stage.name}: stopped at {stage.completed:g}{total}{during} after {elapsed:.1f} s")
+                self._print(f"{stage.name}: stopped at {_count(stage.completed)}{total}{during} after {elapsed:.1f} s")
 
 
 @contextmanager

@@ -60,6 +60,8 @@ def test_the_log_display_prints_one_line_per_stage_with_its_time(tmp_path: Path)
         lines.advance(task)
         lines.update(task, description="ckpt: task_b")
         lines.advance(task)
+        characters = lines.add_task("read text", total=1.2e7)  # counts of the data stage: whole, with separators
+        lines.update(characters, completed=12_083_800.0)
         other = lines.add_task("train", total=10)
         lines.update(other, completed=3)
         lines.close()
@@ -69,6 +71,7 @@ def test_the_log_display_prints_one_line_per_stage_with_its_time(tmp_path: Path)
         "ckpt: task_a: T s",
         "ckpt: task_b: T s",
         "eval: 2/2 done in T s",
+        "read text: 12,083,800/12,000,000 done in T s",
         "train: stopped at 3/10 after T s",
     ]
 
