@@ -31,7 +31,7 @@ import ctypes
 import signal
 import sys
 import traceback
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from multiprocessing import get_context
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
@@ -224,7 +224,7 @@ class Worker:
     bar: ProgressBar
     stage: str = ""  # what it said it does now: names the checkpoint and tasks when it dies
     outcome: Finished | Failed | None = None
-    closed: bool = field(default=False)
+    closed: bool = False  # the pipe ended: nothing more will come
 
     def receive(self) -> None:
         """Every message the worker has sent so far."""

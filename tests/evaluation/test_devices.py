@@ -190,3 +190,40 @@ def test_sigterm_stops_every_worker_and_exits_143(run: Path, tmp_path: Path) -> 
     family = parent.children(recursive=True)
     proc.send_signal(signal.SIGTERM)
     assert_stopped_cleanly(proc, family, signal.SIGTERM, tmp_path)
+
+
+def compare_args(runs: dict[str, Path], data: Path, tmp_path: Path, *more: str) -> list[str]:
+    return [
+        "compare", str(runs["adamw"]), str(runs["nexus"]), "--match-loss", "--targets", "100", "--tolerance", "50",
+        "--tasks", TASKS[0], "--limit", "2",
+        "--data", str(data), "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "eval"),
+        "--loss-cache", str(tmp_path / "loss"), "--resamples", "200", "--quiet", *more,
+    ]  # fmt: skip
+
+
+def test_compare_hands_devices_to_the_evaluation(
+    tiny_runs: dict[str, Path], tiny_data_dir: Path, tmp_path: Path
+) -> None:
+    """compare checks --devices where it evaluates the checkpoints it lacks: a device that is not there is one line."""
+    if torch.cuda.device_count() > 7:
+        pytest.skip("cuda:7 is here")
+    result = CliRunner().invoke(app, compare_args(tiny_runs, tiny_data_dir, tmp_path, "--devices", "cuda:7"))
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "--devices cuda:7: not available here" in lines[0], result.output
+    assert not any((tmp_path / "eval").rglob("*.json"))
+
+
+@pytest.mark.slow
+def test_compare_over_two_workers_reports_what_one_engine_reports(
+    tiny_runs: dict[str, Path], tiny_data_dir: Path, tmp_path: Path
+) -> None:
+    one, two = tmp_path / "one", tmp_path / "two"
+    for where, more in ((one, []), (two, ["--devices", "cpu,cpu"])):
+        result = CliRunner().invoke(app, compare_args(tiny_runs, tiny_data_dir, where, *more))
+        assert result.exit_code == 0, result.output
+    expected = json.loads((one / "out" / "results.json").read_text())
+    got = json.loads((two / "out" / "results.json").read_text())
+    assert got["pairs"] == expected["pairs"] and len(got["pairs"]) == 1
+    assert got["tasks"] == expected["tasks"]  # the paired differences and their CIs
+    assert sorted(cache_files(two / "eval")) == sorted(cache_files(one / "eval"))  # both sides, same keys
