@@ -62,8 +62,7 @@ from nexus_eval.comparison.stats import (
 )
 from nexus_eval.display import console
 from nexus_eval.errors import ComparisonError
-from nexus_eval.evaluation import EvalSettings, cached_results
-from nexus_eval.evaluation.devices import evaluate_series
+from nexus_eval.evaluation import EvalSettings, cached_results, evaluate_series
 from nexus_eval.io import finite_json, write_json_atomic
 from nexus_eval.schema import (
     COMPARE_RESULTS_KIND,

@@ -136,6 +136,12 @@ def run_worker(share: Share, settings: EvalSettings, hashes: dict[Path, str], co
         signal.signal(sig, _stop_once)
     if settings.backend == "vllm" and share.device.startswith("cuda:"):
         os.environ["CUDA_VISIBLE_DEVICES"] = share.device.partition(":")[2]  # before anything touches CUDA
+    elif share.device.startswith("cuda:"):
+        import torch
+
+        # What a library puts on "the current GPU" (a CUDA context, a stray tensor) then lands on this worker's GPU,
+        # not on cuda:0 beside another worker's model.
+        torch.cuda.set_device(share.device)
     quiet_library_progress()  # the parent draws the progress; bars of lm-eval here would cut through its display
     chosen = worker_settings(settings, share.device)
     total = len(share.checkpoints) * len(chosen.task_specs())
