@@ -117,7 +117,7 @@ def device_info(device: str = "cpu") -> DeviceInfo:
         "gpu_count": 0,
     }
     if device.startswith("cuda") and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))  # the GPU it ran on (cuda: the current one)
         info["gpu_count"] = torch.cuda.device_count()
     return info
 

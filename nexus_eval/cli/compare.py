@@ -12,6 +12,7 @@ from nexus_eval.cli.options import (
     BatchSize,
     DataDir,
     Device,
+    Devices,
     EvalCache,
     LeaderboardDir,
     Limit,
@@ -88,6 +89,7 @@ def compare_command(
     num_fewshot: NumFewshot = None,
     batch_size: BatchSize = None,
     device: Device = None,
+    devices: Devices = None,
     model_args: ModelArgs = None,
     cache: EvalCache = Path("results/eval"),
     out: Path = typer.Option(Path("reports/compare"), "--out", help="Dir for report.md, results.json and PNGs"),
@@ -139,6 +141,7 @@ def compare_command(
     options = CompareOptions(
         batch_size=batch_size_value(batch_size),
         device=device,
+        devices=devices,
         model_args=parse_model_args(model_args),
         cache_dir=cache,
         out=out,

@@ -13,6 +13,7 @@ from nexus_eval.cli.options import (
     BatchSize,
     DataDir,
     Device,
+    Devices,
     EvalCache,
     Limit,
     LossCache,
@@ -38,6 +39,7 @@ def eval_command(
     num_fewshot: NumFewshot = None,
     batch_size: BatchSize = None,
     device: Device = None,
+    devices: Devices = None,
     model_args: ModelArgs = None,
     cache: EvalCache = Path("results/eval"),
     seed: int = typer.Option(1234, "--seed", help="Seeds lm-eval's few-shot sampling, numpy and torch"),
@@ -55,6 +57,7 @@ def eval_command(
     """Evaluate checkpoints on lm-eval tasks (default suite: reasoning; cached per checkpoint content, task and
     settings; a run's checkpoints share one loaded engine, their weights swapped in). --json: the results, each with
     "source": "computed" or "cache". Exit 3: the engine died or hung."""
+    from nexus_eval.errors import EvalError
     from nexus_eval.evaluation import EvalSettings, parse_model_args
     from nexus_eval.evaluation.show import evaluate_and_show
 
@@ -75,9 +78,12 @@ def eval_command(
     if check_batch_invariance:
         from nexus_eval.evaluation.invariance import check_and_show
 
+        if devices is not None:
+            raise EvalError(f"--devices {devices}: --check-batch-invariance runs on one device (--device)")
+
         check_and_show(paths, settings, as_json=as_json, progress=not quiet)
         return
-    evaluate_and_show(paths, settings, as_json=as_json, progress=not quiet)
+    evaluate_and_show(paths, settings, as_json=as_json, progress=not quiet, devices=devices)
 
 
 @one_line_errors

@@ -27,6 +27,15 @@ BatchSize = Annotated[
     str | None, typer.Option("--batch-size", help="N or auto (default: 8 for hf; vllm gets every request at once)")
 ]
 Device = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:N, mps (default: a GPU if any)")]
+Devices = Annotated[
+    str | None,
+    typer.Option(
+        "--devices",
+        help="Spread the checkpoints that need evaluating over one worker per device, in contiguous shares of the "
+        "series: cuda:0,cuda:1 (cpu may repeat), or auto (every visible CUDA device); not with --device or with "
+        "tensor/data parallelism. Results and table as with one engine",
+    ),
+]
 ModelArgs = Annotated[
     str | None,
     typer.Option(

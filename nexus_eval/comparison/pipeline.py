@@ -4,9 +4,10 @@ Series (external.compared_runs) are the harness's runs and checkpoint series of 
 one unit on one held-out set; each series but the reference is matched against the reference (match.py).
 
 Eval results come only through the evaluation stage (nexus_eval.evaluation): `cached_results` for every checkpoint
-of the runs, then `evaluate_with_status` for the paired checkpoints the cache lacks. The cache key there is the whole
-of what a result depends on (checkpoint content, task version and definition, backend, few-shot, limit, eval seed),
-so a result for another task definition or eval seed never enters a comparison.
+of the runs, then `evaluate_series` (one engine, or one worker per `--devices` device) for the paired checkpoints the
+cache lacks. The cache key there is the whole of what a result depends on (checkpoint content, task version and
+definition, backend, few-shot, limit, eval seed), so a result for another task definition or eval seed never enters a
+comparison.
 
 The results JSON (out/results.json, and leaderboards/<name>.json) holds everything the Markdown and the plots are
 drawn from, so both can be rebuilt from it alone (nexus_eval.comparison.leaderboard).
@@ -61,7 +62,7 @@ from nexus_eval.comparison.stats import (
 )
 from nexus_eval.display import console
 from nexus_eval.errors import ComparisonError
-from nexus_eval.evaluation import EvalSettings, cached_results, evaluate_with_status
+from nexus_eval.evaluation import EvalSettings, cached_results, evaluate_series
 from nexus_eval.io import finite_json, write_json_atomic
 from nexus_eval.schema import (
     COMPARE_RESULTS_KIND,
@@ -140,7 +141,7 @@ def gather_results(
         return [c for c in needed if any((hashes[c.path], t) not in found for t in names)]
 
     if missing := lacking():
-        fresh = evaluate_with_status([c.path for c in missing], query, options.progress, hashes)
+        fresh = evaluate_series([c.path for c in missing], query, options.progress, hashes, options.devices)
         found.update({(r["checkpoint_hash"], r["task"]): r for r, _ in fresh})
         if missing := lacking():
             raise ComparisonError(f"{missing[0].path}: evaluation returned no result for some of the tasks {tasks}")

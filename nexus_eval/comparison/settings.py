@@ -125,6 +125,7 @@ class CompareOptions:
 
     batch_size: int | str | None = None  # None: the backend's default
     device: str | None = None
+    devices: str | None = None  # --devices: the missing checkpoints spread over one worker per device
     model_args: tuple[tuple[str, Any], ...] = ()
     cache_dir: Path = Path("results/eval")
     out: Path = Path("reports/compare")

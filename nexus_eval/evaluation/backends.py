@@ -163,12 +163,13 @@ def available_device(backend: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def check_device(backend: str, device: str) -> None:
-    """EvalError naming --device unless the backend can run on it here."""
+def check_device(backend: str, device: str, flag: str = "--device") -> None:
+    """EvalError naming the flag (--device, or --devices for one of its devices) unless the backend can run on the
+    device here."""
     kind, _, index = device.partition(":")
     if backend == "vllm":
         if device != available_device("vllm"):
-            raise EvalError(f"--device {device}: the installed vLLM runs on {available_device('vllm')} only")
+            raise EvalError(f"{flag} {device}: the installed vLLM runs on {available_device('vllm')} only")
         return
     import torch
 
@@ -178,10 +179,17 @@ def check_device(backend: str, device: str) -> None:
     if kind == "mps" and not index and torch.backends.mps.is_available():
         return
     if kind not in ("cuda", "mps") or (index and not index.isdigit()):
-        raise EvalError(f"--device {device}: expected cpu, cuda, cuda:N or mps")
+        raise EvalError(f"{flag} {device}: expected cpu, cuda, cuda:N or mps")
     if kind == "cuda" and count > (int(index) if index else 0):
         return
-    raise EvalError(f"--device {device}: not available here ({count} CUDA devices)")
+    raise EvalError(f"{flag} {device}: not available here ({count} CUDA devices)")
+
+
+def device_kind(device: str) -> str:
+    """cuda for cuda:1: what the cache key records. Which of a machine's GPUs ran a result does not change it (the
+    checkpoints of a series spread over GPUs, `eval --devices`, must all be found by the next run), so the key holds
+    the kind and the provenance the exact device."""
+    return device.partition(":")[0]
 
 
 @dataclass(frozen=True)
@@ -225,8 +233,8 @@ class BackendSpec:
         key: dict[str, Any] = {}
         if self.resolved_batch_size != DEFAULT_BATCH_SIZE[self.name]:
             key["batch_size"] = self.resolved_batch_size
-        if self.resolved_device != "cpu":
-            key["device"] = self.resolved_device
+        if (kind := device_kind(self.resolved_device)) != "cpu":
+            key["device"] = kind
         if self.model_args:
             key["model_args"] = dict(self.model_args)
         return key

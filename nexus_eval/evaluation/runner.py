@@ -413,19 +413,22 @@ def evaluate_with_status(
     progress: bool = True,
     hashes: dict[Path, str] | None = None,
     engine: Engine | None = None,
+    bar: ProgressBar | None = None,
 ) -> list[tuple[EvalResult, bool]]:
     """Every checkpoint × task result, read from the cache or computed (and cached), with a flag per result saying
     whether it came from the cache. A model is loaded only for a checkpoint with a result missing.
 
     hashes: content hashes the caller already computed (checkpoint path → hash), to avoid hashing twice.
-    engine: an engine the caller keeps open across calls (checkpoint_evaluator); by default one for this call."""
+    engine: an engine the caller keeps open across calls (checkpoint_evaluator); by default one for this call.
+    bar: where progress goes (a worker of `eval --devices` forwards it to its parent); by default a display of its
+    own, shown unless `progress` is False."""
     ckpts, specs = checked_inputs(checkpoints, settings)
     backend = settings.backend
     found: list[tuple[EvalResult, bool]] = []
     task_manager = None
     with (
         quiet_libraries(),
-        progress_bar("eval", len(ckpts) * len(specs), enabled=progress) as bar,
+        progress_bar("eval", len(ckpts) * len(specs), enabled=progress) if bar is None else nullcontext(bar) as bar,
         Engine(settings.backend_spec(), settings.timeout) if engine is None else nullcontext(engine) as engine,
         closing(missing_work(ckpts, specs, settings, hashes, found, bar)) as missing,
     ):

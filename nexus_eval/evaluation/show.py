@@ -9,7 +9,8 @@ from rich.console import Console
 from rich.table import Table
 
 from nexus_eval.display import checkpoint_label, console
-from nexus_eval.evaluation.runner import EvalSettings, evaluate_with_status
+from nexus_eval.evaluation.devices import evaluate_series
+from nexus_eval.evaluation.runner import EvalSettings
 from nexus_eval.schema import EvalResult
 from nexus_eval.tasks import primary_metric
 
@@ -39,10 +40,15 @@ def show_results(rows: list[tuple[EvalResult, bool]], shown: Console | None = No
 
 
 def evaluate_and_show(
-    paths: list[Path], settings: EvalSettings, as_json: bool = False, progress: bool = True
+    paths: list[Path],
+    settings: EvalSettings,
+    as_json: bool = False,
+    progress: bool = True,
+    devices: str | None = None,
 ) -> list[EvalResult]:
-    """The `eval` command: evaluate, then a summary table or the JSON."""
-    rows = evaluate_with_status(paths, settings, progress=progress and not as_json)
+    """The `eval` command: evaluate (spread over `devices` when given: devices.py), then a summary table or the
+    JSON."""
+    rows = evaluate_series(paths, settings, progress=progress and not as_json, devices=devices)
     if as_json:  # each result with where it came from: "computed" now (and cached) or read from the "cache"
         listed = [{**result, "source": "cache" if cached else "computed"} for result, cached in rows]
         print(json.dumps(listed, indent=2, sort_keys=True))
