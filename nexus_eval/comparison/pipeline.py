@@ -62,7 +62,7 @@ from nexus_eval.comparison.stats import (
 )
 from nexus_eval.display import console
 from nexus_eval.errors import ComparisonError
-from nexus_eval.evaluation import EvalSettings, cached_results, evaluate_series
+from nexus_eval.evaluation import EvalSettings, cached_results, checked_devices, evaluate_series
 from nexus_eval.io import finite_json, write_json_atomic
 from nexus_eval.schema import (
     COMPARE_RESULTS_KIND,
@@ -130,6 +130,8 @@ def gather_results(
         model_args=options.model_args,
         cache_dir=options.cache_dir,
     )
+    if options.devices is not None:  # a bad --devices is refused even when the cache holds every result
+        checked_devices(options.devices, query)
     found = {(r["checkpoint_hash"], r["task"]): r for r in cached_results([c.path for c in ckpts], query, hashes)}
     if options.evaluate_all:
         wanted = {c.path: c for c in ckpts}

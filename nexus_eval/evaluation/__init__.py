@@ -7,7 +7,7 @@ devices (a series spread over one worker per device: `eval --devices`), show (th
 
 from nexus_eval.evaluation.backends import parse_model_args
 from nexus_eval.evaluation.cache import read_samples
-from nexus_eval.evaluation.devices import evaluate_on_devices, evaluate_series
+from nexus_eval.evaluation.devices import checked_devices, evaluate_on_devices, evaluate_series
 from nexus_eval.evaluation.runner import (
     DEFAULT_SEED,
     EvalSettings,
@@ -20,6 +20,7 @@ __all__ = [
     "DEFAULT_SEED",
     "EvalSettings",
     "cached_results",
+    "checked_devices",
     "evaluate",
     "evaluate_on_devices",
     "evaluate_series",

@@ -199,6 +199,13 @@ def check_devices(devices: tuple[str, ...], settings: EvalSettings) -> None:
             raise EvalError(f"--devices {device}: the installed vLLM runs on {backends.available_device('vllm')} only")
 
 
+def checked_devices(text: str, settings: EvalSettings) -> tuple[str, ...]:
+    """The devices --devices names, checked against the other settings (EvalError naming the flag otherwise)."""
+    devices = parse_devices(text, settings.backend)
+    check_devices(devices, settings)
+    return devices
+
+
 def deal(checkpoints: list[Path], devices: tuple[str, ...]) -> list[Share]:
     """Contiguous shares in series order, sizes differing by at most one; no worker without a checkpoint."""
     count = min(len(devices), len(checkpoints))
@@ -341,8 +348,7 @@ def evaluate_on_devices(
 ) -> list[tuple[EvalResult, bool]]:
     """What evaluate_with_status returns (the same rows, in the same order), the checkpoints that lack results
     spread over one worker per device (--devices: `auto` or a comma-separated list)."""
-    chosen = parse_devices(devices, settings.backend)
-    check_devices(chosen, settings)
+    chosen = checked_devices(devices, settings)
     # The workers' results carry the device's kind in their key: read them, and check the rest, with that kind.
     kind = replace(settings, device=backends.device_kind(chosen[0]))
     ckpts, specs = checked_inputs(checkpoints, kind)

@@ -204,7 +204,7 @@ def compare_args(runs: dict[str, Path], data: Path, tmp_path: Path, *more: str) 
 def test_compare_hands_devices_to_the_evaluation(
     tiny_runs: dict[str, Path], tiny_data_dir: Path, tmp_path: Path
 ) -> None:
-    """compare checks --devices where it evaluates the checkpoints it lacks: a device that is not there is one line."""
+    """compare checks --devices before it evaluates anything: a device that is not there is one line."""
     if torch.cuda.device_count() > 7:
         pytest.skip("cuda:7 is here")
     result = CliRunner().invoke(app, compare_args(tiny_runs, tiny_data_dir, tmp_path, "--devices", "cuda:7"))
@@ -227,3 +227,6 @@ def test_compare_over_two_workers_reports_what_one_engine_reports(
     assert got["pairs"] == expected["pairs"] and len(got["pairs"]) == 1
     assert got["tasks"] == expected["tasks"]  # the paired differences and their CIs
     assert sorted(cache_files(two / "eval")) == sorted(cache_files(one / "eval"))  # both sides, same keys
+    if torch.cuda.device_count() <= 7:  # with every result cached, a device that is not there is still refused
+        result = CliRunner().invoke(app, compare_args(tiny_runs, tiny_data_dir, two, "--devices", "cuda:7"))
+        assert result.exit_code == 2 and "--devices cuda:7: not available here" in result.output, result.output
