@@ -41,12 +41,29 @@ def ngram_hashes(tokens: list[str] | list[bytes], n: int = NGRAM) -> np.ndarray:
 
 
 def _window_hashes(word_hashes: np.ndarray, n: int) -> np.ndarray:
-    windows = len(word_hashes) - n + 1
-    combined = word_hashes[:windows].copy()
-    for offset in range(1, n):  # in place: no new array per word of the window
-        np.multiply(combined, _MULTIPLIER, out=combined)
-        np.add(combined, word_hashes[offset : offset + windows], out=combined)
-    return combined
+    """For every window i: sum over j < n of word_hashes[i + j] * M^(n-1-j) (mod 2^64), in O(log n) array operations
+    instead of n (13-grams: 10, not 26; each is a numpy call, and a document's are short arrays): the hash of a+b
+    words is the hash of the first a times M^b plus the hash of the last b. Bit-identical to the word-by-word sum."""
+    result, covered = word_hashes, 0  # the hash of the first `covered` words of each window
+    block, size = word_hashes, 1  # the hash of `size` words starting at each position (size a power of two)
+    remaining = n
+    while remaining:
+        if remaining & 1:
+            if covered == 0:
+                result = block
+            else:
+                length = len(word_hashes) - covered - size + 1
+                result = result[:length] * _power(size) + block[covered : covered + length]
+            covered += size
+        remaining >>= 1
+        if remaining:
+            block = block[: len(block) - size] * _power(size) + block[size:]
+            size *= 2
+    return result.copy() if result is word_hashes else result
+
+
+def _power(exponent: int) -> np.uint64:
+    return np.uint64(pow(int(_MULTIPLIER), exponent, 1 << 64))
 
 
 class Document:
@@ -79,14 +96,17 @@ class _SortedHashes:
         self.shift = np.uint64(64 - bits)
         self.bitmap = np.zeros(1 << (bits - 3), dtype=np.uint8)
         slots = self.keys >> self.shift  # sorted, as the keys are: the bits of one byte are a contiguous run
-        cells, first = np.unique(slots >> np.uint64(3), return_index=True)
+        cells = slots >> np.uint64(3)
+        first = np.flatnonzero(np.concatenate(([True], cells[1:] != cells[:-1]))) if len(cells) else cells
         if len(cells):
-            self.bitmap[cells] = np.bitwise_or.reduceat(np.left_shift(1, slots & np.uint64(7)).astype(np.uint8), first)
+            bits = np.left_shift(1, slots & np.uint64(7)).astype(np.uint8)
+            self.bitmap[cells[first]] = np.bitwise_or.reduceat(bits, first)
 
     def _maybe(self, query: np.ndarray) -> np.ndarray:
         """False where a query hash is surely absent (no false negatives)."""
         slots = query >> self.shift
-        return ((self.bitmap[slots >> np.uint64(3)] >> (slots & np.uint64(7)).astype(np.uint8)) & 1).astype(bool)
+        cells = np.take(self.bitmap, slots >> np.uint64(3))  # take: faster than fancy indexing
+        return ((cells >> (slots & np.uint64(7)).astype(np.uint8)) & 1).astype(bool)
 
     def owners_of(self, query: np.ndarray) -> set[int]:
         if not len(query) or not len(self.keys):
@@ -207,12 +227,17 @@ def _jsonl_texts(file: Path) -> Iterator[str]:
                 yield " ".join(_strings(json.loads(line)))
 
 
-def _strings(value: Any) -> Iterator[str]:
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, list):
-        for item in value:
-            yield from _strings(item)
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _strings(item)
+def _strings(value: Any) -> list[str]:
+    """Every string in a JSON value, in order (a loop over lists and dicts: the recursive generator it replaces cost
+    more than parsing the items)."""
+    found: list[str] = []
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            found.append(item)
+        elif isinstance(item, list):
+            stack.extend(reversed(item))
+        elif isinstance(item, dict):
+            stack.extend(reversed(item.values()))
+    return found
