@@ -198,7 +198,7 @@ def _chunk_hashes(all_words: list[bytes], counts: list[int], n: int) -> np.ndarr
     hashes = ngram_hashes(all_words, n)
     owner = np.repeat(np.arange(len(counts)), counts)  # the text of each word
     within_one_text = owner[: len(hashes)] == owner[n - 1 : n - 1 + len(hashes)]
-    return hashes[within_one_text]
+    return _sorted_unique(hashes[within_one_text])  # per chunk too: a file's repeats are not all held at once
 
 
 def _sorted_unique(values: np.ndarray) -> np.ndarray:
