@@ -16,48 +16,107 @@ NGRAM = 13  # the usual contamination n-gram length (GPT-3 paper); every GSM8k t
 
 WORD = re.compile(r"[a-z0-9]+")
 _MULTIPLIER = np.uint64(0x100000001B3)  # FNV prime: mixes the word hashes of an n-gram in order
+# The bytes of WORD's characters kept, every other byte a space: after lower() and UTF-8 encoding, splitting the
+# translated bytes on spaces gives exactly WORD.findall's words (any non-ASCII character encodes as bytes >= 0x80,
+# never a word byte), at several times the speed of the regex on str.
+_WORD_BYTES = bytes(c if chr(c).isascii() and (chr(c).isdigit() or chr(c).islower()) else 32 for c in range(256))
 
 
 def words(text: str) -> list[str]:
     return WORD.findall(text.lower())
 
 
-def ngram_hashes(tokens: list[str], n: int = NGRAM) -> np.ndarray:
+def _word_bytes(text: str) -> list[bytes]:
+    """words(text) as ASCII bytes (surrogatepass: a lone surrogate from JSON is a non-word, as for the regex)."""
+    return text.lower().encode("utf-8", "surrogatepass").translate(_WORD_BYTES).split()
+
+
+def ngram_hashes(tokens: list[str] | list[bytes], n: int = NGRAM) -> np.ndarray:
     """64-bit hashes of every n-word window, vectorized: each word hashed once (Python's str hash, fixed within a
-    process), windows combined polynomially. Different n-grams collide with probability ~2⁻⁶⁴ per pair."""
+    process; an ASCII word hashes the same as str or bytes), windows combined polynomially. Different n-grams
+    collide with probability ~2⁻⁶⁴ per pair."""
     if len(tokens) < n:
         return np.zeros(0, dtype=np.uint64)
-    word_hashes = np.fromiter(map(hash, tokens), dtype=np.int64, count=len(tokens)).view(np.uint64)
-    windows = len(tokens) - n + 1
-    combined = np.zeros(windows, dtype=np.uint64)
-    for offset in range(n):
-        combined = combined * _MULTIPLIER + word_hashes[offset : offset + windows]
-    return combined
+    return _window_hashes(np.fromiter(map(hash, tokens), dtype=np.int64, count=len(tokens)).view(np.uint64), n)
+
+
+def _window_hashes(word_hashes: np.ndarray, n: int) -> np.ndarray:
+    """For every window i: sum over j < n of word_hashes[i + j] * M^(n-1-j) (mod 2^64), in O(log n) array operations
+    instead of n (13-grams: 10, not 26; each is a numpy call, and a document's are short arrays): the hash of a+b
+    words is the hash of the first a times M^b plus the hash of the last b. Bit-identical to the word-by-word sum."""
+    result, covered = word_hashes, 0  # the hash of the first `covered` words of each window
+    block, size = word_hashes, 1  # the hash of `size` words starting at each position (size a power of two)
+    remaining = n
+    while remaining:
+        if remaining & 1:
+            if covered == 0:
+                result = block
+            else:
+                length = len(word_hashes) - covered - size + 1
+                result = result[:length] * _power(size) + block[covered : covered + length]
+            covered += size
+        remaining >>= 1
+        if remaining:
+            block = block[: len(block) - size] * _power(size) + block[size:]
+            size *= 2
+    return result.copy() if result is word_hashes else result
+
+
+def _power(exponent: int) -> np.uint64:
+    return np.uint64(pow(int(_MULTIPLIER), exponent, 1 << 64))
 
 
 class Document:
-    """A document's words and n-gram hashes, computed once for every index that checks it."""
+    """A document's n-gram hashes, computed once for every index that checks it (its words only when asked)."""
 
     def __init__(self, text: str, n: int = NGRAM) -> None:
-        self.words = words(text)
-        self.ngrams = ngram_hashes(self.words, n)
+        self.text = text
+        self.ngrams = ngram_hashes(_word_bytes(text), n)
+
+    @property
+    def words(self) -> list[str]:
+        return words(self.text)
 
 
 class _SortedHashes:
-    """Sorted n-gram hashes with an owner (a reference's index) each: 12 bytes per n-gram, searched in O(log n)."""
+    """Sorted n-gram hashes with an owner (a reference's index) each: 12 bytes per n-gram, searched in O(log n).
+
+    A bitmap over the hashes' top bits (~4 bytes per n-gram) answers first: nearly every n-gram of a training
+    document is in no reference, and a binary search of a multi-million-key array costs a cache miss per level, the
+    bitmap one in all. Only the n-grams whose bit is set (a reference's, or ~2-3% false positives) are searched."""
+
+    BITS_PER_KEY = 32  # bitmap size: a false-positive rate of ~1/32 at most, ~4 bytes per key
 
     def __init__(self, hashes: list[np.ndarray], owners: list[int]) -> None:
         keys = np.concatenate(hashes) if hashes else np.zeros(0, dtype=np.uint64)
         owner = np.concatenate([np.full(len(h), o, dtype=np.int32) for h, o in zip(hashes, owners, strict=True)])
         order = np.argsort(keys, kind="stable") if len(keys) else np.zeros(0, dtype=np.int64)
         self.keys, self.owners = keys[order], (owner[order] if len(keys) else np.zeros(0, dtype=np.int32))
+        bits = min(max(int(len(self.keys) * self.BITS_PER_KEY).bit_length(), 6), 30)  # 128 MB at most
+        self.shift = np.uint64(64 - bits)
+        self.bitmap = np.zeros(1 << (bits - 3), dtype=np.uint8)
+        slots = self.keys >> self.shift  # sorted, as the keys are: the bits of one byte are a contiguous run
+        cells = slots >> np.uint64(3)
+        first = np.flatnonzero(np.concatenate(([True], cells[1:] != cells[:-1]))) if len(cells) else cells
+        if len(cells):
+            bits = np.left_shift(1, slots & np.uint64(7)).astype(np.uint8)
+            self.bitmap[cells[first]] = np.bitwise_or.reduceat(bits, first)
+
+    def _maybe(self, query: np.ndarray) -> np.ndarray:
+        """False where a query hash is surely absent (no false negatives)."""
+        slots = query >> self.shift
+        cells = np.take(self.bitmap, slots >> np.uint64(3))  # take: faster than fancy indexing
+        return ((cells >> (slots & np.uint64(7)).astype(np.uint8)) & 1).astype(bool)
 
     def owners_of(self, query: np.ndarray) -> set[int]:
         if not len(query) or not len(self.keys):
             return set()
+        query = query[self._maybe(query)]
+        if not len(query):  # the common case: a clean document costs one bitmap lookup per n-gram
+            return set()
         left = np.searchsorted(self.keys, query, side="left")
         hit = self.keys[np.minimum(left, len(self.keys) - 1)] == query
-        if not hit.any():  # the common case: a clean document costs one search
+        if not hit.any():
             return set()
         right = np.searchsorted(self.keys, query[hit], side="right")
         found: set[int] = set()
@@ -119,27 +178,33 @@ class TaskNgrams:
 
 
 def _texts_ngram_hashes(texts: Iterator[str], n: int, chunk_words: int = 200_000) -> np.ndarray:
-    """The n-gram hashes of many texts, vectorized over chunks of ~`chunk_words` words (bounded memory): windows
-    crossing from one text into the next are left out."""
+    """The distinct n-gram hashes of many texts, sorted, vectorized over chunks of ~`chunk_words` words (bounded
+    memory): windows crossing from one text into the next are left out."""
     chunks: list[np.ndarray] = []
-    all_words: list[str] = []
-    text_of_word: list[int] = []
-    for index, text in enumerate(texts):
-        tokens = words(text)
+    all_words: list[bytes] = []
+    counts: list[int] = []
+    for text in texts:
+        tokens = _word_bytes(text)
         all_words.extend(tokens)
-        text_of_word.extend([index] * len(tokens))
+        counts.append(len(tokens))
         if len(all_words) >= chunk_words:
-            chunks.append(_chunk_hashes(all_words, text_of_word, n))
-            all_words, text_of_word = [], []
-    chunks.append(_chunk_hashes(all_words, text_of_word, n))
-    return np.unique(np.concatenate(chunks))
+            chunks.append(_chunk_hashes(all_words, counts, n))
+            all_words, counts = [], []
+    chunks.append(_chunk_hashes(all_words, counts, n))
+    return _sorted_unique(np.concatenate(chunks))
 
 
-def _chunk_hashes(all_words: list[str], text_of_word: list[int], n: int) -> np.ndarray:
+def _chunk_hashes(all_words: list[bytes], counts: list[int], n: int) -> np.ndarray:
     hashes = ngram_hashes(all_words, n)
-    owner = np.asarray(text_of_word, dtype=np.int64)
+    owner = np.repeat(np.arange(len(counts)), counts)  # the text of each word
     within_one_text = owner[: len(hashes)] == owner[n - 1 : n - 1 + len(hashes)]
-    return np.unique(hashes[within_one_text])
+    return _sorted_unique(hashes[within_one_text])  # per chunk too: a file's repeats are not all held at once
+
+
+def _sorted_unique(values: np.ndarray) -> np.ndarray:
+    """np.unique for a flat array (sort, then drop repeats): numpy 2's np.unique hashes first, several times slower."""
+    values = np.sort(values)
+    return values[np.concatenate(([True], values[1:] != values[:-1]))] if len(values) else values
 
 
 def _task_eval_files(tasks_dir: Path) -> dict[str, list[Path]]:
@@ -153,20 +218,26 @@ def _task_eval_files(tasks_dir: Path) -> dict[str, list[Path]]:
 
 
 def _jsonl_texts(file: Path) -> Iterator[str]:
+    """Each item's text fields joined: a question with its answer, a context with its endings. The n-grams of each
+    field alone are among the joined text's (its words are the fields' words in order), so the join is all the
+    index needs."""
     with file.open(encoding="utf-8") as lines:
         for line in lines:
             if line.strip():
-                texts = list(_strings(json.loads(line)))
-                yield from texts
-                yield " ".join(texts)  # the whole item: a question with its answer, a context with its endings
+                yield " ".join(_strings(json.loads(line)))
 
 
-def _strings(value: Any) -> Iterator[str]:
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, list):
-        for item in value:
-            yield from _strings(item)
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _strings(item)
+def _strings(value: Any) -> list[str]:
+    """Every string in a JSON value, in order (a loop over lists and dicts: the recursive generator it replaces cost
+    more than parsing the items)."""
+    found: list[str] = []
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            found.append(item)
+        elif isinstance(item, list):
+            stack.extend(reversed(item))
+        elif isinstance(item, dict):
+            stack.extend(reversed(item.values()))
+    return found

@@ -79,20 +79,24 @@ def write_shards(
         shards.append(record)
         on_shard(record)
 
-    for batch_docs, encodings in encoder.encode(_batches(docs)):
-        for text, ids in zip(batch_docs, encodings, strict=True):
-            stream = np.concatenate([ids, np.array([encoder.eos_id], dtype=encoder.dtype)])[skip:]
-            offset, skip = len(ids) + 1 - len(stream), 0
-            written += len(stream)
-            while len(stream):
-                taken = buffer.add(stream)
-                stream, offset = stream[taken:], offset + taken
-                if buffer.full:
-                    close_shard(doc_index + (not len(stream)), offset if len(stream) else 0)
-            doc_index += 1
-            advance(len(text), len(ids) + 1)
-            if max_tokens is not None and written >= max_tokens:
-                return _finish(buffer, shards, close_shard, doc_index)
+    for batch_docs, stream, lengths in encoder.encode(_batches(docs)):
+        # A batch at a time: `stream` holds its documents' tokens each followed by eos, `ends` where each ends in it.
+        ends = np.cumsum(lengths)
+        last = len(ends)  # documents of this batch written
+        if max_tokens is not None:  # stop after the document that reaches the budget
+            last = min(last, int(np.searchsorted(ends - skip, max_tokens - written, side="left")) + 1)
+        position, end = skip, int(ends[last - 1])
+        while position < end:
+            position += buffer.add(stream[position:end])
+            if buffer.full:  # the next shard starts at `position`: a document's first token or one inside it
+                inside = int(np.searchsorted(ends, position, side="right"))
+                offset = position - (int(ends[inside - 1]) if inside else 0)
+                close_shard(doc_index + inside, offset if inside < last else 0)
+        written += end - skip
+        doc_index, skip = doc_index + last, 0
+        advance(sum(len(text) for text in batch_docs[:last]), end)
+        if max_tokens is not None and written >= max_tokens:
+            break
     return _finish(buffer, shards, close_shard, doc_index)
 
 
@@ -170,7 +174,7 @@ class Encoder:
     def __enter__(self) -> Encoder:
         if self.num_proc > 1:  # spawn: the parent's tokenizer threads must not be forked mid-use
             context = get_context("spawn")
-            self.pool = context.Pool(self.num_proc, _init_worker, (str(self.tokenizer_json), self.dtype))
+            self.pool = context.Pool(self.num_proc, _init_worker, (str(self.tokenizer_json), self.dtype, self.eos_id))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -178,10 +182,11 @@ class Encoder:
             self.pool.terminate()
             self.pool.join()
 
-    def encode(self, batches: Iterator[list[str]]) -> Iterator[tuple[list[str], list[np.ndarray]]]:
+    def encode(self, batches: Iterator[list[str]]) -> Iterator[tuple[list[str], np.ndarray, np.ndarray]]:
+        """(documents, their token stream with eos after each, tokens per document with its eos) per batch."""
         if self.pool is None:
             for batch in batches:
-                yield batch, _encode(self.backend, batch, self.dtype)
+                yield batch, *_encode(self.backend, batch, self.dtype, self.eos_id)
             return
         # A window of batches in flight (Pool.imap would read the whole input ahead: the corpus in memory).
         in_flight: deque[tuple[list[str], Any]] = deque()
@@ -189,27 +194,35 @@ class Encoder:
             in_flight.append((batch, self.pool.apply_async(_encode_in_worker, (batch,))))
             if len(in_flight) >= 2 * self.num_proc:
                 done, result = in_flight.popleft()
-                yield done, result.get()
+                yield done, *result.get()
         while in_flight:
             done, result = in_flight.popleft()
-            yield done, result.get()
+            yield done, *result.get()
 
 
-def _encode(backend: Any, batch: list[str], dtype: str) -> list[np.ndarray]:
-    return [np.asarray(e.ids, dtype=dtype) for e in backend.encode_batch(batch, add_special_tokens=False)]
+def _encode(backend: Any, batch: list[str], dtype: str, eos_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """One flat array for the batch (one conversion and, from a worker, one pickled array, not one per document)."""
+    flat: list[int] = []
+    lengths: list[int] = []
+    for encoding in backend.encode_batch(batch, add_special_tokens=False):
+        ids = encoding.ids
+        flat += ids
+        flat.append(eos_id)
+        lengths.append(len(ids) + 1)
+    return np.array(flat, dtype=dtype), np.array(lengths, dtype=np.int64)
 
 
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(tokenizer_json: str, dtype: str) -> None:
+def _init_worker(tokenizer_json: str, dtype: str, eos_id: int) -> None:
     from tokenizers import Tokenizer
 
-    _WORKER.update(backend=Tokenizer.from_file(tokenizer_json), dtype=dtype)
+    _WORKER.update(backend=Tokenizer.from_file(tokenizer_json), dtype=dtype, eos_id=eos_id)
 
 
-def _encode_in_worker(batch: list[str]) -> list[np.ndarray]:
-    return _encode(_WORKER["backend"], batch, _WORKER["dtype"])
+def _encode_in_worker(batch: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    return _encode(_WORKER["backend"], batch, _WORKER["dtype"], _WORKER["eos_id"])
 
 
 def as_dicts(records: list[ShardRecord]) -> list[dict[str, Any]]:
