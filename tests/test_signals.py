@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -73,6 +74,41 @@ def test_the_log_display_prints_one_line_per_stage_with_its_time(tmp_path: Path)
         "eval: 2/2 done in T s",
         "read text: 12,083,800/12,000,000 done in T s",
         "train: stopped at 3/10 after T s",
+    ]
+
+
+# A command whose library turns the Interrupted raised inside it into an error of its own, as safetensors' get_tensor
+# did to a SIGTERM in an eval ("ValueError: could not determine the shape of object type ...": exit 1, a traceback).
+SWALLOWING_COMMAND = """
+import os, signal, sys, time
+from nexus_eval.cli.options import one_line_errors
+
+@one_line_errors
+def command():
+    try:
+        os.kill(os.getpid(), signal.SIG{name})
+        time.sleep(5)
+    except KeyboardInterrupt:
+        raise ValueError("could not determine the shape of object type") from None
+
+try:
+    command()
+except SystemExit as e:
+    sys.exit(e.code)
+except BaseException as e:  # typer.Exit outside a typer app
+    sys.exit(getattr(e, "exit_code", 99))
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_a_library_turned_into_its_own_error_still_exits_as_the_signal(sig: int) -> None:
+    name = signal.Signals(sig).name.removeprefix("SIG")
+    done = subprocess.run(
+        [sys.executable, "-c", SWALLOWING_COMMAND.format(name=name)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 128 + sig, done.stderr[-3000:]
+    assert done.stderr.strip().splitlines() == [
+        f"error: interrupted by {signal.Signals(sig).name}; finished work is kept, run the same command again to resume"
     ]
 
 

@@ -32,10 +32,19 @@ class Interrupted(KeyboardInterrupt):
         return f"error: interrupted by {name}; finished work is kept, run the same command again to resume"
 
 
+_received: list[int] = []  # the signal that arrived while signals_raise was active (at most one: then ignored)
+
+
+def received_signal() -> int | None:
+    """The signal number that interrupted the block of the last signals_raise, if one did."""
+    return _received[0] if _received else None
+
+
 def _raise_once(signum: int, frame: FrameType | None) -> None:
     # A second signal while we clean up (engine shutdown takes seconds) must not abort the cleanup half way.
     for sig in HANDLED:
         signal.signal(sig, signal.SIG_IGN)
+    _received.append(signum)
     raise Interrupted(signum)
 
 
@@ -47,6 +56,7 @@ def signals_raise() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    _received.clear()
     previous = {sig: signal.signal(sig, _raise_once) for sig in HANDLED}
     try:
         yield

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from nexus_eval.cli.interrupts import Interrupted, signals_raise, stop_children
+from nexus_eval.cli.interrupts import Interrupted, received_signal, signals_raise, stop_children
 from nexus_eval.display import is_log_output, quiet_library_progress
 from nexus_eval.errors import NexusError
 
@@ -92,13 +92,20 @@ def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             with signals_raise():
                 return fn(*args, **kwargs)
-        except NexusError as e:
-            typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt as e:  # Interrupted (SIGINT/SIGTERM), or Ctrl-C before our handler was installed
             stopped = e if isinstance(e, Interrupted) else Interrupted(signal.SIGINT)
-            stop_children()
-            typer.echo(stopped.line(), err=True)
-            raise typer.Exit(stopped.exit_code) from None
+        except Exception as e:
+            if (signum := received_signal()) is None:  # an error of its own
+                if isinstance(e, NexusError):
+                    typer.echo(f"error: {e}", err=True)
+                    raise typer.Exit(e.exit_code) from None
+                raise
+            # The handler raised Interrupted inside a library's code, which caught it and raised an error of its
+            # own (safetensors' get_tensor: "ValueError: could not determine the shape ..."; a caught OSError turned
+            # into a CheckpointError): the signal is still what ended the command.
+            stopped = Interrupted(signum)
+        stop_children()
+        typer.echo(stopped.line(), err=True)
+        raise typer.Exit(stopped.exit_code) from None
 
     return wrapper
