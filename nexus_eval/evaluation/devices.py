@@ -113,10 +113,14 @@ class _Stopped(KeyboardInterrupt):
         self.signum = signum
 
 
+_stop_signals: list[int] = []  # the signal that stopped this worker, once one has
+
+
 def _stop_once(signum: int, frame: FrameType | None) -> None:
     # A second signal during the unwind (the parent's SIGTERM after a Ctrl-C) must not cut the engine's shutdown short.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
+    _stop_signals.append(signum)
     raise _Stopped(signum)
 
 
@@ -151,10 +155,15 @@ def run_worker(share: Share, settings: EvalSettings, hashes: dict[Path, str], co
         conn.send(Finished(tuple((result["checkpoint"], result["task"], cached) for result, cached in rows)))
     except _Stopped as stopped:
         sys.exit(128 + stopped.signum)  # stopped by the parent (or a signal to the group): it says why
-    except NexusError as e:
-        conn.send(Failed(e))
-    except Exception as e:  # a bug: its traceback in the log, and the run ends as if the engine had died
-        traceback.print_exc()
+    except Exception as e:
+        if _stop_signals:
+            # _Stopped raised inside a library that caught it and raised an error of its own (safetensors'
+            # get_tensor: a ValueError): still a stop, not a failure (as cli.options.one_line_errors does).
+            sys.exit(128 + _stop_signals[0])
+        if isinstance(e, NexusError):
+            conn.send(Failed(e))
+            return
+        traceback.print_exc()  # a bug: its traceback in the log, and the run ends as if the engine had died
         reason = f"{type(e).__name__}: {e}".splitlines()[0]
         conn.send(Failed(EngineError(f"{settings.backend} worker on {share.label} failed: {reason} (traceback above)")))
 
