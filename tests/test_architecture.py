@@ -17,9 +17,10 @@ import pytest
 PACKAGE_DIR = Path(__file__).resolve().parents[1] / "nexus_eval"
 
 # The modules every stage may use: the package root (its version), the error types, file writes, terminal display,
-# record types, the checkpoint format (the contract between training and everything that reads checkpoints) and
-# provenance (code, library and device records stored with every result).
-BASE = {"", "errors", "io", "display", "schema", "checkpoints", "provenance"}  # "": the package root
+# record types, the checkpoint format (the contract between training and everything that reads checkpoints),
+# provenance (code, library and device records stored with every result) and signals (SIGINT/SIGTERM raise, so a
+# command or an eval worker unwinds).
+BASE = {"", "errors", "io", "display", "schema", "checkpoints", "provenance", "signals"}  # "": the package root
 # What each unit may import (besides itself). Reading order: data → training → (tasks) → evaluation / geometry →
 # comparison → cli. optim is torch-only: users import it into their own training code.
 ALLOWED: dict[str, set[str]] = {
@@ -30,6 +31,7 @@ ALLOWED: dict[str, set[str]] = {
     "schema": set(),
     "checkpoints": {"errors", "io", "schema"},
     "provenance": {"schema"},
+    "signals": set(),
     # GGUF → HF checkpoint import: the checkpoint format's one converter, used by the CLI (and benchmarks)
     "checkpoints_gguf": {"errors", "io", "schema", "checkpoints", "provenance"},
     "data": BASE,

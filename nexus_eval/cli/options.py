@@ -11,9 +11,9 @@ from typing import Annotated, Any
 
 import typer
 
-from nexus_eval.cli.interrupts import Interrupted, received_signal, signals_raise, stop_children
 from nexus_eval.display import is_log_output, quiet_library_progress
 from nexus_eval.errors import NexusError
+from nexus_eval.signals import Interrupted, received_signal, signals_raise
 
 # ---- evaluation settings: `eval` and `compare` ---------------------------------------------------------------------
 Tasks = Annotated[str | None, typer.Option("--tasks", help="Comma-separated task names (or task YAML paths)")]
@@ -77,10 +77,17 @@ def float_list(text: str | None, flag: str) -> list[float] | None:
         raise NexusError(f"{flag}: expected comma-separated numbers, got {text!r}") from None
 
 
+def stop_children() -> None:
+    """Stop the child processes still running (a data loader worker, an engine whose owner could not unwind)."""
+    from nexus_eval.evaluation.engine import child_pids, stop_processes
+
+    stop_processes(sorted(child_pids()))
+
+
 def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn NexusError (and its per-stage subclasses) into `error: message` on stderr and the error's exit code,
     instead of a traceback; Ctrl-C or SIGTERM into one line and exit 130 or 143, no child process left
-    (cli/interrupts.py). In a log (display.is_log_output) or with --quiet, the libraries' bars are off from the
+    (nexus_eval/signals.py). In a log (display.is_log_output) or with --quiet, the libraries' bars are off from the
     start."""
 
     @functools.wraps(fn)

@@ -19,7 +19,7 @@ killed) ends the command with that one error (exit 3 for an engine, a bad checkp
 other workers are stopped (SIGTERM: they unwind, closing their engines; SIGKILL after engine.STOP_GRACE_S), results
 already written stay cached, and no process is left: while workers run this process adopts their orphaned
 descendants (Linux PR_SET_CHILD_SUBREAPER), so that the processes of a killed worker's engine are stopped too. A
-signal to this process (Ctrl-C, SIGTERM) stops the workers the same way on its way out (cli/interrupts.py).
+signal to this process (Ctrl-C, SIGTERM) stops the workers the same way on its way out (nexus_eval/signals.py).
 
 Progress: the workers send their stage changes through a pipe; the parent shows one bar per worker (in a log, one
 line per stage), each labelled with its device.
@@ -28,14 +28,12 @@ line per stage), each labelled with its device.
 from __future__ import annotations
 
 import ctypes
-import signal
 import sys
 import traceback
 from dataclasses import dataclass, replace
 from multiprocessing import get_context
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from nexus_eval.display import ProgressBar, checkpoint_label, progress_display, quiet_library_progress
@@ -50,6 +48,7 @@ from nexus_eval.evaluation.runner import (
     evaluate_with_status,
 )
 from nexus_eval.schema import EvalResult
+from nexus_eval.signals import Interrupted, received_signal, signals_raise
 
 AUTO = "auto"
 # vLLM arguments with which one engine spans several devices itself: a worker per device would fight it for them.
@@ -105,25 +104,6 @@ class ForwardedProgress:
 
 
 # ---- the worker (a child process) -----------------------------------------------------------------------------------
-class _Stopped(KeyboardInterrupt):
-    """SIGTERM or SIGINT in a worker: unwind (closing the engine, removing temp files), then exit."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
-_stop_signals: list[int] = []  # the signal that stopped this worker, once one has
-
-
-def _stop_once(signum: int, frame: FrameType | None) -> None:
-    # A second signal during the unwind (the parent's SIGTERM after a Ctrl-C) must not cut the engine's shutdown short.
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)
-    _stop_signals.append(signum)
-    raise _Stopped(signum)
-
-
 def worker_settings(settings: EvalSettings, device: str) -> EvalSettings:
     """The settings of the worker on `device`. vLLM takes no device argument: a worker on one GPU sees only that GPU
     (CUDA_VISIBLE_DEVICES, set by run_worker) and runs on its "cuda"."""
@@ -134,10 +114,13 @@ def worker_settings(settings: EvalSettings, device: str) -> EvalSettings:
 
 def run_worker(share: Share, settings: EvalSettings, hashes: dict[Path, str], conn: Connection) -> None:
     """A worker's life: evaluate its share through one engine, say how it went, exit (128 + signal when stopped)."""
+    with signals_raise():  # a stop from the parent (or a signal to the group) unwinds the engine, then exits
+        _run_share(share, settings, hashes, conn)
+
+
+def _run_share(share: Share, settings: EvalSettings, hashes: dict[Path, str], conn: Connection) -> None:
     import os
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, _stop_once)
     if settings.backend == "vllm" and share.device.startswith("cuda:"):
         os.environ["CUDA_VISIBLE_DEVICES"] = share.device.partition(":")[2]  # before anything touches CUDA
     elif share.device.startswith("cuda:"):
@@ -153,13 +136,13 @@ def run_worker(share: Share, settings: EvalSettings, hashes: dict[Path, str], co
     try:
         rows = evaluate_with_status(list(share.checkpoints), chosen, hashes=hashes, bar=bar)
         conn.send(Finished(tuple((result["checkpoint"], result["task"], cached) for result, cached in rows)))
-    except _Stopped as stopped:
-        sys.exit(128 + stopped.signum)  # stopped by the parent (or a signal to the group): it says why
+    except Interrupted as stopped:
+        sys.exit(stopped.exit_code)  # stopped by the parent (or a signal to the group): it says why
     except Exception as e:
-        if _stop_signals:
-            # _Stopped raised inside a library that caught it and raised an error of its own (safetensors'
+        if (signum := received_signal()) is not None:
+            # Interrupted raised inside a library that caught it and raised an error of its own (safetensors'
             # get_tensor: a ValueError): still a stop, not a failure (as cli.options.one_line_errors does).
-            sys.exit(128 + _stop_signals[0])
+            sys.exit(128 + signum)
         if isinstance(e, NexusError):
             conn.send(Failed(e))
             return

@@ -1,5 +1,7 @@
-"""Ctrl-C and SIGTERM during any command: unwind (every `with` closes: the eval engine stops, temp files are removed),
-stop any child process left, one line on stderr, exit 128 + the signal number (130 for SIGINT, 143 for SIGTERM).
+"""Ctrl-C and SIGTERM during any command, or in an `eval --devices` worker: the signal raises Interrupted, so the
+process unwinds (every `with` closes: the eval engine stops, temp files are removed) and exits 128 + the signal number
+(130 for SIGINT, 143 for SIGTERM). cli.options.one_line_errors then stops any child process left and prints one line;
+evaluation.devices' worker exits with the code, which its parent reads.
 
 Every write is atomic (io.atomic_path), so an interrupted command leaves complete files or none, and the next run
 resumes from what is there (training from its last checkpoint, eval from its cache).
@@ -63,10 +65,3 @@ def signals_raise() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-def stop_children() -> None:
-    """Stop the child processes still running (a data loader worker, an engine whose owner could not unwind)."""
-    from nexus_eval.evaluation.engine import child_pids, stop_processes
-
-    stop_processes(sorted(child_pids()))
