@@ -93,7 +93,11 @@ manifest = build_data(out, sources=[parse_cli_source("--source", f"corpus={corpu
                       tasks_dir=Path("tasks"), num_proc=num_proc, max_chars_per_source=10**15, progress=False)
 seconds = time.perf_counter() - started
 tokens = sum(manifest["sources"]["corpus"]["tokens"].values())
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# VmHWM, not ru_maxrss: after fork + exec ru_maxrss still counts this bench's own RSS at the fork (see
+# training.metrics_log.peak_rss_bytes, not imported here: it would import torch into the measured process)
+status = Path("/proc/self/status")
+hwm = [line for line in status.read_text().splitlines() if line.startswith("VmHWM:")] if status.is_file() else []
+peak = int(hwm[0].split()[1]) / 1024 if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps({"seconds": seconds, "tokens": tokens, "peak_rss_mb": peak}))
 """
 
