@@ -173,7 +173,7 @@ def progress_display(enabled: bool = True) -> Iterator[Any]:
         lines = LineProgress(sys.stderr if enabled else None)
         try:
             yield lines
-        except KeyboardInterrupt:  # a signal (nexus_eval/signals.py): say at which stage; other errors say it themselves
+        except KeyboardInterrupt:  # a signal (signals.py): say at which stage; other errors say it themselves
             lines.close()
             raise
         return
