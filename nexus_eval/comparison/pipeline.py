@@ -347,6 +347,8 @@ def geometry_rows(pairs: list[Pair], data_dir: Path) -> list[dict[str, Any]]:
             g = geometry(ckpt.path, data_dir)
             row[f"{name}_grad_cos"] = g.get("grad_cos_mean_offdiag")
             row[f"{name}_minima_msd"] = g.get("minima_msd")
+            # what measured it (None: a cache entry from before geometry results recorded their environment)
+            row[f"{name}_measured_with"] = (g.get("environment") or {}).get("code")
         rows.append(row)
     return rows
 

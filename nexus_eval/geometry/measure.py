@@ -26,6 +26,7 @@ from nexus_eval.geometry.gradients import gradient_cosines
 from nexus_eval.geometry.losses import BatchesBySource
 from nexus_eval.geometry.minima import OPTIMIZERS, minima_closeness
 from nexus_eval.io import write_json_atomic
+from nexus_eval.provenance import environment
 
 SCHEMA = 1
 # Bump when a change to the measurement changes its numbers: old cache entries then stop matching.
@@ -117,7 +118,8 @@ def geometry(
     model = _load(ckpt, settings.seed, device)
     heldout, finetune = _micro_batches(data_dir, settings, vocab=model.get_input_embeddings().weight.shape[0])
     measured = _measure(model, heldout, finetune, settings, checkpoint_label(ckpt), progress)
-    result = _result(ckpt, ckpt_hash, settings, measured, seconds=time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    result = _result(ckpt, ckpt_hash, settings, measured, seconds, str(next(model.parameters()).device))
     write_json_atomic(cache_file, result)
     return result
 
@@ -231,7 +233,7 @@ def _measure(
 
 
 def _result(
-    ckpt: Path, ckpt_hash: str, settings: GeometrySettings, measured: dict[str, Any], seconds: float
+    ckpt: Path, ckpt_hash: str, settings: GeometrySettings, measured: dict[str, Any], seconds: float, device: str
 ) -> dict[str, Any]:
     meta = read_meta(ckpt)
     return {
@@ -245,4 +247,5 @@ def _result(
         "settings": settings.record(),
         "seconds": round(seconds, 2),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "environment": environment(device),  # the code, libraries and device that measured it
     }

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from nexus_eval.cli import app
 from nexus_eval.evaluation import evaluate
+from nexus_eval.provenance import code_version
 from nexus_eval.tasks import write_ood_tasks
 
 LIMIT = 4
@@ -51,3 +52,22 @@ def test_compare_evaluates_the_matched_checkpoints_for_real(
     expected = float(np.sum(weights * (items["candidate"] - items["reference"])) / np.sum(weights))
     assert row["mean"] == pytest.approx(expected, rel=1e-9)
     assert row["low"] <= row["mean"] <= row["high"]
+
+
+@pytest.mark.slow
+def test_compare_geometry_columns_say_what_measured_them(
+    tiny_runs: dict[str, Path], tiny_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`compare --geometry` measures both checkpoints of a pair for real and each geometry row names the code that
+    measured each side (the cached measurement's environment)."""
+    monkeypatch.chdir(tmp_path)  # the geometry cache is results/geometry of the working directory
+    args = [str(tiny_runs["adamw"]), str(tiny_runs["nexus"]), "--match-loss", "--targets", "100", "--tolerance", "50"]
+    args += ["--tasks", "arith_steps1_mc", "--limit", "2", "--cache", "eval", "--out", "report", "--resamples", "200"]
+    args += ["--data", str(tiny_data_dir), "--geometry", "--quiet"]
+    result = CliRunner().invoke(app, ["compare", *args])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(Path("report/results.json").read_text())["geometry"]
+    for side in ("reference", "candidate"):
+        assert row[f"{side}_measured_with"] == code_version()
+        assert -1 <= row[f"{side}_grad_cos"] <= 1 and row[f"{side}_minima_msd"] > 0
+    assert len(list(Path("results/geometry").glob("*.json"))) == 2

@@ -18,6 +18,7 @@ from nexus_eval.geometry import (
     minima_closeness,
     top_hessian_eigenvalue,
 )
+from nexus_eval.provenance import code_version
 
 DIM = 6
 
@@ -212,6 +213,7 @@ def test_geometry_end_to_end_is_cached_and_deterministic(
     # fine-tuning on a source lowers that source's loss below the checkpoint's
     assert all(result["cross_loss"][i][i] < result["base_loss"][s] for i, s in enumerate(sources))
     assert result["settings"]["context"] == 32  # the model's max_position_embeddings
+    assert result["environment"]["code"] == code_version() and result["environment"]["device"]["type"] == "cpu"
 
     cached = list(tmp_path.glob("*.json"))
     assert len(cached) == 1 and json.loads(cached[0].read_text()) == result
