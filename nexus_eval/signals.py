@@ -42,6 +42,16 @@ def received_signal() -> int | None:
     return _received[0] if _received else None
 
 
+def interruption(error: BaseException) -> Interrupted | None:
+    """The Interrupted that ended a signals_raise block, if a signal did: `error` itself, or, when a library caught it
+    and raised an error of its own (safetensors' get_tensor: "ValueError: could not determine the shape ..."; a caught
+    OSError turned into a CheckpointError), one for the signal that arrived. None: an error of its own."""
+    if isinstance(error, Interrupted):
+        return error
+    signum = received_signal()
+    return None if signum is None else Interrupted(signum)
+
+
 def _raise_once(signum: int, frame: FrameType | None) -> None:
     # A second signal while we clean up (engine shutdown takes seconds) must not abort the cleanup half way.
     for sig in HANDLED:

@@ -13,7 +13,7 @@ import typer
 
 from nexus_eval.display import is_log_output, quiet_library_progress
 from nexus_eval.errors import NexusError
-from nexus_eval.signals import Interrupted, received_signal, signals_raise
+from nexus_eval.signals import Interrupted, interruption, signals_raise
 
 # ---- evaluation settings: `eval` and `compare` ---------------------------------------------------------------------
 Tasks = Annotated[str | None, typer.Option("--tasks", help="Comma-separated task names (or task YAML paths)")]
@@ -100,17 +100,14 @@ def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             with signals_raise():
                 return fn(*args, **kwargs)
         except KeyboardInterrupt as e:  # Interrupted (SIGINT/SIGTERM), or Ctrl-C before our handler was installed
-            stopped = e if isinstance(e, Interrupted) else Interrupted(signal.SIGINT)
+            stopped = interruption(e) or Interrupted(signal.SIGINT)
         except Exception as e:
-            if (signum := received_signal()) is None:  # an error of its own
+            if (found := interruption(e)) is None:  # an error of its own
                 if isinstance(e, NexusError):
                     typer.echo(f"error: {e}", err=True)
                     raise typer.Exit(e.exit_code) from None
                 raise
-            # The handler raised Interrupted inside a library's code, which caught it and raised an error of its
-            # own (safetensors' get_tensor: "ValueError: could not determine the shape ..."; a caught OSError turned
-            # into a CheckpointError): the signal is still what ended the command.
-            stopped = Interrupted(signum)
+            stopped = found  # a signal a library turned into its own error: still what ended the command
         stop_children()
         typer.echo(stopped.line(), err=True)
         raise typer.Exit(stopped.exit_code) from None

@@ -48,7 +48,7 @@ from nexus_eval.evaluation.runner import (
     evaluate_with_status,
 )
 from nexus_eval.schema import EvalResult
-from nexus_eval.signals import Interrupted, received_signal, signals_raise
+from nexus_eval.signals import Interrupted, interruption, signals_raise
 
 AUTO = "auto"
 # vLLM arguments with which one engine spans several devices itself: a worker per device would fight it for them.
@@ -139,10 +139,8 @@ def _run_share(share: Share, settings: EvalSettings, hashes: dict[Path, str], co
     except Interrupted as stopped:
         sys.exit(stopped.exit_code)  # stopped by the parent (or a signal to the group): it says why
     except Exception as e:
-        if (signum := received_signal()) is not None:
-            # Interrupted raised inside a library that caught it and raised an error of its own (safetensors'
-            # get_tensor: a ValueError): still a stop, not a failure (as cli.options.one_line_errors does).
-            sys.exit(128 + signum)
+        if (stopped := interruption(e)) is not None:  # a signal a library turned into its own error: still a stop
+            sys.exit(stopped.exit_code)
         if isinstance(e, NexusError):
             conn.send(Failed(e))
             return
