@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from nexus_eval.data.collect import Collected, SeenHashes, collect, in_val
-from nexus_eval.data.contamination import NGRAM, Document, NgramIndex, TaskNgrams
+from nexus_eval.data.contamination import NGRAM, Documents, NgramIndex, TaskNgrams
 from nexus_eval.data.shards import (
     DEFAULT_SHARD_TOKENS,
     Encoder,
@@ -115,16 +115,18 @@ def build_data(
     if shard_tokens != DEFAULT_SHARD_TOKENS:
         params["shard_tokens"] = shard_tokens
 
-    def checker(name: str, role: str) -> Callable[[str], list[str]]:
-        """What a source's documents are checked against; the references whose overlap drops the document."""
+    def checker(name: str, role: str) -> Callable[[list[str]], list[list[str]]]:
+        """What a source's documents are checked against: for each document of a batch, the references it
+        overlaps."""
         drop_gsm8k = gsm8k_index is not None and role == "train" and (name == "math" or name in user_names)
 
-        def check(text: str) -> list[str]:
+        def check(texts: list[str]) -> list[list[str]]:
             if not drop_gsm8k and task_index is None:
-                return []
-            document = Document(text)  # words and n-gram hashes once, for both indexes
-            found = ["gsm8k_test"] if drop_gsm8k and gsm8k_index(document) else []  # type: ignore[misc]
-            return found + (task_index(document) if task_index is not None else [])
+                return [[] for _ in texts]
+            documents = Documents(texts)  # words and n-gram hashes once, for both indexes
+            flagged = gsm8k_index.flags(documents) if drop_gsm8k else [False] * len(texts)  # type: ignore[union-attr]
+            tasks = task_index.found(documents) if task_index is not None else [[] for _ in texts]
+            return [(["gsm8k_test"] if flag else []) + found for flag, found in zip(flagged, tasks, strict=True)]
 
         return check
 
@@ -259,11 +261,11 @@ def _read_all(
         if source.name in journal.state["read"]:
             continue
         sink = _SourceSink(tmp, source.name, role, val_fraction)
-        sink.check = checker(source.name, role)
+        sink.find = checker(source.name, role)
         sink.drops_tasks = source.name in drops_task_overlap and role == "train"
         task = bar.add_task(f"read {'ood ' if role == 'ood' else ''}{source.name}", total=cap[source.name], info="")
         try:
-            result = collect(source, cap[source.name], seen, sink.keep, sink.is_contaminated, sink.progress(bar, task))
+            result = collect(source, cap[source.name], seen, sink.keep, sink, sink.progress(bar, task))
         finally:
             sink.close()
         bar.update(task, completed=cap[source.name])
@@ -291,14 +293,13 @@ class _SourceSink:
             path = _doc_file(tmp, split, name)
             path.parent.mkdir(parents=True, exist_ok=True)
             self.handles[split] = path.open("w", encoding="utf-8")
-        self.check: Callable[[str], list[str]] = lambda text: []
+        self.find: Callable[[list[str]], list[list[str]]] = lambda texts: [[] for _ in texts]
         self.drops_tasks = False
         self.overlaps: dict[str, int] = {}
         self.started = time.monotonic()
 
-    def is_contaminated(self, text: str) -> str | None:
+    def verdict(self, found: list[str]) -> str | None:
         """Count every reference the document overlaps; name the one that drops it (None: kept)."""
-        found = self.check(text)
         for reference in found:
             self.overlaps[reference] = self.overlaps.get(reference, 0) + 1
         dropping = [r for r in found if r == "gsm8k_test" or self.drops_tasks]

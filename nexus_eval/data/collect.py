@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -94,35 +95,45 @@ class Collected:
     contaminated: dict[str, int] = field(default_factory=dict)  # reference (a task) → documents dropped
 
 
+class Screen(Protocol):
+    """What collect checks documents against: `find` the references each document of a batch overlaps (all at once:
+    the work is vectorized per batch), then, for each document that got past dedup, the `verdict`: the reference
+    that drops it, or None to keep it (where overlaps are counted)."""
+
+    def find(self, texts: list[str]) -> list[list[str]]: ...
+
+    def verdict(self, found: list[str]) -> str | None: ...
+
+
+READ_BATCH_DOCS = 256  # documents screened together
+READ_BATCH_CHARS = 4_000_000  # and at most this much text held
+
+
 def collect(
     source: Source,
     max_chars: int,
     seen: SeenHashes,
     keep: Callable[[str, str], None],
-    is_contaminated: Callable[[str], str | None] | None = None,
+    screen: Screen | None = None,
     advance: Callable[[int], None] = lambda n: None,
 ) -> Collected:
     """Stream a source's parts round-robin until `max_chars`, handing each kept document to `keep(hash, text)`;
-    documents whose hash was seen before (in any source) and contaminated ones (`is_contaminated` names what they
-    overlap) are dropped and counted."""
+    documents whose hash was seen before (in any source) and contaminated ones (the `screen` names what they
+    overlap) are dropped and counted. Documents are read in batches that stop at the one that could fill
+    `max_chars`, so no document past it is read (a bad row there is not reported)."""
     origins = [dict(part.origin, docs=0, chars=0) for part in source.parts]
     result = Collected(source.name, origins)
-    iterators = [(origin, part.docs()) for origin, part in zip(origins, source.parts, strict=True)]
-    while iterators and result.chars < max_chars:
-        for entry in list(iterators):
-            origin, iterator = entry
-            text = next(iterator, None)
-            if text is None:
-                iterators.remove(entry)
-                continue
-            text = normalize(text)
-            if not HAS_MIN_CHARS.match(text):
-                continue
-            digest = doc_hash(text)
+    stream = _interleaved(origins, source)
+    while result.chars < max_chars:
+        batch = _read_batch(stream, max_chars - result.chars)
+        if not batch:
+            break
+        found = screen.find([text for _, text, _ in batch]) if screen is not None else [[] for _ in batch]
+        for (origin, text, digest), overlaps in zip(batch, found, strict=True):
             if not seen.add(digest):
                 result.duplicates += 1
                 continue
-            if is_contaminated is not None and (reference := is_contaminated(text)) is not None:
+            if screen is not None and (reference := screen.verdict(overlaps)) is not None:
                 result.contaminated[reference] = result.contaminated.get(reference, 0) + 1
                 continue
             keep(digest, text)
@@ -134,3 +145,31 @@ def collect(
             if result.chars >= max_chars:
                 break
     return result
+
+
+def _interleaved(origins: list[dict], source: Source) -> Iterator[tuple[dict, str]]:
+    """(origin, document) from the source's parts in turn, one each, until every part is exhausted."""
+    iterators = [(origin, part.docs()) for origin, part in zip(origins, source.parts, strict=True)]
+    while iterators:
+        for entry in list(iterators):
+            text = next(entry[1], None)
+            if text is None:
+                iterators.remove(entry)
+                continue
+            yield entry[0], text
+
+
+def _read_batch(stream: Iterator[tuple[dict, str]], room: int) -> list[tuple[dict, str, str]]:
+    """The next documents worth keeping (normalized, long enough) with their hashes, up to the one whose text
+    reaches `room` characters."""
+    batch: list[tuple[dict, str, str]] = []
+    chars = 0
+    for origin, raw in stream:
+        text = normalize(raw)
+        if not HAS_MIN_CHARS.match(text):
+            continue
+        batch.append((origin, text, doc_hash(text)))
+        chars += len(text)
+        if len(batch) == READ_BATCH_DOCS or chars >= min(room, READ_BATCH_CHARS):
+            break
+    return batch

@@ -66,16 +66,21 @@ def _power(exponent: int) -> np.uint64:
     return np.uint64(pow(int(_MULTIPLIER), exponent, 1 << 64))
 
 
-class Document:
-    """A document's n-gram hashes, computed once for every index that checks it (its words only when asked)."""
+class Documents:
+    """The n-gram hashes of a batch of documents, computed together (one hashing pass and one lookup per index for
+    the whole batch: per document, numpy's fixed cost per call outweighed the work), with the document of each."""
 
-    def __init__(self, text: str, n: int = NGRAM) -> None:
-        self.text = text
-        self.ngrams = ngram_hashes(_word_bytes(text), n)
+    def __init__(self, texts: list[str], n: int = NGRAM) -> None:
+        self.texts = texts
+        tokens = [_word_bytes(text) for text in texts]
+        flat = [word for words in tokens for word in words]
+        self.ngrams, self.owner = _windows_within_texts(flat, list(map(len, tokens)), n)
 
-    @property
-    def words(self) -> list[str]:
-        return words(self.text)
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def words(self, index: int) -> list[str]:
+        return words(self.texts[index])
 
 
 class _SortedHashes:
@@ -108,20 +113,22 @@ class _SortedHashes:
         cells = np.take(self.bitmap, slots >> np.uint64(3))  # take: faster than fancy indexing
         return ((cells >> (slots & np.uint64(7)).astype(np.uint8)) & 1).astype(bool)
 
-    def owners_of(self, query: np.ndarray) -> set[int]:
-        if not len(query) or not len(self.keys):
-            return set()
-        query = query[self._maybe(query)]
-        if not len(query):  # the common case: a clean document costs one bitmap lookup per n-gram
-            return set()
+    def owners_per_document(self, documents: Documents) -> list[set[int]]:
+        """For each document of the batch, the owners (references) sharing an n-gram with it."""
+        found: list[set[int]] = [set() for _ in range(len(documents))]
+        if not len(documents.ngrams) or not len(self.keys):
+            return found
+        maybe = self._maybe(documents.ngrams)
+        query, owner = documents.ngrams[maybe], documents.owner[maybe]
+        if not len(query):  # the common case: clean documents cost one bitmap lookup per n-gram
+            return found
         left = np.searchsorted(self.keys, query, side="left")
         hit = self.keys[np.minimum(left, len(self.keys) - 1)] == query
         if not hit.any():
-            return set()
+            return found
         right = np.searchsorted(self.keys, query[hit], side="right")
-        found: set[int] = set()
-        for lo, hi in zip(left[hit].tolist(), right.tolist(), strict=True):
-            found.update(self.owners[lo:hi].tolist())  # an n-gram shared by several references: a run of keys
+        for document, lo, hi in zip(owner[hit].tolist(), left[hit].tolist(), right.tolist(), strict=True):
+            found[document].update(self.owners[lo:hi].tolist())  # an n-gram shared by several references: a run
         return found
 
 
@@ -139,14 +146,18 @@ class NgramIndex:
             hashes.append(ngram_hashes(tokens, n))
         self.index = _SortedHashes(hashes, [0] * len(hashes))
 
-    def __call__(self, text: str | Document) -> bool:
-        document = text if isinstance(text, Document) else Document(text, self.n)
-        if self.index.owners_of(document.ngrams):
-            return True
+    def __call__(self, text: str) -> bool:
+        return self.flags(Documents([text], self.n))[0]
+
+    def flags(self, documents: Documents) -> list[bool]:
+        """For each document of the batch: does it share an n-gram (or hold a short reference whole)?"""
+        flagged = [bool(owners) for owners in self.index.owners_per_document(documents)]
         if self.whole:
-            joined = " " + " ".join(document.words) + " "
-            return any(reference in joined for reference in self.whole)
-        return False
+            for index, flag in enumerate(flagged):
+                if not flag:
+                    joined = " " + " ".join(documents.words(index)) + " "
+                    flagged[index] = any(reference in joined for reference in self.whole)
+        return flagged
 
 
 EVAL_FILE_SKIP = ("train",)  # few-shot/training splits of a task may be trained on; every other split is evaluated
@@ -171,10 +182,13 @@ class TaskNgrams:
         self.index = _SortedHashes(hashes, owners)
         self.tasks = list(self.files)
 
-    def __call__(self, text: str | Document) -> list[str]:
+    def __call__(self, text: str) -> list[str]:
         """The tasks sharing an n-gram with `text` (empty when clean)."""
-        document = text if isinstance(text, Document) else Document(text, self.n)
-        return [self.tasks[i] for i in sorted(self.index.owners_of(document.ngrams))]
+        return self.found(Documents([text], self.n))[0]
+
+    def found(self, documents: Documents) -> list[list[str]]:
+        """For each document of the batch, the tasks sharing an n-gram with it."""
+        return [[self.tasks[i] for i in sorted(owners)] for owners in self.index.owners_per_document(documents)]
 
 
 def _texts_ngram_hashes(texts: Iterator[str], n: int, chunk_words: int = 200_000) -> np.ndarray:
@@ -195,10 +209,16 @@ def _texts_ngram_hashes(texts: Iterator[str], n: int, chunk_words: int = 200_000
 
 
 def _chunk_hashes(all_words: list[bytes], counts: list[int], n: int) -> np.ndarray:
+    return _sorted_unique(_windows_within_texts(all_words, counts, n)[0])  # per chunk: repeats are not all held
+
+
+def _windows_within_texts(all_words: list[bytes], counts: list[int], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The n-gram hashes of consecutive texts' words (`counts` words each), leaving out windows that cross from one
+    text into the next, and the text of each."""
     hashes = ngram_hashes(all_words, n)
     owner = np.repeat(np.arange(len(counts)), counts)  # the text of each word
     within_one_text = owner[: len(hashes)] == owner[n - 1 : n - 1 + len(hashes)]
-    return _sorted_unique(hashes[within_one_text])  # per chunk too: a file's repeats are not all held at once
+    return hashes[within_one_text], owner[: len(hashes)][within_one_text]
 
 
 def _sorted_unique(values: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@ import json
 import os
 from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -163,48 +164,60 @@ def _batches(docs: Iterator[str]) -> Iterator[list[str]]:
 
 
 class Encoder:
-    """Encodes batches of documents with the fast tokenizer's batch encode, in this process or in `num_proc`
-    worker processes (each loads the build's tokenizer.json once); results come back in input order."""
+    """Encodes batches of documents with the fast tokenizer's batch encode, in `num_proc` worker processes or, for
+    one, a thread of this process (the encode releases the GIL: the next batch is encoded while this one is written);
+    results come back in input order."""
 
     def __init__(self, tokenizer_json: Path, backend: Any, eos_id: int, dtype: str, num_proc: int = 1) -> None:
         self.tokenizer_json, self.backend, self.eos_id, self.dtype = tokenizer_json, backend, eos_id, dtype
         self.num_proc = num_proc
         self.pool: Any = None
+        self.thread: ThreadPoolExecutor | None = None
 
     def __enter__(self) -> Encoder:
         if self.num_proc > 1:  # spawn: the parent's tokenizer threads must not be forked mid-use
             context = get_context("spawn")
             self.pool = context.Pool(self.num_proc, _init_worker, (str(self.tokenizer_json), self.dtype, self.eos_id))
+        else:
+            self.thread = ThreadPoolExecutor(1, thread_name_prefix="encode")
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self.pool is not None:
             self.pool.terminate()
             self.pool.join()
+        if self.thread is not None:
+            self.thread.shutdown(cancel_futures=True)
+
+    def _submit(self, batch: list[str]) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
+        """Start encoding a batch; the returned call waits for its result."""
+        if self.pool is not None:
+            return self.pool.apply_async(_encode_in_worker, (batch,)).get
+        if self.thread is not None:
+            return self.thread.submit(_encode, self.backend, batch, self.dtype, self.eos_id).result
+        result = _encode(self.backend, batch, self.dtype, self.eos_id)  # used outside a `with`: no look-ahead
+        return lambda: result
 
     def encode(self, batches: Iterator[list[str]]) -> Iterator[tuple[list[str], np.ndarray, np.ndarray]]:
         """(documents, their token stream with eos after each, tokens per document with its eos) per batch."""
-        if self.pool is None:
-            for batch in batches:
-                yield batch, *_encode(self.backend, batch, self.dtype, self.eos_id)
-            return
         # A window of batches in flight (Pool.imap would read the whole input ahead: the corpus in memory).
-        in_flight: deque[tuple[list[str], Any]] = deque()
+        in_flight: deque[tuple[list[str], Callable[[], tuple[np.ndarray, np.ndarray]]]] = deque()
         for batch in batches:
-            in_flight.append((batch, self.pool.apply_async(_encode_in_worker, (batch,))))
+            in_flight.append((batch, self._submit(batch)))
             if len(in_flight) >= 2 * self.num_proc:
                 done, result = in_flight.popleft()
-                yield done, *result.get()
+                yield done, *result()
         while in_flight:
             done, result = in_flight.popleft()
-            yield done, *result.get()
+            yield done, *result()
 
 
 def _encode(backend: Any, batch: list[str], dtype: str, eos_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """One flat array for the batch (one conversion and, from a worker, one pickled array, not one per document)."""
+    """One flat array for the batch (one conversion and, from a worker, one pickled array, not one per document).
+    encode_batch_fast: the same ids as encode_batch, without the character offsets nothing here reads."""
     flat: list[int] = []
     lengths: list[int] = []
-    for encoding in backend.encode_batch(batch, add_special_tokens=False):
+    for encoding in backend.encode_batch_fast(batch, add_special_tokens=False):
         ids = encoding.ids
         flat += ids
         flat.append(eos_id)

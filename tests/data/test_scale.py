@@ -17,7 +17,7 @@ from nexus_eval.cli import app
 from nexus_eval.data import build_data, load_manifest, open_tokens, read_docs
 from nexus_eval.data import shards as shards_module
 from nexus_eval.data.collect import SeenHashes, doc_hash
-from nexus_eval.data.contamination import TaskNgrams
+from nexus_eval.data.contamination import Documents, NgramIndex, TaskNgrams
 from nexus_eval.data.info import parse_specs
 from nexus_eval.data.store import ShardedTokens
 from nexus_eval.tasks.materialize import prepare
@@ -178,3 +178,15 @@ def test_task_index_names_every_task_and_keeps_items_apart(tmp_path: Path) -> No
     assert index(f"Intro. {shared.upper()}! Outro.") == ["one", "two"]
     assert index(" ".join(f"a{i}" for i in range(13))) == [], "an n-gram across two items is no item's"
     assert index("the quick brown fox jumps over the lazy dog") == []
+    # A batch is screened as one array: each document gets exactly what it gets alone, and an n-gram running from one
+    # document into the next is neither's.
+    halves = " ".join(shared.split()[:8]), " ".join(shared.split()[8:])
+    batch = [f"Intro. {shared}", *halves, "", f"{shared} and " * 3, "short"]
+    assert (
+        index.found(Documents(batch))
+        == [index(text) for text in batch]
+        == [["one", "two"], [], [], [], ["one", "two"], []]
+    )
+    gsm8k = NgramIndex([shared, "five short words only here"])
+    assert gsm8k.flags(Documents(batch)) == [gsm8k(text) for text in batch] == [True, False, False, False, True, False]
+    assert gsm8k.flags(Documents(["here five short words only here too", "nothing"])) == [True, False]
