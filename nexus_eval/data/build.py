@@ -19,6 +19,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import asdict
 from itertools import islice
 from pathlib import Path
@@ -30,9 +31,13 @@ from nexus_eval.data.shards import (
     DEFAULT_SHARD_TOKENS,
     Encoder,
     ShardRecord,
+    TokenSpill,
     as_dicts,
     from_dicts,
+    has_token_spill,
     read_jsonl_docs,
+    spilled,
+    spilled_chars,
     write_shards,
 )
 from nexus_eval.data.sources import Source, default_ood, default_sources, gsm8k_test_questions
@@ -134,8 +139,13 @@ def build_data(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.building"
     journal = _Journal.open(tmp, key)
+    budgets = {spec.name: spec.max_tokens for spec, _, _ in plan if spec is not None and spec.max_tokens}
     try:
-        with progress_display(enabled=progress) as bar:
+        with progress_display(enabled=progress) as bar, ExitStack() as stack:
+            encoder = None
+            if pretrained is not None:  # known before reading: documents are encoded as they are read
+                tok = _tokenizer(tmp, journal, pretrained, vocab_size, plan, {}, bar)
+                encoder = stack.enter_context(_encoder(tmp, tok, num_proc))
             collected = _read_all(
                 tmp,
                 journal,
@@ -144,12 +154,14 @@ def build_data(
                 val_fraction,
                 checker,
                 user_names,
+                encoder,
                 bar,
             )
-            tok = _tokenizer(tmp, journal, pretrained, vocab_size, plan, collected, bar)
-            dtype = token_dtype(len(tok))
-            budgets = {spec.name: spec.max_tokens for spec, _, _ in plan if spec is not None and spec.max_tokens}
-            entries = _write_all(tmp, journal, plan, collected, tok, dtype, budgets, num_proc, shard_tokens, bar)
+            if encoder is None:  # the BPE is trained on what was read
+                tok = _tokenizer(tmp, journal, None, vocab_size, plan, collected, bar)
+                encoder = stack.enter_context(_encoder(tmp, tok, num_proc))
+            entries = _write_all(tmp, journal, plan, collected, encoder, budgets, shard_tokens, bar)
+        dtype = encoder.dtype
         manifest = _manifest(tmp, params, tok, dtype, tokenizer, user_specs, plan, collected, entries, test, task_index)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         _replace_dir(tmp, out_dir)
@@ -252,20 +264,23 @@ def _read_all(
     val_fraction: float,
     checker: Callable[[str, str], Callable[[str], list[str]]],
     drops_task_overlap: set[str],
+    encoder: Encoder | None,
     bar: Any,
 ) -> dict[str, dict[str, Any]]:
-    """Read every source not read yet; returns name → what was read (Collected fields + per-split docs/chars)."""
+    """Read every source not read yet; returns name → what was read (Collected fields + per-split docs/chars).
+    With an `encoder`, each split's documents are encoded as they are kept (TokenSpill)."""
     seen_path = tmp / "spill" / "seen.npy"
     seen = SeenHashes.load(seen_path) if journal.state["read"] and seen_path.is_file() else SeenHashes()
     for _, source, role in plan:
         if source.name in journal.state["read"]:
             continue
-        sink = _SourceSink(tmp, source.name, role, val_fraction)
+        sink = _SourceSink(tmp, source.name, role, val_fraction, encoder)
         sink.find = checker(source.name, role)
         sink.drops_tasks = source.name in drops_task_overlap and role == "train"
         task = bar.add_task(f"read {'ood ' if role == 'ood' else ''}{source.name}", total=cap[source.name], info="")
         try:
             result = collect(source, cap[source.name], seen, sink.keep, sink, sink.progress(bar, task))
+            sink.finish()
         finally:
             sink.close()
         bar.update(task, completed=cap[source.name])
@@ -284,12 +299,17 @@ def _read_all(
 class _SourceSink:
     """Where one source's kept documents go while it is read: its split files, counts and overlap tallies."""
 
-    def __init__(self, tmp: Path, name: str, role: str, val_fraction: float) -> None:
+    def __init__(self, tmp: Path, name: str, role: str, val_fraction: float, encoder: Encoder | None) -> None:
         self.role, self.val_fraction = role, val_fraction
         splits = ("train", "val") if role == "train" else ("ood",)
         self.counts = {split: {"docs": 0, "chars": 0} for split in splits}
+        self.spills = (
+            {split: TokenSpill(_token_spill(tmp, split, name), encoder) for split in splits} if encoder else {}
+        )
         self.handles = {}
         for split in splits:
+            if split == "train" and encoder is not None:  # its text was only kept to train the BPE on
+                continue
             path = _doc_file(tmp, split, name)
             path.parent.mkdir(parents=True, exist_ok=True)
             self.handles[split] = path.open("w", encoding="utf-8")
@@ -307,26 +327,42 @@ class _SourceSink:
 
     def keep(self, digest: str, text: str) -> None:
         split = "ood" if self.role == "ood" else ("val" if in_val(digest, self.val_fraction) else "train")
-        self.handles[split].write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
+        if split in self.handles:
+            self.handles[split].write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
+        if split in self.spills:
+            self.spills[split].add(text)
         self.counts[split]["docs"] += 1
         self.counts[split]["chars"] += len(text)
 
     def progress(self, bar: Any, task: Any) -> Callable[[int], None]:
         def advance(chars: int) -> None:
             docs = sum(c["docs"] for c in self.counts.values())
-            rate = docs / max(time.monotonic() - self.started, 1e-9)
-            bar.update(task, advance=chars, info=f"{docs:,} docs, {rate:,.0f} docs/s")
+            seconds = max(time.monotonic() - self.started, 1e-9)
+            info = f"{docs:,} docs, {docs / seconds:,.0f} docs/s"
+            if self.spills:
+                info += f", {sum(s.tokens_written for s in self.spills.values()) / seconds:,.0f} tokens/s"
+            bar.update(task, advance=chars, info=info)
 
         return advance
 
+    def finish(self) -> None:
+        """Wait for the documents still being encoded (a read that ends by an exception does not)."""
+        for spill in self.spills.values():
+            spill.finish()
+
     def close(self) -> None:
-        for handle in self.handles.values():
+        for handle in [*self.handles.values(), *self.spills.values()]:
             handle.close()
 
 
 def _doc_file(tmp: Path, split: str, name: str) -> Path:
     """Where phase 1 writes a split's documents: val/ood ones are kept in the build, train ones are spilled."""
     return tmp / "spill" / "train" / f"{name}.jsonl" if split == "train" else tmp / split / f"{name}.jsonl"
+
+
+def _token_spill(tmp: Path, split: str, name: str) -> Path:
+    """The stem of a split's TokenSpill (removed with the rest of spill/ when the build is done)."""
+    return tmp / "spill" / "tokens" / split / name
 
 
 def _check_read(result: Collected, counts: dict[str, dict[str, int]], role: str) -> None:
@@ -371,72 +407,74 @@ def _tokenizer(tmp: Path, journal: _Journal, pretrained: Any, vocab_size: int, p
 # ---- phase 3: token shards -------------------------------------------------------------------------------------------
 
 
+def _encoder(tmp: Path, tokenizer: Any, num_proc: int) -> Encoder:
+    """The build's Encoder (its workers load the tokenizer saved in the build)."""
+    dtype = token_dtype(len(tokenizer))
+    return Encoder(
+        tmp / "tokenizer" / "tokenizer.json", tokenizer.backend_tokenizer, tokenizer.eos_token_id, dtype, num_proc
+    )
+
+
 def _write_all(
     tmp: Path,
     journal: _Journal,
     plan: list,
     read: dict,
-    tokenizer: Any,
-    dtype: str,
+    encoder: Encoder,
     budgets: dict[str, int],
-    num_proc: int,
     shard_tokens: int,
     bar: Any,
 ) -> dict[str, dict[str, Any]]:
-    """Encode every split of every source into shards; returns "split/name" → {shards, tokens, docs}."""
+    """Cut every split of every source into shards, from its TokenSpill or encoding its text; returns
+    "split/name" → {shards, tokens, docs}."""
     written = journal.state["written"]
-    encoder = Encoder(
-        tmp / "tokenizer" / "tokenizer.json", tokenizer.backend_tokenizer, tokenizer.eos_token_id, dtype, num_proc
-    )
-    with encoder:
-        for _, source, role in plan:
-            for split in ("train", "val") if role == "train" else ("ood",):
-                unit = f"{split}/{source.name}"
-                state = written.setdefault(unit, {"shards": [], "done": False})
-                if state["done"]:
-                    continue
-                done = from_dicts(state["shards"])
-                start = done[-1].next_doc if done else 0
-                chars = read[source.name]["splits"][split]["chars"]
-                task = bar.add_task(f"tokenize {unit}", total=chars, info="")
-                started, tokens_seen = time.monotonic(), [0]
+    for _, source, role in plan:
+        for split in ("train", "val") if role == "train" else ("ood",):
+            unit = f"{split}/{source.name}"
+            state = written.setdefault(unit, {"shards": [], "done": False})
+            if state["done"]:
+                continue
+            done = from_dicts(state["shards"])
+            start = done[-1].next_doc if done else 0
+            chars = read[source.name]["splits"][split]["chars"]
+            spill, text = _token_spill(tmp, split, source.name), _doc_file(tmp, split, source.name)
+            from_spill = has_token_spill(spill)  # encoded while read: only cut into shards here
+            task = bar.add_task(f"{'shard' if from_spill else 'tokenize'} {unit}", total=chars, info="")
+            started, tokens_seen = time.monotonic(), [0]
 
-                def advance(
-                    n_chars: int,
-                    n_tokens: int,
-                    task: Any = task,
-                    started: float = started,
-                    tokens_seen: list[int] = tokens_seen,
-                ) -> None:
-                    tokens_seen[0] += n_tokens
-                    rate = tokens_seen[0] / max(time.monotonic() - started, 1e-9)
-                    bar.update(task, advance=n_chars, info=f"{rate:,.0f} tokens/s")
+            def advance(
+                n_chars: int,
+                n_tokens: int,
+                task: Any = task,
+                started: float = started,
+                tokens_seen: list[int] = tokens_seen,
+            ) -> None:
+                tokens_seen[0] += n_tokens
+                rate = tokens_seen[0] / max(time.monotonic() - started, 1e-9)
+                bar.update(task, advance=n_chars, info=f"{rate:,.0f} tokens/s")
 
-                def on_shard(record: ShardRecord, state: dict = state) -> None:
-                    state["shards"].append(asdict(record))
-                    journal.save()
-
-                result = write_shards(
-                    tmp,
-                    split,
-                    source.name,
-                    read_jsonl_docs(_doc_file(tmp, split, source.name), start),
-                    encoder,
-                    shard_tokens=shard_tokens,
-                    max_tokens=budgets.get(source.name) if split == "train" else None,
-                    done=done,
-                    on_shard=on_shard,
-                    advance=advance,
-                )
-                if result.docs < read[source.name]["splits"][split]["docs"]:  # a token budget stopped it early
-                    chars = sum(
-                        len(d) for d in islice(read_jsonl_docs(_doc_file(tmp, split, source.name)), result.docs)
-                    )
-                state.update(
-                    shards=as_dicts(result.shards), tokens=result.tokens, docs=result.docs, chars=chars, done=True
-                )
+            def on_shard(record: ShardRecord, state: dict = state) -> None:
+                state["shards"].append(asdict(record))
                 journal.save()
-                bar.update(task, completed=chars)
+
+            result = write_shards(
+                tmp,
+                split,
+                source.name,
+                spilled(spill, encoder.dtype, start) if from_spill else encoder.encode(read_jsonl_docs(text, start)),
+                encoder.dtype,
+                shard_tokens=shard_tokens,
+                max_tokens=budgets.get(source.name) if split == "train" else None,
+                done=done,
+                on_shard=on_shard,
+                advance=advance,
+            )
+            if result.docs < read[source.name]["splits"][split]["docs"]:  # a token budget stopped it early
+                first = islice(read_jsonl_docs(text), result.docs)
+                chars = spilled_chars(spill, result.docs) if from_spill else sum(len(d) for d in first)
+            state.update(shards=as_dicts(result.shards), tokens=result.tokens, docs=result.docs, chars=chars, done=True)
+            journal.save()
+            bar.update(task, completed=chars)
     return written
 
 

@@ -2,9 +2,13 @@
 fixed-size shards, each document followed by eos.
 
 Shard 0 of a split is `<split>/<name>.bin` and shard i > 0 `<split>/<name>.<i:05d>.bin`: a build small enough for one
-shard keeps the single-file layout (and bytes) of earlier builds. Workers return the encodings of their batch in
-order (Pool.imap), so the bytes do not depend on `num_proc`. A shard is complete once it is renamed into place and
-recorded by the caller (`on_shard`): a resumed build starts after the last one recorded.
+shard keeps the single-file layout (and bytes) of earlier builds. Encodings come back in the order of their batches,
+so the bytes do not depend on `num_proc`. A shard is complete once it is renamed into place and recorded by the
+caller (`on_shard`): a resumed build starts after the last one recorded.
+
+Documents reach the shards encoded, either by the Encoder from text, or from a TokenSpill: with a pretrained tokenizer
+the build encodes documents while it reads them (the reader screens the next batch while the encoder works), and
+cutting the spilled token stream into shards is then a copy.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, NamedTuple
 
 import numpy as np
 
@@ -34,6 +38,15 @@ class ShardRecord:
     tokens: int
     next_doc: int
     next_offset: int
+
+
+class Encoded(NamedTuple):
+    """A batch of documents encoded: characters per document, the token stream (each document followed by eos) and
+    tokens per document (its eos included)."""
+
+    chars: np.ndarray
+    stream: np.ndarray
+    lengths: np.ndarray
 
 
 @dataclass
@@ -59,8 +72,8 @@ def write_shards(
     root: Path,
     split: str,
     name: str,
-    docs: Iterator[str],
-    encoder: Encoder,
+    batches: Iterator[Encoded],
+    dtype: str,
     *,
     shard_tokens: int,
     max_tokens: int | None = None,
@@ -68,19 +81,20 @@ def write_shards(
     on_shard: Callable[[ShardRecord], None] = lambda record: None,
     advance: Callable[[int, int], None] = lambda chars, tokens: None,
 ) -> WriteResult:
-    """Encode `docs` (already advanced past the shards in `done`) into shards under root; returns all shards."""
+    """Write encoded `batches` (starting at the document after the shards in `done`) as shards under root; returns
+    all shards."""
     shards = list(done or [])
     doc_index = shards[-1].next_doc if shards else 0
     skip = shards[-1].next_offset if shards else 0  # tokens of the current document already in an earlier shard
     written = sum(s.tokens for s in shards)
-    buffer = _ShardBuffer(root, split, name, len(shards), shard_tokens, encoder.dtype)
+    buffer = _ShardBuffer(root, split, name, len(shards), shard_tokens, dtype)
 
     def close_shard(next_doc: int, next_offset: int) -> None:
         record = buffer.close(next_doc, next_offset)
         shards.append(record)
         on_shard(record)
 
-    for batch_docs, stream, lengths in encoder.encode(_batches(docs)):
+    for chars, stream, lengths in batches:
         # A batch at a time: `stream` holds its documents' tokens each followed by eos, `ends` where each ends in it.
         ends = np.cumsum(lengths)
         last = len(ends)  # documents of this batch written
@@ -95,7 +109,7 @@ def write_shards(
                 close_shard(doc_index + inside, offset if inside < last else 0)
         written += end - skip
         doc_index, skip = doc_index + last, 0
-        advance(sum(len(text) for text in batch_docs[:last]), end)
+        advance(int(chars[:last].sum()), end)
         if max_tokens is not None and written >= max_tokens:
             break
     return _finish(buffer, shards, close_shard, doc_index)
@@ -189,8 +203,19 @@ class Encoder:
         if self.thread is not None:
             self.thread.shutdown(cancel_futures=True)
 
-    def _submit(self, batch: list[str]) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
+    @property
+    def window(self) -> int:
+        """Batches in flight: enough to keep every worker busy, few enough to bound memory (Pool.imap would read the
+        whole input ahead: the corpus in memory)."""
+        return 2 * self.num_proc
+
+    def submit(self, batch: list[str]) -> Callable[[], Encoded]:
         """Start encoding a batch; the returned call waits for its result."""
+        chars = np.fromiter(map(len, batch), dtype=np.int64, count=len(batch))
+        pending = self._submit(batch)
+        return lambda: Encoded(chars, *pending())
+
+    def _submit(self, batch: list[str]) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
         if self.pool is not None:
             return self.pool.apply_async(_encode_in_worker, (batch,)).get
         if self.thread is not None:
@@ -198,18 +223,15 @@ class Encoder:
         result = _encode(self.backend, batch, self.dtype, self.eos_id)  # used outside a `with`: no look-ahead
         return lambda: result
 
-    def encode(self, batches: Iterator[list[str]]) -> Iterator[tuple[list[str], np.ndarray, np.ndarray]]:
-        """(documents, their token stream with eos after each, tokens per document with its eos) per batch."""
-        # A window of batches in flight (Pool.imap would read the whole input ahead: the corpus in memory).
-        in_flight: deque[tuple[list[str], Callable[[], tuple[np.ndarray, np.ndarray]]]] = deque()
-        for batch in batches:
-            in_flight.append((batch, self._submit(batch)))
-            if len(in_flight) >= 2 * self.num_proc:
-                done, result = in_flight.popleft()
-                yield done, *result()
+    def encode(self, docs: Iterator[str]) -> Iterator[Encoded]:
+        """The documents encoded, a batch at a time, in order."""
+        in_flight: deque[Callable[[], Encoded]] = deque()
+        for batch in _batches(docs):
+            in_flight.append(self.submit(batch))
+            if len(in_flight) >= self.window:
+                yield in_flight.popleft()()
         while in_flight:
-            done, result = in_flight.popleft()
-            yield done, *result()
+            yield in_flight.popleft()()
 
 
 def _encode(backend: Any, batch: list[str], dtype: str, eos_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -236,6 +258,78 @@ def _init_worker(tokenizer_json: str, dtype: str, eos_id: int) -> None:
 
 def _encode_in_worker(batch: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return _encode(_WORKER["backend"], batch, _WORKER["dtype"], _WORKER["eos_id"])
+
+
+class TokenSpill:
+    """A split's documents encoded as they are read: the token stream appended to `<stem>.bin`, (tokens, characters)
+    per document as int64 pairs to `<stem>.lens`. Batches are encoded while the reader goes on; `finish` waits for
+    the last ones. Written from scratch each time a source is read (a killed read starts the source over)."""
+
+    def __init__(self, stem: Path, encoder: Encoder) -> None:
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        self.tokens, self.lens = _spill_file(stem, ".bin").open("wb"), _spill_file(stem, ".lens").open("wb")
+        self.encoder = encoder
+        self.batch: list[str] = []
+        self.in_flight: deque[Callable[[], Encoded]] = deque()
+        self.tokens_written = 0
+
+    def add(self, text: str) -> None:
+        self.batch.append(text)
+        if len(self.batch) == BATCH_DOCS:
+            self.in_flight.append(self.encoder.submit(self.batch))
+            self.batch = []
+            while len(self.in_flight) > self.encoder.window:
+                self._write(self.in_flight.popleft()())
+
+    def finish(self) -> None:
+        if self.batch:
+            self.in_flight.append(self.encoder.submit(self.batch))
+            self.batch = []
+        while self.in_flight:
+            self._write(self.in_flight.popleft()())
+
+    def _write(self, encoded: Encoded) -> None:
+        self.tokens.write(encoded.stream.tobytes())
+        self.tokens_written += len(encoded.stream)
+        self.lens.write(np.stack([encoded.lengths, encoded.chars], axis=1).astype(np.int64).tobytes())
+
+    def close(self) -> None:
+        self.tokens.close()
+        self.lens.close()
+
+
+def _spill_file(stem: Path, suffix: str) -> Path:
+    return stem.parent / f"{stem.name}{suffix}"  # not with_suffix: a source's name may hold a dot
+
+
+def has_token_spill(stem: Path) -> bool:
+    return _spill_file(stem, ".lens").is_file()
+
+
+def spilled(stem: Path, dtype: str, start: int = 0) -> Iterator[Encoded]:
+    """A TokenSpill's documents from document `start` on, in batches, reading a batch at a time."""
+    with _spill_file(stem, ".lens").open("rb") as lens, _spill_file(stem, ".bin").open("rb") as tokens:
+        tokens.seek(_spilled_totals(lens, start)[0] * np.dtype(dtype).itemsize)
+        while len(pairs := np.fromfile(lens, dtype=np.int64, count=2 * BATCH_DOCS).reshape(-1, 2)):
+            stream = np.fromfile(tokens, dtype=dtype, count=int(pairs[:, 0].sum()))
+            yield Encoded(pairs[:, 1], stream, pairs[:, 0])
+
+
+def spilled_chars(stem: Path, docs: int) -> int:
+    """Characters of a TokenSpill's first `docs` documents."""
+    with _spill_file(stem, ".lens").open("rb") as lens:
+        return _spilled_totals(lens, docs)[1]
+
+
+def _spilled_totals(lens: BinaryIO, docs: int) -> tuple[int, int]:
+    """(tokens, characters) of the next `docs` documents of a .lens file, read in bounded chunks."""
+    tokens = chars = 0
+    while docs > 0:
+        pairs = np.fromfile(lens, dtype=np.int64, count=2 * min(docs, 1 << 16)).reshape(-1, 2)
+        if not len(pairs):
+            break
+        tokens, chars, docs = tokens + int(pairs[:, 0].sum()), chars + int(pairs[:, 1].sum()), docs - len(pairs)
+    return tokens, chars
 
 
 def as_dicts(records: list[ShardRecord]) -> list[dict[str, Any]]:

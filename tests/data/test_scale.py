@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +94,49 @@ def test_killed_build_resumes_at_the_last_completed_shard(tmp_path: Path, monkey
     assert token_files(tmp_path / "d") == token_files(tmp_path / "ref")
     assert (tmp_path / "d" / "train" / "mine.bin").stat().st_mtime_ns == first_shard, "a completed shard was rewritten"
     assert not building.exists()
+
+
+def test_a_pretrained_tokenizer_encodes_while_reading_into_the_same_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pretrained tokenizer is known before reading, so documents are encoded as they are read (TokenSpill) and
+    only cut into shards afterwards: the same token files as encoding the kept text after reading (the path of a
+    trained BPE, here given that build's own tokenizer back), with 1 or 2 workers, and after a kill while cutting."""
+    corpus = write_jsonl(tmp_path / "c.jsonl", make_rows(200))
+    from_text = build_rows(tmp_path / "text", corpus)
+    tokenizer = str(tmp_path / "text" / "tokenizer")
+    one = build_rows(tmp_path / "one", corpus, tokenizer=tokenizer, num_proc=1)
+    assert token_files(tmp_path / "one") == token_files(tmp_path / "text")
+    assert one["sources"] == from_text["sources"] and one["tokenizer"]["kind"] == "pretrained"
+    two = build_rows(tmp_path / "two", corpus, tokenizer=tokenizer, num_proc=2)
+    assert two["hash"] == one["hash"]
+
+    close, closed = shards_module._ShardBuffer.close, []
+
+    def close_then_die(self, next_doc: int, next_offset: int):  # dies after the 3rd completed shard
+        record = close(self, next_doc, next_offset)
+        closed.append(record)
+        if len(closed) == 3:
+            raise KeyboardInterrupt
+        return record
+
+    monkeypatch.setattr(shards_module._ShardBuffer, "close", close_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        build_rows(tmp_path / "d", corpus, tokenizer=tokenizer)
+    monkeypatch.undo()
+    journal = json.loads((tmp_path / ".d.building" / "journal.json").read_text())
+    assert len(journal["written"]["train/mine"]["shards"]) == 2 and not (tmp_path / "d").exists()
+    assert build_rows(tmp_path / "d", corpus, tokenizer=tokenizer)["hash"] == one["hash"]
+    assert token_files(tmp_path / "d") == token_files(tmp_path / "one")
+    assert not (tmp_path / "d" / "spill").exists()
+
+    budget = [replace(spec, max_tokens=1500) for spec in parse_specs("--source", [f"mine={corpus}:body"])]
+    from_text = build_data(tmp_path / "b-text", sources=budget, **SHARDED)
+    spilled = build_data(
+        tmp_path / "b-one", sources=budget, **SHARDED, tokenizer=str(tmp_path / "b-text" / "tokenizer")
+    )
+    assert spilled["sources"] == from_text["sources"] and 1500 <= spilled["sources"]["mine"]["tokens"]["train"] < 1600
+    assert token_files(tmp_path / "b-one") == token_files(tmp_path / "b-text")
 
 
 def test_resume_with_other_inputs_starts_over(tmp_path: Path) -> None:
