@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from nexus_eval.checkpoints import gguf_file, list_checkpoints, read_meta
-from nexus_eval.comparison.match import Checkpoint, Run, choose_reference, load_run
+from nexus_eval.comparison.match import Checkpoint, Run, check_two_series, choose_reference, load_run
 from nexus_eval.comparison.series import (
     Series,
     SeriesCheckpoint,
@@ -289,6 +289,8 @@ def compared_runs(
     """Every run of the comparison in one loss unit on one held-out set (see the module docstring)."""
     runs, others = gather(specs, series_files)
     labels = list(dict.fromkeys([r.label for r in runs] + [s.label for s in others]))
+    if others:  # before any checkpoint is measured (harness runs alone are checked when they are grouped)
+        check_two_series(labels, [r.path for r in runs] + [s.path for s in others])
     ref = choose_reference(labels, not others, reference)
     if not others and unit_override in (None, "auto", "nats"):
         why = "--loss-unit" if unit_override == "nats" else "same tokenizer"

@@ -241,19 +241,25 @@ def _by_seed(runs: list[Run], label: str) -> dict[int | None, Run]:
     return found
 
 
+def check_two_series(labels: list[str], paths: list[Path]) -> None:
+    """A comparison needs two series or more: a ComparisonError naming what was given otherwise."""
+    if len(labels) >= 2:
+        return
+    found = ", ".join(sorted(map(str, paths)))
+    if labels and labels[0] in (BASELINE, CANDIDATE):
+        missing = CANDIDATE if labels[0] == BASELINE else BASELINE
+        raise ComparisonError(
+            f"compare: no {missing} run among the series ({found}); need both adamw and nexus, or two or more "
+            "labelled series"
+        )
+    raise ComparisonError(f"compare: one series only ({found}); need two or more series (LABEL=PATH)")
+
+
 def seed_groups(runs: list[Run], reference: str | None = None) -> list[SeedGroup]:
     """For every series but the reference, (seed, reference run, its run) for every seed both have; a series of
     one run with no recorded seed against a reference of one run is one group (seed "-")."""
     labels = series_labels(runs)
-    if len(labels) < 2:
-        found = ", ".join(sorted(str(r.path) for r in runs))
-        if labels and labels[0] in (BASELINE, CANDIDATE):
-            missing = CANDIDATE if labels[0] == BASELINE else BASELINE
-            raise ComparisonError(
-                f"compare: no {missing} run among the series ({found}); need both adamw and nexus, or two or more "
-                "labelled series"
-            )
-        raise ComparisonError(f"compare: one series only ({found}); need two or more series (LABEL=PATH)")
+    check_two_series(labels, [r.path for r in runs])
     ref = choose_reference(labels, all(not r.external for r in runs), reference)
     baseline = _by_seed(runs, ref)
     groups: list[SeedGroup] = []
