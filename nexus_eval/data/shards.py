@@ -236,10 +236,11 @@ class Encoder:
 
 def _encode(backend: Any, batch: list[str], dtype: str, eos_id: int) -> tuple[np.ndarray, np.ndarray]:
     """One flat array for the batch (one conversion and, from a worker, one pickled array, not one per document).
-    encode_batch_fast: the same ids as encode_batch, without the character offsets nothing here reads."""
+    encode_batch_fast where the tokenizers release has it: the same ids as encode_batch, without the character
+    offsets nothing here reads."""
     flat: list[int] = []
     lengths: list[int] = []
-    for encoding in backend.encode_batch_fast(batch, add_special_tokens=False):
+    for encoding in getattr(backend, "encode_batch_fast", backend.encode_batch)(batch, add_special_tokens=False):
         ids = encoding.ids
         flat += ids
         flat.append(eos_id)
