@@ -2,8 +2,10 @@
 
 Phases, each resumable: (1) read every source once, streaming its documents through cleaning, exact dedup (across
 sources) and decontamination, into a train spill file and the final val/ood .jsonl files; (2) train the BPE
-tokenizer on the spilled train documents, or save the pretrained one; (3) encode every split into fixed-size shards
-(`num_proc` workers). Memory holds one batch of documents and the dedup table, never a corpus.
+tokenizer on the spilled train documents; (3) encode every split into fixed-size shards (`num_proc` workers). A
+pretrained tokenizer is saved first instead, and the documents are encoded while they are read (token spills, so
+the encoder works while the reader screens); phase 3 then only cuts the spilled tokens into shards. Memory holds a
+few batches of documents and the dedup table, never a corpus.
 
 Everything is written into `.<out>.building` beside `out` and renamed into place at the end, so a data dir is either
 the old complete build or the new complete build. A build killed mid-way leaves that directory with its journal
@@ -262,7 +264,7 @@ def _read_all(
     plan: list,
     cap: dict[str, int],
     val_fraction: float,
-    checker: Callable[[str, str], Callable[[str], list[str]]],
+    checker: Callable[[str, str], Callable[[list[str]], list[list[str]]]],
     drops_task_overlap: set[str],
     encoder: Encoder | None,
     bar: Any,
