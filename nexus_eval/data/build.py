@@ -471,9 +471,11 @@ def _write_all(
                 on_shard=on_shard,
                 advance=advance,
             )
-            if result.docs < read[source.name]["splits"][split]["docs"]:  # a token budget stopped it early
-                first = islice(read_jsonl_docs(text), result.docs)
-                chars = spilled_chars(spill, result.docs) if from_spill else sum(len(d) for d in first)
+            stopped_early = result.docs < read[source.name]["splits"][split]["docs"]  # by a token budget
+            if stopped_early and from_spill:
+                chars = spilled_chars(spill, result.docs)
+            elif stopped_early:
+                chars = sum(len(d) for d in islice(read_jsonl_docs(text), result.docs))
             state.update(shards=as_dicts(result.shards), tokens=result.tokens, docs=result.docs, chars=chars, done=True)
             journal.save()
             bar.update(task, completed=chars)

@@ -218,20 +218,34 @@ class Encoder:
     def _submit(self, batch: list[str]) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
         if self.pool is not None:
             return self.pool.apply_async(_encode_in_worker, (batch,)).get
-        if self.thread is not None:
-            return self.thread.submit(_encode, self.backend, batch, self.dtype, self.eos_id).result
-        result = _encode(self.backend, batch, self.dtype, self.eos_id)  # used outside a `with`: no look-ahead
-        return lambda: result
+        if self.thread is None:
+            raise RuntimeError("Encoder used outside its `with` block")
+        return self.thread.submit(_encode, self.backend, batch, self.dtype, self.eos_id).result
 
     def encode(self, docs: Iterator[str]) -> Iterator[Encoded]:
         """The documents encoded, a batch at a time, in order."""
-        in_flight: deque[Callable[[], Encoded]] = deque()
+        in_flight = InFlight(self.window)
         for batch in _batches(docs):
-            in_flight.append(self.submit(batch))
-            if len(in_flight) >= self.window:
-                yield in_flight.popleft()()
-        while in_flight:
-            yield in_flight.popleft()()
+            yield from in_flight.push(self.submit(batch))
+        yield from in_flight.drain()
+
+
+class InFlight:
+    """Encodings submitted and not yet taken: handed back in submission order, at most `window` left waiting."""
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self.pending: deque[Callable[[], Encoded]] = deque()
+
+    def push(self, pending: Callable[[], Encoded]) -> Iterator[Encoded]:
+        """Add one; the oldest ones, waited for, while more than `window` wait."""
+        self.pending.append(pending)
+        while len(self.pending) > self.window:
+            yield self.pending.popleft()()
+
+    def drain(self) -> Iterator[Encoded]:
+        while self.pending:
+            yield self.pending.popleft()()
 
 
 def _encode(backend: Any, batch: list[str], dtype: str, eos_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -271,23 +285,24 @@ class TokenSpill:
         self.tokens, self.lens = _spill_file(stem, ".bin").open("wb"), _spill_file(stem, ".lens").open("wb")
         self.encoder = encoder
         self.batch: list[str] = []
-        self.in_flight: deque[Callable[[], Encoded]] = deque()
+        self.in_flight = InFlight(encoder.window)
         self.tokens_written = 0
 
     def add(self, text: str) -> None:
         self.batch.append(text)
         if len(self.batch) == BATCH_DOCS:
-            self.in_flight.append(self.encoder.submit(self.batch))
-            self.batch = []
-            while len(self.in_flight) > self.encoder.window:
-                self._write(self.in_flight.popleft()())
+            self._submit()
 
     def finish(self) -> None:
         if self.batch:
-            self.in_flight.append(self.encoder.submit(self.batch))
-            self.batch = []
-        while self.in_flight:
-            self._write(self.in_flight.popleft()())
+            self._submit()
+        for encoded in self.in_flight.drain():
+            self._write(encoded)
+
+    def _submit(self) -> None:
+        for encoded in self.in_flight.push(self.encoder.submit(self.batch)):
+            self._write(encoded)
+        self.batch = []
 
     def _write(self, encoded: Encoded) -> None:
         self.tokens.write(encoded.stream.tobytes())

@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 from nexus_eval.errors import DataError
@@ -91,29 +90,3 @@ def _from_pretrained(path: Path, kwargs: dict) -> PreTrainedTokenizerFast:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(path), local_files_only=True, **kwargs)
-
-
-def encode_stream(
-    tokenizer: PreTrainedTokenizerFast,
-    docs: list[str],
-    path: Path,
-    batch: int = 512,
-    dtype: str = "uint16",
-    max_tokens: int | None = None,
-) -> tuple[int, int]:
-    """Write docs as one token stream, each document followed by eos, stopping after the document that reaches
-    `max_tokens`; returns (tokens written, documents written)."""
-    backend: Tokenizer = tokenizer.backend_tokenizer
-    eos = np.array([tokenizer.eos_token_id], dtype=dtype)
-    written = n_docs = 0
-    with path.open("wb") as f:
-        for start in range(0, len(docs), batch):
-            for encoding in backend.encode_batch(docs[start : start + batch], add_special_tokens=False):
-                ids = np.asarray(encoding.ids, dtype=dtype)
-                f.write(ids.tobytes())
-                f.write(eos.tobytes())
-                written += len(ids) + 1
-                n_docs += 1
-                if max_tokens is not None and written >= max_tokens:
-                    return written, n_docs
-    return written, n_docs

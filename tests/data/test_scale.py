@@ -36,6 +36,21 @@ def token_files(data_dir: Path) -> dict[str, bytes]:
     return {str(p.relative_to(data_dir)): p.read_bytes() for p in sorted(data_dir.rglob("*.bin"))}
 
 
+def die_after_shards(monkeypatch: pytest.MonkeyPatch, count: int) -> None:
+    """The build "dies" (KeyboardInterrupt) right after its `count`-th shard is renamed into place, before the
+    journal records it."""
+    close, closed = shards_module._ShardBuffer.close, []
+
+    def close_then_die(self, next_doc: int, next_offset: int):
+        record = close(self, next_doc, next_offset)
+        closed.append(record)
+        if len(closed) == count:
+            raise KeyboardInterrupt
+        return record
+
+    monkeypatch.setattr(shards_module._ShardBuffer, "close", close_then_die)
+
+
 def test_shards_read_as_one_stream(tmp_path: Path) -> None:
     corpus = write_jsonl(tmp_path / "c.jsonl", make_rows(200))
     manifest = build_rows(tmp_path / "d", corpus)
@@ -69,17 +84,7 @@ def test_worker_processes_write_the_same_bytes(tmp_path: Path) -> None:
 def test_killed_build_resumes_at_the_last_completed_shard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     corpus = write_jsonl(tmp_path / "c.jsonl", make_rows(200))
     reference = build_rows(tmp_path / "ref", corpus)
-    close = shards_module._ShardBuffer.close
-    closed = []
-
-    def close_then_die(self, next_doc: int, next_offset: int):  # the process dies after its 2nd completed shard
-        record = close(self, next_doc, next_offset)
-        closed.append(record)
-        if len(closed) == 2:
-            raise KeyboardInterrupt
-        return record
-
-    monkeypatch.setattr(shards_module._ShardBuffer, "close", close_then_die)
+    die_after_shards(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         build_rows(tmp_path / "d", corpus)
     monkeypatch.undo()
@@ -111,16 +116,7 @@ def test_a_pretrained_tokenizer_encodes_while_reading_into_the_same_bytes(
     two = build_rows(tmp_path / "two", corpus, tokenizer=tokenizer, num_proc=2)
     assert two["hash"] == one["hash"]
 
-    close, closed = shards_module._ShardBuffer.close, []
-
-    def close_then_die(self, next_doc: int, next_offset: int):  # dies after the 3rd completed shard
-        record = close(self, next_doc, next_offset)
-        closed.append(record)
-        if len(closed) == 3:
-            raise KeyboardInterrupt
-        return record
-
-    monkeypatch.setattr(shards_module._ShardBuffer, "close", close_then_die)
+    die_after_shards(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         build_rows(tmp_path / "d", corpus, tokenizer=tokenizer)
     monkeypatch.undo()
