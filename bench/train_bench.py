@@ -82,8 +82,9 @@ def state_bytes(model, optimizer) -> int:  # noqa: ANN001 - torch objects
     from nexus_eval.optim import Nexus
 
     tensors = list(model.parameters()) + [v for v in json_leaves(optimizer.state_dict()) if isinstance(v, torch.Tensor)]
-    if isinstance(optimizer, Nexus) and optimizer._theta0 is not None:  # θ0 buffers, kept between outer steps
-        tensors += [t for group in optimizer._theta0 for t in group]
+    if isinstance(optimizer, Nexus):  # θ0 and u buffers, kept between outer steps
+        for buffers in (optimizer._theta0, optimizer._direction):
+            tensors += [t for group in buffers or [] for t in group]
     return sum(t.numel() * t.element_size() for t in tensors)
 
 

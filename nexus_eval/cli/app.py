@@ -10,7 +10,7 @@ import os
 
 import typer
 
-from nexus_eval.cli import checkpoints, compare, data, evaluate, geometry, samples, series, tasks, train
+from nexus_eval.cli import checkpoints, compare, data, evaluate, geometry, optim, samples, series, tasks, train
 
 # No hub: every tokenizer, model and dataset comes from the repo, a package or a local build.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -23,6 +23,7 @@ app = typer.Typer(
 )
 app.add_typer(data.app, name="data")
 app.command("train")(train.train_command)
+app.add_typer(optim.app, name="optim")
 app.command("loss")(evaluate.loss_command)
 app.add_typer(tasks.app, name="tasks")
 app.command("eval")(evaluate.eval_command)

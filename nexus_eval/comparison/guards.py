@@ -42,13 +42,14 @@ from nexus_eval.training.variants import OPTIMIZERS
 # compared. reptile and fish force un-normalized inner steps (optim.normalize is not theirs); fish's outer step is
 # plain SGD with optim.fish_meta_lr; nothing but adamw clips (training/variants.py).
 INNER = "optim.inner_lr_ratio"  # the inner lr γ = ratio × lr of every variant with inner steps
+LOOP = "optim.inner_loop"  # how the inner loop is computed (exact or linear): numerics of the variant's own update
 OWN_FIELDS: dict[str, frozenset[str]] = {
     BASELINE: frozenset({"optim.grad_clip"}),  # clips AdamW's accumulated gradient; Nexus' inner steps are normalized
-    CANDIDATE: frozenset({INNER, "optim.normalize"}),
-    "reptile": frozenset({INNER}),
-    "nexus-k1": frozenset({INNER, "optim.normalize"}),
-    "nexus-mixed": frozenset({INNER, "optim.normalize"}),
-    "fish": frozenset({INNER, "optim.fish_meta_lr"}),
+    CANDIDATE: frozenset({INNER, LOOP, "optim.normalize"}),
+    "reptile": frozenset({INNER, LOOP}),
+    "nexus-k1": frozenset({INNER, LOOP, "optim.normalize"}),
+    "nexus-mixed": frozenset({INNER, LOOP, "optim.normalize"}),
+    "fish": frozenset({INNER, LOOP, "optim.fish_meta_lr"}),
 }
 OWNED = frozenset().union(*OWN_FIELDS.values())
 # Recipe keys that are not settings of the training: the recipe's name labels runs, and data.dir is where the build

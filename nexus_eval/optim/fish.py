@@ -38,13 +38,14 @@ class Fish(Nexus):
         lr: float,
         meta_lr: float = DEFAULT_META_LR,
         inner_lr_ratio: float = 1.0,
+        inner_loop: str = "exact",
     ):
         if not 0 < meta_lr:
             raise ValueError(f"meta_lr must be positive, got {meta_lr}")
         groups = _groups(params)
         # The meta step: θ ← θ − ε · grad with grad = Δ; momentum and weight decay off (the paper's plain SGD).
         outer = torch.optim.SGD([{"params": g["params"]} for g in groups], lr=meta_lr, momentum=0.0, weight_decay=0.0)
-        super().__init__(outer, inner_lr_ratio=inner_lr_ratio, normalize=False)
+        super().__init__(outer, inner_lr_ratio=inner_lr_ratio, normalize=False, inner_loop=inner_loop)
         # One scheduled-lr group per SGD group, over the same parameters (Nexus zips the two group lists).
         self._inner_groups = [{"params": g["params"], "lr": float(g.get("lr", lr))} for g in groups]
 
@@ -57,8 +58,9 @@ class Fish(Nexus):
     def meta_lr(self) -> float:
         return float(self.outer.param_groups[0]["lr"])
 
-    def _pseudo_gradient_(self, displacement: list[torch.Tensor], group: dict[str, Any]) -> None:
-        """Δ itself: SGD with lr ε then steps θ0 − ε Δ."""
+    def _pseudo_gradient_(self, direction: list[torch.Tensor], group: dict[str, Any]) -> None:
+        """Δ = γ·u itself: SGD with lr ε then steps θ0 − ε Δ."""
+        torch._foreach_mul_(direction, self.inner_lr(group))
 
     def __repr__(self) -> str:
         return f"Fish(meta_lr={self.meta_lr}, inner_lr_ratio={self.inner_lr_ratio})"

@@ -18,7 +18,13 @@ from nexus_eval.schema import DataBuild, RunIdentity
 from nexus_eval.training.heldout import HeldOut
 from nexus_eval.training.memory import check_training_memory
 from nexus_eval.training.model import build_model, count_params, llama_config
-from nexus_eval.training.optimizer import Optimizer, build_optimizer, check_optimizer_name, optimizer_hparams
+from nexus_eval.training.optimizer import (
+    Optimizer,
+    build_optimizer,
+    check_optimizer_name,
+    optimizer_hparams,
+    resolve_inner_loop,
+)
 from nexus_eval.training.parallel import Execution, single_process, wrap_model
 from nexus_eval.training.recipe import Recipe
 from nexus_eval.training.schedule import MicroBatchSchedule
@@ -55,7 +61,9 @@ class Components:
         identity: RunIdentity = {
             "run_id": run_id,
             "optimizer": self.optimizer,
-            "optimizer_hparams": optimizer_hparams(self.recipe.optim, self.optimizer),
+            "optimizer_hparams": optimizer_hparams(
+                self.recipe.optim, self.optimizer, resolve_inner_loop(self.recipe.optim, self.execution)
+            ),
             "seed": self.seed,
             "recipe": self.recipe.to_dict(),
             "recipe_hash": self.recipe.hash(),
@@ -140,7 +148,8 @@ def set_up(recipe: Recipe, optimizer: str, seed: int, data_dir: Path, ex: Execut
     model = build_model(config, seed)  # seeds torch: same seed, same initial weights (on every rank)
     model.train()
     train_model = wrap_model(model, ex)  # before the optimizer: FSDP replaces the parameters by shards
-    opt = build_optimizer(model, recipe.optim, optimizer, fused=on_cuda)
+    inner_loop = resolve_inner_loop(recipe.optim, ex)
+    opt = build_optimizer(model, recipe.optim, optimizer, fused=on_cuda, inner_loop=inner_loop)
     return Components(
         recipe, optimizer, seed, data_dir, manifest, tokenizer, schedule, heldout, model, opt, ex, train_model
     )

@@ -26,22 +26,25 @@ from pathlib import Path
 import torch
 
 from nexus_eval.checkpoints import list_checkpoints
-from nexus_eval.display import progress_bar
+from nexus_eval.display import console, progress_bar
 from nexus_eval.errors import RecipeError
 from nexus_eval.io import write_json_atomic
+from nexus_eval.optim import Nexus
 from nexus_eval.schema import MetricsRow, RunInfo
 from nexus_eval.training import parallel
 from nexus_eval.training.checkpointer import Checkpointer, checkpoint_meta, resume_run, trainer_state
 from nexus_eval.training.components import Components, set_up
+from nexus_eval.training.fidelity import start_of_run_check
 from nexus_eval.training.grad_cosine import CosineWindow
 from nexus_eval.training.metrics_log import CostMeter, MetricsLog, Throughput
 from nexus_eval.training.monitor import HeldOutMonitor
-from nexus_eval.training.optimizer import set_lr
+from nexus_eval.training.optimizer import check_optimizer_name, resolve_inner_loop, set_lr
 from nexus_eval.training.parallel import Execution, resolve_execution
 from nexus_eval.training.recipe import Recipe, load_recipe, lr_at
 from nexus_eval.training.resume import resumed_recipe
 from nexus_eval.training.state import RunState
 from nexus_eval.training.step import NonFiniteLoss, StepResult, outer_step
+from nexus_eval.training.variants import VARIANTS
 
 
 def run_dir_for(out: Path, recipe: Recipe, optimizer: str, seed: int) -> Path:
@@ -74,6 +77,9 @@ def train(
     run_dir = run_dir_for(out, recipe, optimizer, seed)
     data_dir = data_dir or Path(recipe.data.dir)
     ex = resolve_execution(recipe.parallel, recipe.optim.micro_batch, recipe.path or recipe.name)
+    check_optimizer_name(optimizer)
+    if VARIANTS[optimizer].has_inner_steps:
+        resolve_inner_loop(recipe.optim, ex)  # a loop this execution cannot run: refused before anything starts
     if resume and list_checkpoints(run_dir):  # checked before the costly set-up: the same data, recipe and steps
         recipe = resumed_recipe(run_dir, recipe, steps, data_dir)
     elif steps is not None:  # recorded as part of the recipe: run.json's recipe and hash say how long it trained
@@ -124,6 +130,7 @@ def train_run(
         state = RunState.start(recipe)
         if ex.is_main:
             shutil.rmtree(run_dir, ignore_errors=True)
+            check_nexus_at_start(c, progress)
     if ex.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         info: RunInfo = {**identity, "total_steps": state.total_steps, "data_dir": str(data_dir)}
@@ -178,6 +185,19 @@ def train_run(
                     on_checkpoint(ckpt)
             bar.update(step, info=progress_info(result.loss, state.last_val, since_start.rate(), cost))
     return run_dir
+
+
+def check_nexus_at_start(c: Components, progress: bool) -> None:
+    """Before a fresh Nexus run's first step: how faithfully its precision computes the inner loop, and whether the
+    loop changes the update at all (fidelity.start_of_run_check); warnings always, the figures with progress on."""
+    if not (c.variant.inner == "each" and c.variant.normalize is not False and isinstance(c.opt, Nexus)):
+        return  # the check measures normalized inner loops: reptile's, fish's and K = 1 have another second order
+    batches = c.schedule.step_batches(0, c.recipe.optim.accum)
+    lines = start_of_run_check(c.model, c.recipe, batches, c.opt, c.execution)
+    err = console(stderr=True)
+    for line in lines:
+        if progress or line.startswith("warning:"):
+            err.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def training_threads() -> int:

@@ -92,8 +92,9 @@ def adam_copies(optimizer: str) -> int:
 
 
 def theta0_copies(optimizer: str) -> int:
-    """Nexus' θ0 (every variant with inner steps keeps one); AdamW none."""
-    return 1 if VARIANTS[optimizer].has_inner_steps else 0
+    """Nexus' θ0 and u, the inner steps' sum (optim/nexus.py: every variant with inner steps keeps both in its exact
+    loop, u alone in the linear one, whose double backward needs activation memory instead); AdamW none."""
+    return 2 if VARIANTS[optimizer].has_inner_steps else 0
 
 
 def estimate(recipe: Recipe, optimizer: str, vocab: int, stream_tokens: list[int] | None = None) -> MemoryEstimate:
@@ -103,7 +104,7 @@ def estimate(recipe: Recipe, optimizer: str, vocab: int, stream_tokens: list[int
     hidden, layers, inter = shape["hidden_size"], shape["num_hidden_layers"], shape["intermediate_size"]
     params = parameter_count(recipe.model.preset, vocab)
     sources = sum(1 for w in recipe.data.mixture.values() if w > 0)
-    # weights + gradients + AdamW moments (2) + Nexus' θ0 + one summed gradient per source (gradient cosines)
+    # weights + gradients + AdamW moments (2) + Nexus' θ0 and u + one summed gradient per source (gradient cosines)
     copies = 2 + adam_copies(optimizer) + theta0_copies(optimizer) + sources
     context = recipe.model.context
     tokens = recipe.optim.micro_batch * context
@@ -176,7 +177,7 @@ class RankMemory:
     params: int  # fp32 master weights
     grads: int  # fp32 gradients
     optimizer_state: int  # AdamW's two moments
-    theta0: int  # Nexus' θ0 (the weights at the start of the outer step): 0 for AdamW
+    theta0: int  # Nexus' θ0 (the weights at the start of the outer step) and u (the inner steps' sum): 0 for AdamW
     grad_cosine: int  # one summed gradient per source, for the gradient-cosine log
     compute_copy: int  # bf16 weights the matmuls read: all of them (autocast's cache) or the gathered layers (fsdp)
     comm_buffers: int  # DDP's gradient buckets (a second copy of the gradients unless gradient_as_bucket_view)
@@ -195,7 +196,7 @@ class RankMemory:
             ("parameters (fp32 master)", self.params),
             ("gradients (fp32)", self.grads),
             ("optimizer state (AdamW moments)", self.optimizer_state),
-            ("Nexus θ0", self.theta0),
+            ("Nexus θ0 and u", self.theta0),
             ("gradient-cosine sums", self.grad_cosine),
             ("bf16 compute copy", self.compute_copy),
             ("DDP gradient buckets", self.comm_buffers),

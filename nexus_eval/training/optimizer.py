@@ -10,6 +10,7 @@ import torch
 
 from nexus_eval.errors import RecipeError
 from nexus_eval.optim import Fish, Nexus
+from nexus_eval.training.parallel import Execution
 from nexus_eval.training.recipe import OptimSpec
 from nexus_eval.training.variants import OPTIMIZERS, VARIANTS, Variant
 
@@ -33,7 +34,24 @@ def inner_normalize(optim: OptimSpec, name: str) -> bool:
     return optim.normalize if chosen is None else chosen
 
 
-def build_optimizer(model: torch.nn.Module, optim: OptimSpec, name: str, fused: bool = False) -> Optimizer:
+def resolve_inner_loop(optim: OptimSpec, ex: Execution) -> str:
+    """The Nexus inner loop this run uses (optim.inner_loop; optim/nexus.py, "Numerics"). "auto": linear under bf16
+    autocast, whose forwards round away inner steps below bf16's resolution, exact in fp32. FSDP2 reduces gradients
+    in its hooks on a plain backward, which the linear loop's double backward bypasses: linear is refused there, and
+    "auto" keeps exact (train warns; `nexus-eval optim check` measures what that costs)."""
+    if optim.inner_loop == "auto":
+        return "linear" if ex.mixed_precision and ex.strategy != "fsdp" else "exact"
+    if optim.inner_loop == "linear" and ex.strategy == "fsdp":
+        raise RecipeError(
+            'optim.inner_loop = "linear" needs whole parameters for its double backward: use --strategy ddp, or '
+            '"exact" under fsdp'
+        )
+    return optim.inner_loop
+
+
+def build_optimizer(
+    model: torch.nn.Module, optim: OptimSpec, name: str, fused: bool = False, inner_loop: str = "exact"
+) -> Optimizer:
     """AdamW with no weight decay on norms (1-D params); Nexus (and its AdamW-outer ablations) wraps exactly that
     AdamW; Fish takes plain SGD over the same groups. `fused`: the one-kernel AdamW (CUDA); the CPU default (foreach)
     is what every CPU result of this harness was made with."""
@@ -42,15 +60,17 @@ def build_optimizer(model: torch.nn.Module, optim: OptimSpec, name: str, fused: 
     no_decay = [p for p in model.parameters() if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if chosen.outer == "SGD":
-        return Fish(groups, lr=optim.lr, meta_lr=optim.fish_meta_lr, inner_lr_ratio=optim.inner_lr_ratio)
+        ratio = optim.inner_lr_ratio
+        return Fish(groups, lr=optim.lr, meta_lr=optim.fish_meta_lr, inner_lr_ratio=ratio, inner_loop=inner_loop)
     extra = {"fused": True} if fused else {}
     adamw = torch.optim.AdamW(groups, lr=optim.lr, betas=(optim.beta1, optim.beta2), **extra)
     if not chosen.has_inner_steps:
         return adamw
-    return Nexus(adamw, inner_lr_ratio=optim.inner_lr_ratio, normalize=inner_normalize(optim, name))
+    normalize = inner_normalize(optim, name)
+    return Nexus(adamw, inner_lr_ratio=optim.inner_lr_ratio, normalize=normalize, inner_loop=inner_loop)
 
 
-def optimizer_hparams(optim: OptimSpec, name: str) -> dict[str, Any]:
+def optimizer_hparams(optim: OptimSpec, name: str, inner_loop: str = "exact") -> dict[str, Any]:
     """The settings that define the update, as recorded in run.json and every nexus.json."""
     chosen = variant(name)
     hp: dict[str, Any] = {"outer": chosen.outer, "lr": optim.lr}
@@ -64,6 +84,7 @@ def optimizer_hparams(optim: OptimSpec, name: str) -> dict[str, Any]:
         return hp
     inner_steps = 1 if chosen.inner == "one" else optim.accum
     hp.update(inner_lr_ratio=optim.inner_lr_ratio, normalize=inner_normalize(optim, name), inner_steps=inner_steps)
+    hp.update(inner_loop=inner_loop)
     if chosen.mixed_sources:
         hp.update(micro_batches="mixed sources")
     return hp

@@ -39,6 +39,7 @@ class Execution:
     compile: bool
     device_batch: int  # rows per forward/backward on this rank (≤ its share of a micro-batch)
     activation_checkpointing: bool
+    bf16: bool | None = None  # bf16 autocast over fp32 master weights; None: on CUDA only (train's rule)
 
     @property
     def is_main(self) -> bool:
@@ -51,13 +52,14 @@ class Execution:
 
     @property
     def mixed_precision(self) -> bool:
-        """bf16 compute with fp32 master weights and optimizer state: on CUDA only (CPU runs stay fp32, exact)."""
-        return self.device.type == "cuda"
+        """bf16 compute with fp32 master weights and optimizer state: training uses it on CUDA only (CPU runs stay
+        fp32, exact); `nexus-eval optim check --dtype bf16` on the CPU too (CPU autocast stands in for CUDA's)."""
+        return self.device.type == "cuda" if self.bf16 is None else self.bf16
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        """bf16 autocast around forward passes on CUDA (FSDP casts its parameters itself: see wrap_model)."""
+        """bf16 autocast around forward passes (FSDP casts its parameters itself: see wrap_model)."""
         if self.mixed_precision and self.strategy != "fsdp":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def record(self) -> ExecutionRecord:

@@ -50,12 +50,17 @@ class OptimSpec:
     decay_fraction: float = 0.2  # wsd: share of steps in the final linear decay
     min_lr_ratio: float = 0.1
     fish_meta_lr: float = 0.5  # fish: meta step θ ← θ0 + ε(θK − θ0), ε constant (DomainBed's default; optim/fish.py)
+    # Nexus' inner loop (optim/nexus.py, "Numerics"): "exact" moves the weights, "linear" keeps them at θ0 and
+    # corrects each inner gradient to first order (a Hessian-vector product); "auto": linear under bf16 autocast,
+    # whose forwards cannot see the inner steps, exact otherwise (fp32, and FSDP2, where linear cannot run)
+    inner_loop: str = "auto"
 
 
 # [optim] keys only an ablation variant reads, added after runs were recorded: at their default they are left out of
 # the recipe dict and its hash, so that every recipe (and run) recorded before them keeps its hash and stays
 # resumable and comparable; a non-default value is recorded like any key.
-VARIANT_ONLY_DEFAULTS = {"fish_meta_lr": OptimSpec.fish_meta_lr}
+VARIANT_ONLY_DEFAULTS = {"fish_meta_lr": OptimSpec.fish_meta_lr, "inner_loop": OptimSpec.inner_loop}
+INNER_LOOPS = ("auto", "exact", "linear")
 
 
 @dataclass(frozen=True)
@@ -256,6 +261,8 @@ def check(recipe: Recipe, where: str) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise RecipeError(f"{where}: {key} must be positive, got {value}")
+    if o.inner_loop not in INNER_LOOPS:
+        raise RecipeError(f"{where}: optim.inner_loop must be one of {', '.join(INNER_LOOPS)}, got {o.inner_loop!r}")
     if o.schedule not in SCHEDULES:
         raise RecipeError(f"{where}: optim.schedule must be one of {', '.join(SCHEDULES)}, got {o.schedule!r}")
     if t.keep_state not in ("latest", "all"):

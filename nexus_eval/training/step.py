@@ -3,7 +3,9 @@ there (variants.py names them).
 
 AdamW: backward on each micro-batch loss / K (the gradients accumulate into their mean), clip, one AdamW step.
 Nexus: after each micro-batch's backward one normalized inner step, then the outer step on the displacement
-(reptile and fish: the same loop, with un-normalized inner steps and, for fish, a plain-SGD outer step).
+(reptile and fish: the same loop, with un-normalized inner steps and, for fish, a plain-SGD outer step). Its linear
+inner loop (optim/nexus.py, "Numerics") keeps the weights at θ0 and takes each inner step after the first with the
+gradient's first-order form at the inner point, g − γ·H·w: `linearized_backward` gives g and H·w (double backward).
 nexus-k1: AdamW's accumulation, then one inner step on the accumulated gradient and the outer step (nexus_k1_step).
 nexus-mixed: Nexus on the step's rows regrouped so that every micro-batch holds every source.
 All check every micro-batch loss for NaN/inf before its backward, and can record each source's share of the
@@ -12,6 +14,7 @@ gradients for the gradient-cosine log at no extra cost (the gradients are there 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -82,12 +85,73 @@ def nexus_step(
     losses: list[float] = []
     per_source: dict[str, torch.Tensor] = {}
     for mb in batches:
-        losses.append(backward(model, mb, ex, divisor=1, sync=True))  # each inner step needs the global gradient
+        direction = opt.hvp_direction() if opt.inner_loop == "linear" else None
+        hvp = None
+        if direction is None:  # each inner step needs the global gradient
+            losses.append(backward(model, mb, ex, divisor=1, sync=True))
+        else:
+            loss, hvp = linearized_backward(model, mb, ex, optimizer_params(opt), direction[1])
+            losses.append(loss)
         if record_grads:
             per_source[mb.source] = per_source.get(mb.source, 0) + flat_grad(params)
-        opt.inner_step()  # θ ← θ − γ g/‖g‖, gradients cleared
-    opt.step()  # AdamW on (θ0 − θK)/γ from θ0
+        opt.inner_step(hvp=hvp)  # θ ← θ0 − γ Σ g/‖g‖ (linear: θ stays θ0), gradients cleared
+    opt.step()  # AdamW on Σ g/‖g‖ = (θ0 − θK)/γ from θ0
     return StepResult(mean_loss(losses, ex), per_source)
+
+
+def optimizer_params(opt: Nexus) -> list[torch.Tensor]:
+    """The parameters of all of `opt`'s groups, in order: what hvp_direction's vectors align with."""
+    return [p for group in opt.param_groups for p in group["params"]]
+
+
+def linearized_backward(
+    model: torch.nn.Module, mb: MicroBatch, ex: Execution, params: list[torch.Tensor], direction: list[torch.Tensor]
+) -> tuple[float, list[torch.Tensor | None]]:
+    """Micro-batch `mb`'s gradient g at the current weights into the parameters' .grad, and H·w, the derivative of
+    g along `direction` (a Hessian-vector product by double backward), both averaged over ranks. Returns this rank's
+    loss and H·w (None for a parameter without a gradient). The double backward runs eagerly (torch.compile has no
+    double backward) with the math attention kernel (the fused kernels have none either), under the run's autocast.
+    FSDP2's hooks reduce .grad only after a plain backward: the linear loop is refused there (resolve_inner_loop)."""
+    if ex.strategy == "fsdp":
+        raise RecipeError("the linear Nexus inner loop needs whole parameters: not under --strategy fsdp")
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    module = model.module if ex.strategy == "ddp" else model  # DDP's hooks sync .grad of a plain backward only
+    pieces = physical_batches(mb.inputs, mb.labels, ex)
+    rows = sum(len(inputs) for inputs, _ in pieces)
+    total = 0.0
+    hvp: list[torch.Tensor | None] = [None] * len(params)
+    eager = torch.compiler.set_stance("force_eager") if ex.compile else contextlib.nullcontext()
+    with sdpa_kernel(SDPBackend.MATH), eager:
+        for inputs, labels in pieces:
+            with ex.autocast():
+                loss = finite_loss(module, MicroBatch(mb.source, inputs, labels))
+            share = len(inputs) / rows
+            total += loss.item() * share
+            grads = torch.autograd.grad(loss * share, params, create_graph=True, allow_unused=True)
+            used = [i for i, g in enumerate(grads) if g is not None]
+            dot = sum((grads[i] * direction[i]).sum() for i in used)
+            second = torch.autograd.grad(dot, [params[i] for i in used], allow_unused=True)
+            for i, h in zip(used, second, strict=True):
+                g = grads[i].detach()
+                params[i].grad = g if params[i].grad is None else params[i].grad + g
+                if h is not None:
+                    hvp[i] = h if hvp[i] is None else hvp[i] + h
+    if ex.distributed:
+        average_over_ranks([p.grad for p in params if p.grad is not None] + [h for h in hvp if h is not None], ex)
+    return total, hvp
+
+
+def average_over_ranks(tensors: list[torch.Tensor], ex: Execution) -> None:
+    """In place, each tensor the mean of its copies on every rank: one all-reduce of them all, flattened."""
+    import torch.distributed as dist
+
+    flat = torch.cat([t.flatten() for t in tensors])
+    dist.all_reduce(flat)
+    flat /= ex.world
+    torch._foreach_copy_(
+        tensors, [part.view_as(t) for part, t in zip(flat.split([t.numel() for t in tensors]), tensors, strict=True)]
+    )
 
 
 def nexus_k1_step(

@@ -69,8 +69,8 @@ def test_per_rank_memory_shards_under_fsdp_and_replicates_under_ddp() -> None:
     ddp = rank_memory(recipe, "nexus", 4096, params, "ddp", 4)
     fsdp = rank_memory(recipe, "nexus", 4096, params, "fsdp", 4)
     adamw = rank_memory(recipe, "adamw", 4096, params)
-    assert one.params == one.grads == one.theta0 == 4 * params and one.optimizer_state == 8 * params
-    assert adamw.theta0 == 0 and adamw.state == one.state - 4 * params
+    assert one.params == one.grads == 4 * params and one.optimizer_state == one.theta0 == 8 * params  # θ0 and u
+    assert adamw.theta0 == 0 and adamw.state == one.state - 8 * params
     assert ddp.state == one.state and ddp.comm_buffers == 4 * params  # every rank holds everything, plus buckets
     assert fsdp.state == one.state // 4 and fsdp.comm_buffers == 0
     assert fsdp.compute_copy < one.compute_copy  # a couple of layers gathered, not the whole model
