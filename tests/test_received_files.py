@@ -1,0 +1,122 @@
+"""Files received from elsewhere stay data: a run directory's trainer state, a data build's manifest and a
+leaderboard JSON are read, never run. Each hostile input is refused with one line naming the file, exit 2, and
+nothing written or imported."""
+
+from __future__ import annotations
+
+import io
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from nexus_eval.checkpoints import STATE_FILE
+from nexus_eval.cli import app
+from nexus_eval.optim import Nexus
+from nexus_eval.optim.fish import Fish
+from nexus_eval.training.checkpointer import load_trainer_state
+from tests.conftest import write_recipe
+
+
+class CreatesFile:
+    """Unpickled, it creates `path`: what any code a pickle could run would be able to do."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
+        return open, (str(self.path), "w")
+
+
+def one_line(output: str) -> bool:
+    return len(output.strip().splitlines()) == 1 and "Traceback" not in output
+
+
+def files_under(root: Path) -> set[Path]:
+    return {p for p in root.rglob("*")}
+
+
+# ---- a run directory: optimizer/state.pt ----
+
+
+def saved_and_loaded(state: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
+    path = tmp_path / "state.pt"
+    torch.save(state, path)
+    return dict(load_trainer_state(path))
+
+
+def trainer_state_with(optimizer: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "optimizer": optimizer,
+        "step": 3,
+        "tokens": 384,
+        "targets_left": [0.5],
+        "last_val": math.inf,
+        "recipe_hash": "0" * 64,
+        "optimizer_name": "nexus",
+        "total_steps": 6,
+        "torch_rng": torch.get_rng_state(),
+        "cosine_grads": {"text": torch.ones(3), "code": torch.zeros(3)},
+    }
+
+
+@pytest.mark.parametrize("kind", ["adamw", "nexus", "fish"])
+def test_every_optimizers_trainer_state_loads_as_plain_data(kind: str, tmp_path: Path) -> None:
+    """What the trainer saves (the optimizer's state_dict, Nexus' and Fish's θ0 inside an outer step, the RNG
+    state, the gradient-cosine sums) is tensors, numbers, strings, lists and dicts: it loads without running
+    pickled code."""
+    model = torch.nn.Linear(3, 2)
+    if kind == "adamw":
+        opt: Any = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95))
+    elif kind == "nexus":
+        opt = Nexus(torch.optim.AdamW(model.parameters(), lr=1e-3), inner_lr_ratio=10.0)
+    else:
+        opt = Fish(model.parameters(), lr=1e-3)
+    model(torch.randn(4, 3)).sum().backward()
+    if kind == "adamw":
+        opt.step()
+    else:
+        opt.inner_step()  # a save inside an outer step: θ0 is part of the state
+    state = trainer_state_with(opt.state_dict())
+    loaded = saved_and_loaded(state, tmp_path)
+    assert torch.equal(loaded["torch_rng"], state["torch_rng"]) and loaded["last_val"] == math.inf
+    buffer = io.BytesIO()
+    torch.save(loaded["optimizer"], buffer)
+    again = io.BytesIO()
+    torch.save(state["optimizer"], again)
+    assert buffer.getvalue() == again.getvalue()  # the same state, byte for byte once saved again
+    opt.load_state_dict(loaded["optimizer"])
+
+
+def test_a_state_file_that_would_run_code_is_refused(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    path = tmp_path / "state.pt"
+    torch.save({**trainer_state_with({}), "optimizer": CreatesFile(marker)}, path)
+    from nexus_eval.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="io.open") as caught:
+        load_trainer_state(path)
+    assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+    assert not marker.exists()
+
+
+def test_resume_from_a_run_whose_state_would_run_code(
+    tiny_runs: dict[str, Path], tiny_data_dir: Path, tmp_path: Path
+) -> None:
+    """`train --resume` over a run directory from elsewhere: its optimizer/state.pt is a pickle whose loading
+    would create a file. One line naming it, exit 2, and the file is not created."""
+    out = tmp_path / "runs"
+    run = out / tiny_runs["adamw"].name
+    shutil.copytree(tiny_runs["adamw"], run)
+    shutil.rmtree(run / "ckpt-000006")  # a run to continue from its step-3 checkpoint
+    state = run / "ckpt-000003" / STATE_FILE
+    marker = tmp_path / "ran"
+    torch.save({**torch.load(state, weights_only=True), "optimizer": CreatesFile(marker)}, state)
+    recipe = write_recipe(tmp_path, tiny_data_dir)
+    result = CliRunner().invoke(app, ["train", str(recipe), "--optimizer", "adamw", "--out", str(out), "--resume"])
+    assert result.exit_code == 2 and one_line(result.output), result.output
+    assert str(state) in result.output and not marker.exists(), result.output
