@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import io
 import math
+import pickle
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -120,3 +122,33 @@ def test_resume_from_a_run_whose_state_would_run_code(
     result = CliRunner().invoke(app, ["train", str(recipe), "--optimizer", "adamw", "--out", str(out), "--resume"])
     assert result.exit_code == 2 and one_line(result.output), result.output
     assert str(state) in result.output and not marker.exists(), result.output
+
+
+def test_a_sharded_state_whose_metadata_or_values_would_run_code(tmp_path: Path) -> None:
+    """A torchrun run's optimizer state (torch.distributed.checkpoint): torch reads its .metadata with a plain
+    pickle.load and its non-tensor values with weights_only=False. The metadata is read first through an allow-list
+    and the values as plain data, so a hostile one is refused before torch unpickles it."""
+    import torch.distributed.checkpoint as dcp
+
+    from nexus_eval.errors import CheckpointError
+    from nexus_eval.training.checkpointer import check_sharded_metadata, plain_data_planner
+
+    marker = tmp_path / "ran"
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    with warnings.catch_warnings():  # "torch.distributed is disabled": one process, as a resume without torchrun
+        warnings.simplefilter("ignore")
+        dcp.save({"optimizer": {"lr": 0.1, "exp_avg": torch.ones(3)}}, checkpoint_id=good, no_dist=True)
+        dcp.save({"optimizer": {"lr": CreatesFile(marker), "exp_avg": torch.ones(3)}}, checkpoint_id=bad, no_dist=True)
+        check_sharded_metadata(good)
+        loaded: dict[str, Any] = {"optimizer": {"lr": None, "exp_avg": torch.zeros(3)}}
+        dcp.load(loaded, checkpoint_id=good, planner=plain_data_planner(good), no_dist=True)
+        assert loaded["optimizer"]["lr"] == 0.1 and torch.equal(loaded["optimizer"]["exp_avg"], torch.ones(3))
+        with pytest.raises(dcp.api.CheckpointException) as caught:
+            template = {"optimizer": {"lr": None, "exp_avg": torch.zeros(3)}}
+            dcp.load(template, checkpoint_id=bad, planner=plain_data_planner(bad), no_dist=True)
+    refusal = next(iter(caught.value.failures.values()))[0]
+    assert isinstance(refusal, CheckpointError) and "io.open" in str(refusal) and not marker.exists()
+    (bad / ".metadata").write_bytes(pickle.dumps(CreatesFile(marker)))  # names no DCP metadata class
+    with pytest.raises(CheckpointError, match=r"\.metadata: refused: GLOBAL io\.open"):
+        check_sharded_metadata(bad)
+    assert not marker.exists()
