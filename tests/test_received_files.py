@@ -4,7 +4,9 @@ nothing written or imported."""
 
 from __future__ import annotations
 
+import functools
 import io
+import json
 import math
 import pickle
 import shutil
@@ -152,3 +154,38 @@ def test_a_sharded_state_whose_metadata_or_values_would_run_code(tmp_path: Path)
     with pytest.raises(CheckpointError, match=r"\.metadata: refused: GLOBAL io\.open"):
         check_sharded_metadata(bad)
     assert not marker.exists()
+
+
+# ---- a data build: manifest.json ----
+
+
+def hostile_data_dir(root: Path, domain: str) -> Path:
+    """A data directory whose manifest passes the shape checks and names an OOD domain `domain`."""
+    data = root / "received-data"
+    (data / "ood").mkdir(parents=True)
+    (data / "ood" / "x.jsonl").write_text(json.dumps({"text": "a document"}) + "\n")
+    entry = {"files": {"ood_jsonl": "ood/x.jsonl"}, "tokens": {"ood": 0}}
+    manifest = {"version": 2, "vocab_size": 512, "eos_id": 0, "tokenizer_dir": "tokenizer", "hash": "f" * 64}
+    manifest |= {"sources": {}, "ood": {domain: entry}, "files": {}}
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    return data
+
+
+def test_a_manifest_naming_a_domain_that_would_write_yaml_elsewhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The domain name holds `../` (the YAML file would land outside tasks/generated/) and a newline (a line of its
+    own in the YAML text: here a `!function` that lm-eval would import). `tasks prepare --data` refuses the manifest
+    before it writes anything, with one line."""
+    from nexus_eval.tasks import materialize, show
+
+    domain = "../../../escaped\ndataset_kwargs: !function evil.load"
+    data = hostile_data_dir(tmp_path, domain)
+    tasks_dir = tmp_path / "checkout" / "tasks"
+    tasks_dir.mkdir(parents=True)
+    monkeypatch.setattr(show, "prepare", functools.partial(materialize.prepare, tasks_dir=tasks_dir))
+    before = files_under(tmp_path)
+    result = CliRunner().invoke(app, ["tasks", "prepare", "--data", str(data)])
+    assert result.exit_code == 2 and one_line(result.output), result.output
+    assert "manifest.json" in result.output and "OOD domain" in result.output, result.output
+    assert files_under(tmp_path) == before

@@ -18,7 +18,7 @@ from nexus_eval.errors import EvalError
 from nexus_eval.evaluation import cache as evalcache
 from nexus_eval.evaluation.runner import EvalSettings, evaluate_with_status
 from nexus_eval.evaluation.samples import answer_text, best_choice, gold_index, target_text
-from nexus_eval.tasks.materialize import OOD_YAML
+from nexus_eval.tasks.materialize import ood_task_yaml
 from tests.evaluation.eval_fixtures import tiny_checkpoint
 
 MC, BPB, GEN = "arith_steps1_mc", "arith_gold_bpb", "arith_steps1_gen"  # committed synthetic data
@@ -40,7 +40,7 @@ def rolling_task(tmp_path_factory: pytest.TempPathFactory) -> Path:
     items = root / "items.jsonl"
     items.write_text("".join(json.dumps({"text": text}) + "\n" for text in ROLLING_TEXTS))
     path = root / "ood_probe.yaml"
-    path.write_text(OOD_YAML.format(data_dir=root, domain="probe", path=items, data_hash="test"))
+    path.write_text(ood_task_yaml(root, "probe", items, "test"))
     return path
 
 
