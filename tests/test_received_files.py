@@ -23,7 +23,7 @@ from nexus_eval.cli import app
 from nexus_eval.optim import Nexus
 from nexus_eval.optim.fish import Fish
 from nexus_eval.training.checkpointer import load_trainer_state
-from tests.conftest import write_recipe
+from tests.conftest import REPO_ROOT, write_recipe
 
 
 class CreatesFile:
@@ -189,3 +189,60 @@ def test_a_manifest_naming_a_domain_that_would_write_yaml_elsewhere(
     assert result.exit_code == 2 and one_line(result.output), result.output
     assert "manifest.json" in result.output and "OOD domain" in result.output, result.output
     assert files_under(tmp_path) == before
+
+
+# ---- a leaderboard JSON: what `leaderboard reproduce` runs ----
+
+
+def hostile_task_yaml(root: Path, marker: Path) -> Path:
+    """A task YAML whose helper module, beside it, creates `marker` when imported (as lm-eval imports it)."""
+    directory = root / "received-tasks"
+    directory.mkdir()
+    (directory / "utils.py").write_text(f"open({str(marker)!r}, 'w').close()\n\ndef docs(d):\n    return d\n")
+    yaml_path = directory / "evil.yaml"
+    yaml_path.write_text(
+        "task: evil\ndataset_path: json\noutput_type: loglikelihood\ntest_split: test\n"
+        "process_docs: !function utils.docs\n"
+    )
+    return yaml_path
+
+
+def edit_settings_tasks(results: dict[str, Any], yaml_path: Path) -> None:
+    results["settings"]["tasks"] = ["arith_gold_bpb", str(yaml_path)]
+
+
+def edit_build_params(results: dict[str, Any], yaml_path: Path) -> None:
+    for row in results["runs"]:
+        row["provenance"]["data_build"]["params"]["tasks_dir"] = str(yaml_path.parent)
+
+
+def edit_recipe_eval_tasks(results: dict[str, Any], yaml_path: Path) -> None:
+    for row in results["runs"]:
+        row["provenance"]["recipe"]["train"]["eval_tasks"] = [str(yaml_path)]
+
+
+@pytest.mark.parametrize(
+    ("edit", "refused"),
+    [
+        (edit_settings_tasks, "settings.tasks"),
+        (edit_build_params, "tasks_dir"),
+        (edit_recipe_eval_tasks, "eval_tasks"),
+    ],
+)
+def test_a_leaderboard_naming_a_task_yaml_or_a_path_is_refused(edit: Any, refused: str, tmp_path: Path) -> None:
+    """`leaderboard reproduce` runs registry tasks with the parameters a comparison records, nothing else: a task
+    YAML path (whose helpers lm-eval imports), a build parameter naming a path, a recipe key no recipe records. One
+    line saying what is refused, exit 2, nothing built, nothing imported."""
+    marker = tmp_path / "imported"
+    yaml_path = hostile_task_yaml(tmp_path, marker)
+    results = json.loads((REPO_ROOT / "leaderboards" / "study.json").read_text())
+    edit(results, yaml_path)
+    boards = tmp_path / "boards"
+    boards.mkdir()
+    (boards / "received.json").write_text(json.dumps(results))
+    out = tmp_path / "out"
+    args = ["leaderboard", "reproduce", "received", "--dir", str(boards), "--out", str(out), "--quiet"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and one_line(result.output), result.output
+    assert refused in result.output and "received.json" in result.output, result.output
+    assert not out.exists() and not marker.exists()
