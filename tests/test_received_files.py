@@ -191,6 +191,19 @@ def test_a_manifest_naming_a_domain_that_would_write_yaml_elsewhere(
     assert files_under(tmp_path) == before
 
 
+def test_task_yaml_is_written_by_a_yaml_library(tmp_path: Path) -> None:
+    """A path or directory name holding a line break and a tag stays one string of the task, not a line of YAML."""
+    from nexus_eval.tasks.materialize import ood_task_yaml
+    from nexus_eval.tasks.registry import FunctionRef, read_task_yaml
+
+    data_file = Path("/data\ndataset_kwargs: !function evil.load/ood.jsonl")
+    path = tmp_path / "ood_x.yaml"
+    path.write_text(ood_task_yaml(Path("/d\nprocess_docs: !function evil.docs"), "x", data_file, "h"))
+    config = read_task_yaml(path)
+    assert config["dataset_kwargs"] == {"data_files": {"test": str(data_file)}} and "process_docs" not in config
+    assert not any(isinstance(value, FunctionRef) for value in config.values())
+
+
 # ---- a leaderboard JSON: what `leaderboard reproduce` runs ----
 
 
