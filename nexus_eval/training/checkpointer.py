@@ -205,6 +205,7 @@ def load_optimizer_state(c: Components, ckpt: Path, saved: dict[str, Any]) -> No
     ex, outer = c.execution, outer_optimizer(c.opt)
     if "sharded" in saved:  # written under torchrun: DCP reads this rank's part, re-sharded for this world size
         import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.api import CheckpointException
 
         if saved["sharded"] != SHARDED_STATE:  # the pointer names a directory to read: only the checkpoint's own
             raise CheckpointError(f"{ckpt / STATE_FILE}: sharded state {saved['sharded']!r} is not {SHARDED_STATE}")
@@ -220,7 +221,7 @@ def load_optimizer_state(c: Components, ckpt: Path, saved: dict[str, Any]) -> No
                     planner=plain_data_planner(sharded),
                     no_dist=not ex.distributed,
                 )
-            except dcp.api.CheckpointException as e:  # a BaseException: our refusal inside it, one line, if it is one
+            except CheckpointException as e:  # a BaseException: our refusal inside it, one line, if it is one
                 raise next((f[0] for f in e.failures.values() if isinstance(f[0], CheckpointError)), e) from None
         set_optimizer_state_dict(c.model, outer, named)
         if isinstance(c.opt, Nexus) and "nexus" in saved:
@@ -249,6 +250,10 @@ DCP_METADATA_GLOBALS = {
 }
 
 
+class NotMetadata(pickle.UnpicklingError):
+    """A global that DCP metadata does not hold."""
+
+
 class _MetadataUnpickler(pickle.Unpickler):
     """Unpickles only what DCP metadata holds; any other global is refused before it is imported."""
 
@@ -261,7 +266,7 @@ class _MetadataUnpickler(pickle.Unpickler):
             # the metadata module's dataclasses and enums (not its functions); of torch, its dtypes only
             if isinstance(found, torch.dtype) or (module != "torch" and isinstance(found, type)):
                 return found
-        raise pickle.UnpicklingError(f"GLOBAL {dotted} is not DCP metadata")
+        raise NotMetadata(f"GLOBAL {dotted} is not DCP metadata")
 
 
 def check_sharded_metadata(directory: Path) -> None:
@@ -272,11 +277,20 @@ def check_sharded_metadata(directory: Path) -> None:
     try:
         with path.open("rb") as fh:
             _MetadataUnpickler(fh).load()
-    except pickle.UnpicklingError as e:
+    except NotMetadata as e:
         raise CheckpointError(
             f"{path}: refused: {e}; a sharded optimizer state's metadata names nothing else"
         ) from None
-    except (OSError, EOFError, ValueError, TypeError, AttributeError, KeyError, IndexError) as e:
+    except (
+        pickle.UnpicklingError,
+        OSError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        KeyError,
+        IndexError,
+    ) as e:
         raise CheckpointError(f"{path}: unreadable sharded optimizer state ({type(e).__name__}: {e})") from None
 
 
