@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 # A name that becomes a file or directory name inside a directory we own (run, leaderboard, task result): letters,
 # digits, '.', '_' and '-', not starting with a dot, so that it can neither climb out ("..", "/") nor hide.
@@ -79,6 +80,30 @@ def write_text_atomic(path: Path, text: str) -> None:
 def dump_json(obj: Any) -> str:
     """The one JSON layout of every file we write: sorted keys, 2-space indent, trailing newline."""
     return json.dumps(obj, indent=2, sort_keys=True) + "\n"
+
+
+class Quoted(str):
+    """A string dump_yaml writes in double quotes (a template, a path), as the task YAMLs written by hand do."""
+
+
+class _TaskDumper(yaml.SafeDumper):
+    """safe_dump in the layout of the task YAMLs in tasks/: a list indented under its key."""
+
+    def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:
+        return super().increase_indent(flow, False)
+
+
+_TaskDumper.add_representer(Quoted, lambda dumper, s: dumper.represent_scalar("tag:yaml.org,2002:str", s, style='"'))
+
+
+def dump_yaml(config: Mapping[str, Any], comments: list[str]) -> str:
+    """A task YAML we write: `comments` as the leading `# ` lines, then `config` in the order given. A YAML library
+    writes it, not string formatting: a string from a received file (a path, a name) stays one quoted scalar, so it
+    cannot add a key or a `!function` tag. A comment stays on its line (line breaks and other whitespace in it become
+    spaces)."""
+    header = "".join(f"# {' '.join(line.split())}\n" for line in comments)
+    body = yaml.dump(dict(config), Dumper=_TaskDumper, sort_keys=False, allow_unicode=True, width=1 << 16)
+    return header + body
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

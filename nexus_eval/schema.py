@@ -606,7 +606,7 @@ class CompareResults(TypedDict):
     points: list[MetricPoint]
     curves: list[RunCurve]
     allowed_mismatches: NotRequired[list[AllowedMismatch]]  # empty: every guarded field agreed; absent in old files
-    # Written since issue 13's noise, curves and geometry-over-seeds sections; absent in older files (then not shown).
+    # Written since the noise, curves and geometry-over-seeds sections; absent in older files (then not shown).
     noise: NotRequired[NoiseRecord]
     loss_curves: NotRequired[LossCurves]
     geometry_seeds: NotRequired[list[GeometrySeedRow]]

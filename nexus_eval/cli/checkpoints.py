@@ -19,7 +19,8 @@ def import_gguf_command(
     force: bool = typer.Option(False, "--force", help="Replace OUT when it is an earlier import"),
     quiet: Quiet = False,
 ) -> None:
-    """Dequantize a GGUF model to a float32 HF checkpoint that `eval --backend hf` and `--backend vllm` both load;
+    """Dequantize a GGUF model to a float32 HF checkpoint that `eval --backend hf` and `--backend vllm` both load.
+
     gguf_import.json in it records the source file's sha256 and the library versions."""
     from nexus_eval.checkpoints_gguf import import_gguf
     from nexus_eval.display import console, quiet_library_progress

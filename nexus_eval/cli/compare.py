@@ -110,8 +110,10 @@ def compare_command(
     ),
     quiet: Quiet = False,
 ) -> None:
-    """Loss-matched series (AdamW vs Nexus, or any checkpoint series): pairs, evaluation of what is missing, paired
-    bootstrap CIs, tables and plots. Held-out loss is the harness's own, on --data, for every series."""
+    """Compare series at equal held-out loss (AdamW vs Nexus, or any checkpoints): pairs, bootstrap CIs, plots.
+
+    Pairs checkpoints at matched loss, evaluates what the cache lacks, and writes paired bootstrap CIs, tables, plots.
+    Held-out loss is the harness's own, measured on --data, for every series."""
     from nexus_eval.comparison import CompareOptions, CompareSettings, compare
     from nexus_eval.evaluation import parse_model_args
 
@@ -196,8 +198,8 @@ def leaderboard_reproduce_command(
 ) -> None:
     """Redo what NAME.json records (data, training, evaluation, comparison); exit 1 only on nondeterminism.
 
-    Prints committed vs reproduced numbers and the provenance fields that differ. Exit 1 only when numbers differ
-    while every provenance field is the same."""
+    Prints committed vs reproduced numbers and the provenance fields that differ.
+    Exit 1 only when numbers differ while every provenance field is the same."""
     from nexus_eval.comparison.reproduce import NOT_DETERMINISTIC, print_reproduction, reproduce
 
     rep = reproduce(name, out or Path("build") / f"reproduce-{name}", directory, progress=not quiet)

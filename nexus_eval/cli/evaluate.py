@@ -54,9 +54,12 @@ def eval_command(
         help="Evaluate at batch size 1 and at --batch-size (nothing cached) and report per-item differences",
     ),
 ) -> None:
-    """Evaluate checkpoints on lm-eval tasks (default suite: reasoning; cached per checkpoint content, task and
-    settings; a run's checkpoints share one loaded engine, their weights swapped in). --json: the results, each with
-    "source": "computed" or "cache". Exit 3: the engine died or hung."""
+    """Evaluate checkpoints on lm-eval tasks (default suite: reasoning), each result cached.
+
+    Results are cached per checkpoint content, task and settings.
+    A run's checkpoints share one loaded engine, their weights swapped in.
+    --json prints the results, each with "source": "computed" or "cache".
+    Exit 3: the evaluation engine died or hung."""
     from nexus_eval.errors import EvalError
     from nexus_eval.evaluation import EvalSettings, parse_model_args
     from nexus_eval.evaluation.show import evaluate_and_show
@@ -94,8 +97,9 @@ def loss_command(
     docs: int = typer.Option(20, "--docs", help="Documents per source/domain for bits per byte"),
     cache: LossCache = Path("results/loss"),
 ) -> None:
-    """Held-out and OOD loss of any checkpoint, measured on the harness's own data (nats/token and bits/byte),
-    cached per checkpoint content and data build."""
+    """Held-out and OOD loss of any checkpoint on the harness's own data (nats/token and bits/byte).
+
+    Cached per checkpoint content and data build."""
     from nexus_eval.evaluation.loss import measured_loss
 
     if windows <= 0 or docs <= 0:

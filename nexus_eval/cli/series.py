@@ -10,7 +10,7 @@ import typer
 from nexus_eval.cli.options import AsJson, DataDir, LossCache, Quiet, one_line_errors
 from nexus_eval.errors import NexusError
 
-app = typer.Typer(no_args_is_help=True, help="Checkpoint series of any origin (issue 17; compare over them is next).")
+app = typer.Typer(no_args_is_help=True, help="Checkpoint series of any origin: runs, HF checkpoints, GGUF files.")
 
 
 @app.command("show")
@@ -34,8 +34,9 @@ def show_command(
     quiet: Quiet = False,
     as_json: AsJson = False,
 ) -> None:
-    """List each series' checkpoints in order (step, tokens) with the held-out loss in the chosen unit, measuring
-    once (and caching) what neither nexus.json nor the loss cache holds."""
+    """List each series' checkpoints in order (step, tokens) with their held-out loss in the chosen unit.
+
+    A loss that neither nexus.json nor the loss cache holds is measured once and cached."""
     from nexus_eval.comparison.series_show import show_series
 
     if (windows is not None and windows <= 0) or docs <= 0:

@@ -37,8 +37,9 @@ def tasks_prepare_command(
         None, "--pair-items", help="Items per minimal-pair task (with --data; default 300)"
     ),
 ) -> None:
-    """Materialize the real benchmark data (tasks/data/), the OOD and minimal-pair tasks (tasks/generated/), all
-    gitignored."""
+    """Materialize the real benchmark data and, with --data, the OOD and minimal-pair tasks (all gitignored).
+
+    Benchmark data goes to tasks/data/, the tasks generated from a data build to tasks/generated/."""
     from nexus_eval.tasks.show import prepare_and_show
 
     prepare_and_show(gsm8k_dir, data, pair_items)

@@ -1,5 +1,5 @@
 """Curves: each task's score, and each OOD domain's loss, against held-out loss over every checkpoint of every seed,
-with a seed-level band at a grid of held-out losses (issue 13, item 3: the paper's picture, as numbers).
+with a seed-level band at a grid of held-out losses (the paper's picture, as numbers).
 
 A seed's curve is its checkpoints' (held-out loss, value) points sorted by loss (checkpoints at the same loss
 averaged). Its value at a loss x is read off the straight line between the two points around x, and only inside the

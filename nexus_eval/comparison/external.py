@@ -1,5 +1,5 @@
 """The series of a comparison as runs: harness run directories, and checkpoint series of any other origin with their
-held-out loss measured by the harness on the same data (issue: same loss, different downstream, for any series).
+held-out loss measured by the harness on the same data (same loss, different downstream, for any series).
 
 `compared_runs` turns the command line's series (`[LABEL=]PATH`, `--series-file`) into match.Run objects, all in one
 loss unit:

@@ -1,4 +1,4 @@
-"""Geometry at the matched pairs over seeds (issue 13, item 5): for each target and series, the mean and 95% t
+"""Geometry at the matched pairs over seeds: for each target and series, the mean and 95% t
 interval over seeds of each side's mean off-diagonal gradient cosine and per-source minima MSD, and of their
 difference (candidate − reference, seed by seed), from the per-pair geometry rows (pipeline.geometry_rows)."""
 

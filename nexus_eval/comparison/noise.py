@@ -1,4 +1,4 @@
-"""Seed-to-seed noise of a comparison (issue 13, item 2) and the matching tolerance it implies.
+"""Seed-to-seed noise of a comparison and the matching tolerance it implies.
 
 - Held-out loss at fixed steps: per series, the eval steps every one of its seeds logged; at the first of them where
   the mean over seeds reaches each target, and at the last (the final step), the sample SD over seeds. The losses

@@ -16,6 +16,7 @@ numbers differ with identical provenance, which only nondeterministic code can c
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,11 +26,16 @@ from nexus_eval.comparison.pipeline import compare
 from nexus_eval.comparison.provenance import comparable
 from nexus_eval.comparison.settings import CompareOptions, CompareSettings
 from nexus_eval.data import build_data, load_manifest
+from nexus_eval.data.build import RECORDED_PARAMS
 from nexus_eval.display import console
 from nexus_eval.errors import ComparisonError, NexusError
+from nexus_eval.io import is_safe_name
 from nexus_eval.provenance import differences
 from nexus_eval.schema import CompareResults, DataBuild, RunProvenance, RunRow
+from nexus_eval.tasks.pairs import PAIRS_PREFIX
+from nexus_eval.tasks.registry import SUITES, available_tasks
 from nexus_eval.training import parse_recipe, run_dir_for, train
+from nexus_eval.training.recipe import VARIANT_ONLY_DEFAULTS
 
 EQUAL, PROVENANCE_DIFFERS, NOT_DETERMINISTIC = "equal", "provenance differs", "not deterministic"
 # Two numbers are "the same" when they agree to this relative precision (the JSON stores full float64 values, so
@@ -97,6 +103,60 @@ def recorded_provenance(results: CompareResults, where: str) -> dict[str, RunPro
             )
         found[row["run_id"]] = provenance
     return found
+
+
+def refuse_unrecorded(results: CompareResults, provenance: dict[str, RunProvenance], where: str) -> None:
+    """ComparisonError, before anything is built, unless the JSON asks for what a comparison records and nothing
+    else: registry task names (never a task YAML by path: lm-eval imports the helpers beside it), a registry suite,
+    the data build's recorded parameters (numbers, no path) and recipe keys a run records (not [parallel] or
+    train.eval_tasks, which a recorded recipe never holds). A leaderboard may come from elsewhere."""
+    settings = results["settings"]
+    for task in settings.get("tasks") or []:
+        if not registry_task(task):
+            raise ComparisonError(
+                f"{where}: settings.tasks names {task!r}, not a task of the registry (tasks/): refused, reproduce "
+                "runs registry tasks only, never a task YAML by path (lm-eval imports the helpers beside it)"
+            )
+    if settings.get("suite") is not None and settings["suite"] not in SUITES:
+        raise ComparisonError(f"{where}: settings.suite {settings['suite']!r} is not a suite of the registry: refused")
+    recipe_keys = recorded_recipe_keys()
+    for row in results["runs"]:
+        run = f"{where}: run {row['run_id']!r}"
+        if not is_safe_name(str(row["run_id"])) or not is_safe_name(str(row["series"])):
+            raise ComparisonError(f"{run}: its run id or series label {row['series']!r} is not a plain name: refused")
+        params = (provenance[row["run_id"]]["data_build"] or {}).get("params")
+        if not isinstance(params, dict):
+            raise ComparisonError(f"{run}: its data build records no parameters to build it again from")
+        for key, value in params.items():
+            kind = RECORDED_PARAMS.get(key)
+            if kind is None or not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+                raise ComparisonError(
+                    f"{run}: data build parameter {key}={value!r} is not one `data build` records "
+                    f"({', '.join(RECORDED_PARAMS)}: numbers, no path): refused"
+                )
+        recipe = provenance[row["run_id"]]["recipe"] or {}
+        for section, value in recipe.items():
+            allowed = recipe_keys.get(section)
+            extra = sorted(set(value) - allowed) if isinstance(value, dict) and allowed is not None else []
+            if section not in recipe_keys or extra:
+                key = f"{section}.{extra[0]}" if extra else section
+                raise ComparisonError(f"{run}: recipe key {key} is not one a run records: refused")
+
+
+def registry_task(name: str) -> bool:
+    """A task of tasks/, or one `tasks prepare --data` writes there (ood_<domain>, pairs_<family>): a name, not a
+    path."""
+    if re.fullmatch(rf"(ood_|{PAIRS_PREFIX})[a-z][a-z0-9_]*", name):  # written from a build's names (NAME_PATTERN)
+        return True
+    return is_safe_name(name) and not name.endswith((".yaml", ".yml")) and name in available_tasks()
+
+
+def recorded_recipe_keys() -> dict[str, set[str] | None]:
+    """The keys of a recipe as Recipe.to_dict writes it into a run (section → its keys; None: a plain value)."""
+    written = parse_recipe({}, "recipe").to_dict()
+    keys = {section: set(value) if isinstance(value, dict) else None for section, value in written.items()}
+    keys["optim"] = (keys["optim"] or set()) | set(VARIANT_ONLY_DEFAULTS)  # recorded when not at their default
+    return keys
 
 
 def rebuild_data(build: DataBuild, data_dir: Path, progress: bool) -> str:
@@ -206,6 +266,7 @@ def reproduce(name: str, out: Path, leaderboard_dir: Path = LEADERBOARD_DIR, pro
     where = str(leaderboard_dir / f"{name}.json")
     committed = load(leaderboard_dir / f"{name}.json")
     provenance = recorded_provenance(committed, where)
+    refuse_unrecorded(committed, provenance, where)
     builds = {p["data_build"]["hash"]: p["data_build"] for p in provenance.values() if p["data_build"]}
     if len(builds) != 1:
         raise ComparisonError(f"{where}: runs record {len(builds)} data builds; reproduce needs exactly one")

@@ -1,4 +1,4 @@
-"""Checkpoint series of any origin: what `compare` will pair once it takes series (issue 17), and `series show` lists.
+"""Checkpoint series of any origin: what `compare` pairs and `series show` lists.
 
 A series is an ordered list of checkpoints of one training run, labelled. It comes from
 - a run directory of this harness (ckpt-*/nexus.json), labelled by its optimizer unless LABEL= is given;

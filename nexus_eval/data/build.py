@@ -60,6 +60,20 @@ CHARS_PER_TOKEN_BOUND = 8  # more characters per token than any subword tokenize
 WORK_FILES = ("journal.json", "spill")  # in the building dir only: removed before the build is hashed
 
 
+# What a build records of its parameters (manifest "params", below): numbers and a flag, no path. `leaderboard
+# reproduce` builds again from these alone and refuses any other key.
+RECORDED_PARAMS: dict[str, type] = {
+    "vocab_size": int,
+    "max_chars_per_source": int,
+    "max_chars_per_ood": int,
+    "val_fraction": float,
+    "math_generated": int,
+    "seed": int,
+    "builtin": bool,
+    "shard_tokens": int,
+}
+
+
 def build_data(
     out_dir: Path,
     *,

@@ -27,9 +27,9 @@ from typing import Any, Literal
 
 from nexus_eval.data.formats import dataset_part, user_part
 from nexus_eval.data.sources import Part
+from nexus_eval.data.store import NAME_PATTERN, NAME_RULE  # a source name becomes a file name
 from nexus_eval.errors import DataError
 
-NAME_PATTERN = r"[a-z][a-z0-9_]{0,31}"  # a source name becomes a file name
 SOURCE_KEYS = {
     "path",
     "dataset",
@@ -87,7 +87,7 @@ def parse_cli_source(flag: str, text: str) -> SourceSpec:
     """NAME=PATH[:FIELD] from --source / --ood (a FIELD is a column name; templates go in a TOML spec)."""
     name, sep, rest = text.partition("=")
     if not sep or not re.fullmatch(NAME_PATTERN, name) or not rest:
-        raise DataError(f"{flag} {text!r}: expected NAME=PATH[:FIELD] with NAME matching [a-z][a-z0-9_]* (≤ 32 chars)")
+        raise DataError(f"{flag} {text!r}: expected NAME=PATH[:FIELD] with NAME matching {NAME_RULE}")
     path, colon, column = rest.rpartition(":")
     if not colon or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", column) or Path(rest).exists():
         path, column = rest, ""
@@ -131,7 +131,7 @@ def spec_from_table(where: str, data: dict[str, Any], base: Path) -> DataSpec:
 def _source(where: str, name: str, table: Any, total: int | None, base: Path) -> SourceSpec:
     label = f"{where}: source {name}"
     if not re.fullmatch(NAME_PATTERN, name):
-        raise DataError(f"{label}: the name must match [a-z][a-z0-9_]* (≤ 32 chars)")
+        raise DataError(f"{label}: the name must match {NAME_RULE}")
     if not isinstance(table, dict):
         raise DataError(f"{label}: expected a [data.sources.{name}] table")
     if unknown := sorted(set(table) - SOURCE_KEYS):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,10 @@ if TYPE_CHECKING:  # transformers takes a second to import: only load_tokenizer 
     from transformers import PreTrainedTokenizerFast
 
 SPLITS = ("train", "val", "ood")
+# The names `data build` gives sources and OOD domains (spec.py checks every name it is given against it): they become
+# file names, task names and lines of task YAML, so a manifest from elsewhere is held to the same rule when read.
+NAME_PATTERN = r"[a-z][a-z0-9_]{0,31}"
+NAME_RULE = "[a-z][a-z0-9_]*, ≤ 32 characters"
 # What every reader of a manifest relies on (data build writes them all): checked once, where the manifest is read.
 MANIFEST_KEYS = {
     "version": int,
@@ -45,6 +50,12 @@ def load_manifest(data_dir: Path) -> dict:
             raise DataError(
                 f"{path}: not a data build manifest (key {key!r} missing or not of type {kind.__name__}); "
                 "rebuild with `nexus-eval data build`"
+            )
+    for group, kind in (("sources", "training source"), ("ood", "OOD domain")):
+        if bad := next((name for name in manifest[group] if not re.fullmatch(NAME_PATTERN, name)), None):
+            raise DataError(
+                f"{path}: {kind} name {bad!r} is not one `nexus-eval data build` writes ({NAME_RULE}); "
+                "refused: names become file and task names"
             )
     return manifest
 

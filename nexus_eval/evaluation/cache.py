@@ -139,6 +139,26 @@ def read_cached(path: Path, key: EvalKey) -> EvalResult | None:
     return result
 
 
+def cached_under_other_settings(cache_dir: Path, key: EvalKey) -> list[EvalKey]:
+    """The keys of the usable results this cache holds for the checkpoint and task of `key` under other settings
+    (another --limit, backend, seed, ...; an older definition of the task): what a lookup of `key` that missed can
+    name. Files that do not validate under their own key are left out, as a lookup would leave them."""
+    found = []
+    for path in sorted((cache_dir / key["checkpoint_hash"][:16]).glob("*.json")):
+        try:
+            result = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        if not isinstance(result, dict) or result.get("task") != key["task"]:
+            continue
+        other = cache_key(*(result.get(field) for field in KEY_FIELDS), result.get("engine"))
+        if other == key or other["checkpoint_hash"] != key["checkpoint_hash"] or not is_safe_name(other["backend"]):
+            continue
+        if path == cache_path(cache_dir, other) and read_cached(path, other) is not None:
+            found.append(other)
+    return found
+
+
 def _sample_line(item: ItemSample) -> str:
     # default=str: a task's target may be any value its doc_to_target returns; the file must still be written
     return json.dumps(finite_json(item), sort_keys=True, ensure_ascii=False, default=str) + "\n"

@@ -1,7 +1,8 @@
 """What `nexus-eval samples` prints: the per-item samples of one cached result (a table, one item, or JSON).
 
 It only reads the cache (runner.cache_slots, the one place results are looked up): a result that is not cached is an
-error that names the `nexus-eval eval` command computing it, never an evaluation.
+error, never an evaluation, that names the settings the task is cached with for that checkpoint (e.g. `eval --limit
+5` was run and `samples` was asked without --limit) and the `nexus-eval eval` command computing the one asked for.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from rich.table import Table
 from nexus_eval.checkpoints import resolve_checkpoints
 from nexus_eval.display import checkpoint_label, console
 from nexus_eval.errors import EvalError
-from nexus_eval.evaluation.cache import read_samples
+from nexus_eval.evaluation.cache import cached_under_other_settings, read_samples
 from nexus_eval.evaluation.runner import DEFAULT_SEED, EvalSettings, cache_slots, checkpoint_hash
 from nexus_eval.evaluation.samples import (
     answer_text,
@@ -26,7 +27,7 @@ from nexus_eval.evaluation.samples import (
     one_line,
     target_text,
 )
-from nexus_eval.schema import EvalResult, ItemSample
+from nexus_eval.schema import EvalKey, EvalResult, ItemSample
 from nexus_eval.tasks import primary_metric
 
 CELL = 60  # characters of text per table cell
@@ -49,6 +50,32 @@ def eval_command(ckpt: Path, settings: EvalSettings) -> str:
     return shlex.join(words)
 
 
+# The key fields `samples` selects a result by, and its flags for them.
+SAMPLES_FLAGS = {"backend": "--backend", "limit": "--limit", "num_fewshot": "--num-fewshot", "seed": "--seed"}
+
+
+def settings_named(other: EvalKey, wanted: EvalKey) -> str:
+    """How a cached result's settings differ from those asked for, as flags: "--limit 5", "no --limit",
+    "--device cuda" (the backend settings of `eval`), "another definition of the task"."""
+    found, asked = dict(other), dict(wanted)
+    differ = [
+        f"{flag} {found[field]}" if found[field] is not None else f"no {flag}"
+        for field, flag in SAMPLES_FLAGS.items()
+        if found[field] != asked[field]
+    ]
+    engine, default = found.get("engine") or {}, asked.get("engine") or {}
+    for name in sorted(set(engine) | set(default)):
+        if engine.get(name) != default.get(name):
+            value = engine.get(name)
+            if isinstance(value, dict):  # --model-args
+                value = ",".join(f"{k}={v}" for k, v in value.items())
+            flag = f"--{name.replace('_', '-')}"
+            differ.append(f"{flag} {value}" if value is not None else f"no {flag}")
+    if (found["task_version"], found["yaml_hash"]) != (asked["task_version"], asked["yaml_hash"]):
+        differ.append("another definition of the task")
+    return " ".join(differ)
+
+
 def cached_samples(ckpt: Path, settings: EvalSettings) -> tuple[EvalResult, list[ItemSample]]:
     """The cached result of one checkpoint for the one task of `settings`, and its samples; evaluates nothing."""
     if not settings.tasks or len(settings.tasks) != 1:
@@ -59,9 +86,12 @@ def cached_samples(ckpt: Path, settings: EvalSettings) -> tuple[EvalResult, list
         raise EvalError(f"{ckpt}: a run directory of {len(found)} checkpoints; give one of them, e.g. {found[-1]}")
     (slot,) = cache_slots(checkpoint_hash(found[0], None), settings.task_specs(), settings)
     if slot.result is None:
+        other_keys = cached_under_other_settings(settings.cache_dir, slot.key)
+        others = [settings_named(other, slot.key) for other in other_keys]
+        cached = f"cached with {'; with '.join(others)} only; " if others else ""
         raise EvalError(
             f"{ckpt}: no cached result for task {slot.spec.name} with these settings in {settings.cache_dir}; "
-            f"run `{eval_command(ckpt, settings)}` first"
+            f"{cached}run `{eval_command(ckpt, settings)}` first"
         )
     result = slot.cached_for(found[0])
     return result, read_samples(settings.cache_dir, result)

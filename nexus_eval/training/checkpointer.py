@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -39,6 +40,10 @@ from nexus_eval.training.parallel import Execution, barrier, single_process
 from nexus_eval.training.state import RunState, TrainerState
 
 SHARDED_STATE = "optimizer/sharded"  # torch.distributed.checkpoint directory of a torchrun run's optimizer state
+# How torch's weights-only unpickler names a global it does not allow ("Unsupported global: GLOBAL io.open was not
+# an allowed global", "unsupported GLOBAL posix.system whose module posix is blocked"): what a full unpickle would
+# import and call.
+REFUSED_GLOBAL = re.compile(r"GLOBAL (\S+)")
 
 
 class Checkpointer:
@@ -82,16 +87,40 @@ class Checkpointer:
 
 
 def load_trainer_state(path: Path) -> TrainerState:
-    """optimizer/state.pt, or CheckpointError naming it when it is truncated, corrupt or not a trainer state."""
+    """optimizer/state.pt, or CheckpointError naming it when it is truncated, corrupt, not a trainer state, or holds
+    anything but plain data.
+
+    weights_only: a trainer state is tensors, numbers, strings, lists, tuples and dicts (TrainerState), so nothing
+    else is unpickled. A run directory may come from elsewhere (a copy, the leaderboard workflow's cache), and a full
+    unpickle would import and call whatever the file names, before any check of ours."""
     try:
-        state = torch.load(path, weights_only=False)
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as e:
-        reason = str(e).split(". ")[0].strip() or type(e).__name__  # torch's first sentence; the rest is advice
-        raise CheckpointError(f"{path}: unreadable optimizer state ({reason}): truncated or corrupt") from None
+        with warnings.catch_warnings():  # a pickle of another protocol than torch.save's: refused below, no warning
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            state = torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if found := REFUSED_GLOBAL.search(str(e)):
+            raise CheckpointError(
+                f"{path}: refused: it names {found.group(1)}, which loading would import and call; a trainer state "
+                "is plain data (tensors, numbers, strings, lists, dicts)"
+            ) from None
+        raise CheckpointError(f"{path}: unreadable optimizer state ({load_error(e)}): truncated or corrupt") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as e:  # KeyError: bytes that are no pickle at all
+        raise CheckpointError(f"{path}: unreadable optimizer state ({load_error(e)}): truncated or corrupt") from None
     if not isinstance(state, dict) or (missing := set(TrainerState.__required_keys__) - set(state)):
         what = f"lacks {sorted(missing)[0]!r}" if isinstance(state, dict) else "is not a dict"
         raise CheckpointError(f"{path}: not a trainer state (it {what})")
     return cast(TrainerState, state)
+
+
+def load_error(e: Exception) -> str:
+    """What torch.load's error says went wrong, on one line: the weights-only unpickler's own reason when it gave
+    one, else torch's first sentence (the rest is advice)."""
+    if isinstance(e, KeyError):  # the weights-only unpickler met a byte that is no pickle opcode
+        return f"not a pickle: invalid load key {e}"
+    text = str(e)
+    reason = text.split("WeightsUnpickler error:", 1)[1] if "WeightsUnpickler error:" in text else text
+    first = reason.strip().split("\n\n")[0].split(". ")[0]
+    return " ".join(first.split()) or type(e).__name__
 
 
 def checkpoint_meta(
@@ -176,11 +205,24 @@ def load_optimizer_state(c: Components, ckpt: Path, saved: dict[str, Any]) -> No
     ex, outer = c.execution, outer_optimizer(c.opt)
     if "sharded" in saved:  # written under torchrun: DCP reads this rank's part, re-sharded for this world size
         import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.api import CheckpointException
 
+        if saved["sharded"] != SHARDED_STATE:  # the pointer names a directory to read: only the checkpoint's own
+            raise CheckpointError(f"{ckpt / STATE_FILE}: sharded state {saved['sharded']!r} is not {SHARDED_STATE}")
+        sharded = ckpt / SHARDED_STATE
+        check_sharded_metadata(sharded)
         named = named_optimizer_state(c)  # the template: this run's keys and shards
         with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
             warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-            dcp.load({"optimizer": named}, checkpoint_id=ckpt / saved["sharded"], no_dist=not ex.distributed)
+            try:
+                dcp.load(
+                    {"optimizer": named},
+                    checkpoint_id=sharded,
+                    planner=plain_data_planner(sharded),
+                    no_dist=not ex.distributed,
+                )
+            except CheckpointException as e:  # a BaseException: our refusal inside it, one line, if it is one
+                raise next((f[0] for f in e.failures.values() if isinstance(f[0], CheckpointError)), e) from None
         set_optimizer_state_dict(c.model, outer, named)
         if isinstance(c.opt, Nexus) and "nexus" in saved:
             c.opt.inner_lr_ratio = saved["nexus"]["inner_lr_ratio"]
@@ -192,6 +234,82 @@ def load_optimizer_state(c: Components, ckpt: Path, saved: dict[str, Any]) -> No
         whole = saved["outer"] if isinstance(c.opt, Nexus) else saved
         named = by_parameter_name(c.model, outer, whole)
         set_optimizer_state_dict(c.model, outer, named, options=StateDictOptions(full_state_dict=True))
+
+
+# What the .metadata of an optimizer state written by torch.distributed.checkpoint names: DCP's own metadata records,
+# the storage index, and the torch and pathlib values inside them (torch.float32 and the other dtypes besides).
+DCP_METADATA_MODULES = ("torch.distributed.checkpoint.metadata",)
+DCP_METADATA_GLOBALS = {
+    "torch.distributed.checkpoint.filesystem._StorageInfo",
+    "torch.Size",
+    "torch.serialization._get_layout",
+    "pathlib.Path",
+    "pathlib.PosixPath",
+    "pathlib.WindowsPath",
+    "collections.OrderedDict",
+}
+
+
+class NotMetadata(pickle.UnpicklingError):
+    """A global that DCP metadata does not hold."""
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Unpickles only what DCP metadata holds; any other global is refused before it is imported."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        dotted = f"{module}.{name}"
+        if "." not in name and dotted in DCP_METADATA_GLOBALS:
+            return super().find_class(module, name)
+        if "." not in name and (module in DCP_METADATA_MODULES or module == "torch"):  # no attribute chains
+            found = super().find_class(module, name)
+            # the metadata module's dataclasses and enums (not its functions); of torch, its dtypes only
+            if isinstance(found, torch.dtype) or (module != "torch" and isinstance(found, type)):
+                return found
+        raise NotMetadata(f"GLOBAL {dotted} is not DCP metadata")
+
+
+def check_sharded_metadata(directory: Path) -> None:
+    """CheckpointError naming <directory>/.metadata unless it holds only DCP metadata. torch.distributed.checkpoint
+    reads that file with a plain pickle.load, which would import and call whatever it names: read first here with an
+    unpickler that allows the metadata's own classes only."""
+    path = directory / ".metadata"
+    try:
+        with path.open("rb") as fh:
+            _MetadataUnpickler(fh).load()
+    except NotMetadata as e:
+        raise CheckpointError(
+            f"{path}: refused: {e}; a sharded optimizer state's metadata names nothing else"
+        ) from None
+    except (
+        pickle.UnpicklingError,
+        OSError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        KeyError,
+        IndexError,
+    ) as e:
+        raise CheckpointError(f"{path}: unreadable sharded optimizer state ({type(e).__name__}: {e})") from None
+
+
+def plain_data_planner(directory: Path) -> Any:
+    """DCP's default load planner, but the values it stores as bytes (the optimizer's numbers and settings, not its
+    tensors) are first loaded as plain data: DCP itself unpickles them with weights_only=False."""
+    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+
+    class PlainDataLoadPlanner(DefaultLoadPlanner):
+        def load_bytes(self, read_item: Any, value: Any) -> None:
+            try:
+                torch.load(value, weights_only=True)
+            except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError) as e:
+                where = f"{directory}: value {read_item.dest_index.fqn}"
+                raise CheckpointError(f"{where}: refused, not plain data ({load_error(e)})") from None
+            value.seek(0)
+            super().load_bytes(read_item, value)
+
+    return PlainDataLoadPlanner()
 
 
 def by_parameter_name(model: Any, opt: torch.optim.Optimizer, state: dict[str, Any]) -> dict[str, Any]:

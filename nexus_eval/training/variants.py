@@ -1,4 +1,4 @@
-"""The named optimizers `--optimizer` chooses from: AdamW, Nexus and the ablations of Nexus (issue 13), as data.
+"""The named optimizers `--optimizer` chooses from: AdamW, Nexus and the ablations of Nexus, as data.
 
 Torch-free, so that what only needs the names or their shape (the recipe, the memory estimate, `train --dry-run`,
 comparison) imports no runtime. optimizer.py builds each one; step.py runs its update.

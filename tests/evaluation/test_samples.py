@@ -18,7 +18,7 @@ from nexus_eval.errors import EvalError
 from nexus_eval.evaluation import cache as evalcache
 from nexus_eval.evaluation.runner import EvalSettings, evaluate_with_status
 from nexus_eval.evaluation.samples import answer_text, best_choice, gold_index, target_text
-from nexus_eval.tasks.materialize import OOD_YAML
+from nexus_eval.tasks.materialize import ood_task_yaml
 from tests.evaluation.eval_fixtures import tiny_checkpoint
 
 MC, BPB, GEN = "arith_steps1_mc", "arith_gold_bpb", "arith_steps1_gen"  # committed synthetic data
@@ -40,7 +40,7 @@ def rolling_task(tmp_path_factory: pytest.TempPathFactory) -> Path:
     items = root / "items.jsonl"
     items.write_text("".join(json.dumps({"text": text}) + "\n" for text in ROLLING_TEXTS))
     path = root / "ood_probe.yaml"
-    path.write_text(OOD_YAML.format(data_dir=root, domain="probe", path=items, data_hash="test"))
+    path.write_text(ood_task_yaml(root, "probe", items, "test"))
     return path
 
 
@@ -192,6 +192,9 @@ def test_cli_does_not_evaluate_what_is_not_cached(ckpt: Path, evaluated: tuple[P
     cache, _ = evaluated
     cases = {
         "other limit": (["--task", MC, "--limit", "2"], "no cached result for task arith_steps1_mc"),
+        # evaluated with --limit 3: a lookup with other settings names the ones that are cached
+        "no limit": (["--task", MC], f"cached with --limit {LIMIT} only; run `nexus-eval eval"),
+        "other seed": (["--task", BPB, "--limit", str(LIMIT), "--seed", "7"], "cached with --seed 1234 only"),
         "other task": (["--task", "compare_mc", "--limit", str(LIMIT)], "no cached result for task compare_mc"),
         "no such item": (["--task", MC, "--limit", str(LIMIT), "--item", "99"], "--item 99: no such doc_id"),
         "unknown task": (["--task", "no_such_task"], "unknown task"),
@@ -203,5 +206,8 @@ def test_cli_does_not_evaluate_what_is_not_cached(ckpt: Path, evaluated: tuple[P
         (line,) = result.stderr.strip().splitlines()
         assert line.startswith("error: ") and expected in line, (what, line)
     (line,) = invoke("samples", str(ckpt), "--task", MC, "--limit", "2", "--cache", str(cache)).stderr.splitlines()
-    assert f"run `nexus-eval eval {ckpt} --tasks {MC} --limit 2 --cache {cache}` first" in line
+    assert (
+        f"cached with --limit {LIMIT} only; run `nexus-eval eval {ckpt} --tasks {MC} --limit 2 --cache {cache}` first"
+        in line
+    )
     assert sorted(cache.rglob("*")) == before, "the samples command must not evaluate"
