@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 
+import click
 import typer
+from typer.core import TyperGroup
 
 from nexus_eval.cli import checkpoints, compare, data, evaluate, geometry, optim, samples, series, tasks, train
 
@@ -16,7 +18,20 @@ from nexus_eval.cli import checkpoints, compare, data, evaluate, geometry, optim
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+
+# The pipeline's order, in which `--help` lists the commands (Typer's own: single commands first, then groups)
+PIPELINE = ("data", "train", "optim", "loss", "tasks", "eval", "samples", "checkpoints", "series", "geometry")
+PIPELINE += ("compare", "leaderboard")
+
+
+class PipelineOrder(TyperGroup):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        rank = {name: i for i, name in enumerate(PIPELINE)}
+        return sorted(self.commands, key=lambda name: rank.get(name, len(rank)))
+
+
 app = typer.Typer(
+    cls=PipelineOrder,
     add_completion=False,
     no_args_is_help=True,
     help="nexus-eval: same pretraining loss, different downstream? AdamW vs Nexus, loss-matched, through lm-eval.",

@@ -1,5 +1,5 @@
 """The optimizers under comparison, built from the recipe's [optim] table: AdamW, Nexus around that AdamW, and the
-ablations of Nexus (issue 13), each a named variant run exactly like the two (`--optimizer NAME`; variants.py says
+ablations of Nexus, each a named variant run exactly like the two (`--optimizer NAME`; variants.py says
 what each one is)."""
 
 from __future__ import annotations
