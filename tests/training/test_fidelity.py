@@ -24,6 +24,7 @@ from nexus_eval.data import load_manifest, load_tokenizer, open_tokens
 from nexus_eval.optim import Nexus
 from nexus_eval.training.fidelity import (
     NEGLIGIBLE_GAMMA,
+    TARGET_SHARE,
     measure,
     pseudo_gradient,
     second_order_part,
@@ -120,7 +121,8 @@ def test_optim_check_on_the_tiny_recipe(tiny_data_dir: Path, tmp_path: Path) -> 
     assert report["inner_loop"] == "exact" and report["dtype"] == "fp32" and report["micro_batches"] == 3
     assert report["gamma"] == pytest.approx(20.0 * 3e-3)  # TINY_RECIPE's inner_lr_ratio × lr
     # The suggestion is the ratio whose share is the target, to first order in γ
-    assert report["suggested_inner_lr_ratio"] == pytest.approx(20.0 * 0.1 / report["second_order_share"])
+    share = report["second_order_share"]
+    assert report["suggested_inner_lr_ratio"] == pytest.approx(20.0 * TARGET_SHARE / share)
     code, out = cli("optim", "check", str(recipe), *SMALL, "--dtype", "bf16")
     assert code == 0, out
     lines = out.strip().splitlines()
