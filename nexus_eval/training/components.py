@@ -117,12 +117,7 @@ def set_up(recipe: Recipe, optimizer: str, seed: int, data_dir: Path, ex: Execut
     ex = ex or single_process()
     check_optimizer_name(optimizer)
     manifest = load_manifest(data_dir)
-    missing = sorted(set(recipe.data.mixture) - set(manifest["sources"]))
-    if missing:
-        raise RecipeError(
-            f"{recipe.path}: data.mixture names source {missing[0]!r} that {data_dir}/manifest.json lacks "
-            f"(has: {', '.join(sorted(manifest['sources']))})"
-        )
+    check_sources(recipe, manifest, data_dir)
     check_training_memory(recipe, optimizer, manifest)  # before anything large is allocated
     tokenizer = load_tokenizer(data_dir)
     mixture = {s: w for s, w in recipe.data.mixture.items() if w > 0}
@@ -137,6 +132,28 @@ def set_up(recipe: Recipe, optimizer: str, seed: int, data_dir: Path, ex: Execut
     )
     heldout = HeldOut(data_dir, mixture, recipe.model.context, recipe.train.eval_windows, ex)
     on_cuda = ex.device.type == "cuda"
+    model = recipe_model(recipe, manifest, tokenizer, seed, on_cuda)
+    train_model = wrap_model(model, ex)  # before the optimizer: FSDP replaces the parameters by shards
+    inner_loop = resolve_inner_loop(recipe.optim, ex)
+    opt = build_optimizer(model, recipe.optim, optimizer, fused=on_cuda, inner_loop=inner_loop)
+    return Components(
+        recipe, optimizer, seed, data_dir, manifest, tokenizer, schedule, heldout, model, opt, ex, train_model
+    )
+
+
+def check_sources(recipe: Recipe, manifest: dict[str, Any], data_dir: Path) -> None:
+    """Every source the recipe's mixture names is in the data build: a RecipeError naming the first missing one."""
+    missing = sorted(set(recipe.data.mixture) - set(manifest["sources"]))
+    if missing:
+        raise RecipeError(
+            f"{recipe.path}: data.mixture names source {missing[0]!r} that {data_dir}/manifest.json lacks "
+            f"(has: {', '.join(sorted(manifest['sources']))})"
+        )
+
+
+def recipe_model(recipe: Recipe, manifest: dict[str, Any], tokenizer: Any, seed: int, on_cuda: bool) -> Any:
+    """The recipe's LlamaForCausalLM for a data build's vocabulary and special tokens, in train mode. Seeds torch:
+    same seed, same initial weights (on every rank)."""
     config = llama_config(
         recipe.model.preset,
         vocab_size=int(manifest["vocab_size"]),
@@ -145,14 +162,9 @@ def set_up(recipe: Recipe, optimizer: str, seed: int, data_dir: Path, ex: Execut
         eos_id=tokenizer.eos_token_id,
         **({"attn_implementation": "sdpa"} if on_cuda else {}),  # CPU runs keep the attention they were made with
     )
-    model = build_model(config, seed)  # seeds torch: same seed, same initial weights (on every rank)
+    model = build_model(config, seed)
     model.train()
-    train_model = wrap_model(model, ex)  # before the optimizer: FSDP replaces the parameters by shards
-    inner_loop = resolve_inner_loop(recipe.optim, ex)
-    opt = build_optimizer(model, recipe.optim, optimizer, fused=on_cuda, inner_loop=inner_loop)
-    return Components(
-        recipe, optimizer, seed, data_dir, manifest, tokenizer, schedule, heldout, model, opt, ex, train_model
-    )
+    return model
 
 
 def data_build(manifest: dict[str, Any]) -> DataBuild:

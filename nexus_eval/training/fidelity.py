@@ -27,7 +27,8 @@ import torch
 
 from nexus_eval.errors import RecipeError
 from nexus_eval.optim import Nexus
-from nexus_eval.training.model import build_model, count_params, llama_config
+from nexus_eval.training.components import check_sources, recipe_model
+from nexus_eval.training.model import causal_lm_loss, count_params
 from nexus_eval.training.parallel import Execution
 from nexus_eval.training.recipe import Recipe
 from nexus_eval.training.schedule import MicroBatch, MicroBatchSchedule
@@ -239,23 +240,13 @@ def prepare(
     if not (data_dir / "manifest.json").is_file():
         raise RecipeError(f"{recipe.path or recipe.name}: no data build at {data_dir} (run `nexus-eval data build`)")
     manifest = load_manifest(data_dir)
+    check_sources(recipe, manifest, data_dir)
     tokenizer = load_tokenizer(data_dir)
     mixture = {s: w for s, w in recipe.data.mixture.items() if w > 0}
-    missing = sorted(set(mixture) - set(manifest["sources"]))
-    if missing:
-        raise RecipeError(f"{recipe.path}: data.mixture names source {missing[0]!r} that {data_dir} lacks")
     context = min(settings.context, recipe.model.context)
     streams = {s: open_tokens(data_dir, "train", s) for s in mixture}
     schedule = MicroBatchSchedule(streams, mixture, settings.rows, context, seed=0)
-    config = llama_config(
-        recipe.model.preset,
-        vocab_size=int(manifest["vocab_size"]),
-        context=recipe.model.context,
-        bos_id=tokenizer.bos_token_id,
-        eos_id=tokenizer.eos_token_id,
-    )
-    model = build_model(config, seed=0).to(device)
-    model.train()
+    model = recipe_model(recipe, manifest, tokenizer, seed=0, on_cuda=device.type == "cuda").to(device)
     warm_up(model, schedule, recipe, settings.warmup_steps, device)
     return model, schedule.step_batches(settings.warmup_steps + settings.step, recipe.optim.accum)
 
@@ -304,8 +295,6 @@ def warm_up(
         return
     o = recipe.optim
     opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
-    from nexus_eval.training.model import causal_lm_loss
-
     for step in range(steps):
         batches = schedule.step_batches(step, o.accum)
         for mb in batches:
