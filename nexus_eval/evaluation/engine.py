@@ -118,11 +118,10 @@ class Watchdog:
             if (ended := proc.ended()) is not None:
                 return f"engine process {proc.name} (pid {proc.pid}) {ended}"
         if self.timeout is not None and time.monotonic() - started > self.timeout:
-            return f"no result within --timeout {self.timeout:g} s (engine hung?)"
+            return self.late()
         return None
 
-    def watch(self, main_thread: int) -> None:
-        started = time.monotonic()
+    def watch(self, main_thread: int, started: float) -> None:
         while not self._done.wait(self.poll):
             if self.reason is None:
                 self.reason = self.problem(started)
@@ -131,16 +130,30 @@ class Watchdog:
 
     @contextmanager
     def running(self) -> Iterator[None]:
-        """Watch while the block runs (main thread only: elsewhere nothing can be interrupted, the block just runs)."""
-        if threading.current_thread() is not threading.main_thread():
+        """Watch while the block runs. Only the main thread can be interrupted; elsewhere the block runs to its end.
+        Either way a block that ends past the timeout raises EngineStopped: a result that came after the deadline but
+        before the next poll is as late as one the poll caught, so the timeout holds for every result."""
+        started = time.monotonic()
+        if threading.current_thread() is threading.main_thread():
+            with self._interrupting(started):
+                yield
+        else:
             yield
-            return
+        if self.reason is None and self.timeout is not None and time.monotonic() - started > self.timeout:
+            self.reason = self.late()
+            raise EngineStopped(self.reason)
 
+    def late(self) -> str:
+        return f"no result within --timeout {self.timeout:g} s (engine hung?)"
+
+    @contextmanager
+    def _interrupting(self, started: float) -> Iterator[None]:
         def interrupt(signum: int, frame: FrameType | None) -> None:
             raise EngineStopped(self.reason)
 
         previous = signal.signal(INTERRUPT_SIGNAL, interrupt)
-        thread = threading.Thread(target=self.watch, args=(threading.get_ident(),), name="nexus-engine-watchdog")
+        watcher = threading.get_ident(), started
+        thread = threading.Thread(target=self.watch, args=watcher, name="nexus-engine-watchdog")
         thread.daemon = True
         thread.start()
         try:

@@ -68,6 +68,11 @@ def test_compare_matches_every_variant_against_the_adamw_reference(tmp_path: Pat
     report = (tmp_path / "out" / "report.md").read_text()
     for name in OPTIMIZERS:
         assert name in DISPLAY_NAMES and DISPLAY_NAMES[name] in report
+    set_optim(runs[-1], warmup_steps=3)  # the last variant one shared setting apart: the same call refuses it
+    refused = CompareOptions(cache_dir=tmp_path / "cache", out=tmp_path / "refused", show=False, progress=False)
+    with pytest.raises(ComparisonError, match="differ in optim.warmup_steps"):
+        compare(runs, settings, refused)
+    assert not (tmp_path / "refused").exists()
 
 
 def test_guards_compare_each_variant_with_the_reference(tmp_path: Path) -> None:

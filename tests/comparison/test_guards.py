@@ -5,6 +5,7 @@ and the results JSON and the Markdown keep the difference; runs of different see
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -110,10 +111,16 @@ def test_values_are_shown_short(tmp_path: Path) -> None:
         check_runs(load_runs([adamw, nexus]))
 
 
-def test_runs_trained_alike_record_no_mismatch(tmp_path: Path) -> None:
-    results = run_compare(tmp_path, study(tmp_path))
+def test_runs_trained_alike_record_no_mismatch_and_one_setting_apart_are_refused(tmp_path: Path) -> None:
+    runs = study(tmp_path)
+    results = run_compare(tmp_path, runs)
     assert results["allowed_mismatches"] == []
     assert "Warning" not in (tmp_path / "out" / "report.md").read_text()
+    edit_run(runs[1], {"optim.beta2": 0.99})  # the same runs, one shared setting apart: the same call refuses them
+    shutil.rmtree(tmp_path / "out")
+    with pytest.raises(ComparisonError, match="differ in optim.beta2"):
+        run_compare(tmp_path, runs)
+    assert not (tmp_path / "out").exists()
 
 
 def test_optimizer_own_fields_differ_only_across_optimizers(tmp_path: Path) -> None:

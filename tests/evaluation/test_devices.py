@@ -151,16 +151,20 @@ def wait_for(proc: object, ready: object, what: str) -> None:
 def test_a_killed_worker_ends_the_command_with_one_line_and_no_process_left(run: Path, tmp_path: Path) -> None:
     """SIGKILL the second worker (checkpoints 3 and 4) once the first worker has cached its first checkpoint: exit 3,
     one line naming the worker's checkpoint and how it ended, the first worker stopped, what was cached kept, and the
-    same command run again computes only the rest."""
+    same command run again computes only the rest.
+
+    The second worker is paused (SIGSTOP) as soon as it is seen, so that it is mid-share when it is killed however
+    fast either worker runs on the machine at hand."""
     cache = tmp_path / "cache"
     ckpts = sorted(run.glob("ckpt-*"))
     proc = cli_process(*eval_args(run, cache, "--devices", "cpu,cpu"), cwd=tmp_path)
     parent = psutil.Process(proc.pid)
     wait_for(proc, lambda: len(workers_of(parent)) == 2, "two workers")
-    wait_for(proc, lambda: len(results_of(cache, ckpts[0])) == len(TASKS), "the first checkpoint's results")
-    assert len(results_of(cache, ckpts[3])) < len(TASKS), "the second worker finished before it could be killed"
-    family = parent.children(recursive=True)
     killed = workers_of(parent)[1]
+    killed.suspend()
+    wait_for(proc, lambda: len(results_of(cache, ckpts[0])) == len(TASKS), "the first checkpoint's results")
+    assert len(results_of(cache, ckpts[3])) < len(TASKS), "the second worker finished before it was paused"
+    family = parent.children(recursive=True)
     killed.send_signal(signal.SIGKILL)
     _, err = proc.communicate(timeout=TIMEOUT_S)
     assert proc.returncode == 3, err[-3000:]
