@@ -1,4 +1,4 @@
-"""Nexus at scale: the tables of README "Nexus at scale", from one command.
+"""Nexus at scale: the tables of docs/training.md "Nexus at scale", from one command.
 
 1. Fidelity, cos(S, S_fp64): how faithfully a precision computes S = P − N, the part of Nexus' pseudo-gradient that
    carries the method (training/fidelity.py), at a recipe's inner step and at the 1b recipe's per-element step

@@ -23,7 +23,9 @@ def data_build_command(
         "file/glob of .jsonl[.gz|.zst]/.parquet/.arrow (FIELD: the text column, default text)",
     ),
     ood: list[str] = typer.Option([], "--ood", help="NAME=PATH[:FIELD]: extra OOD domain, never trained on"),
-    spec: Path | None = typer.Option(None, "--spec", help="TOML data spec ([data.sources.NAME] tables; see README)"),
+    spec: Path | None = typer.Option(
+        None, "--spec", help="TOML data spec ([data.sources.NAME] tables; see docs/data.md)"
+    ),
     builtin: bool | None = typer.Option(
         None, "--builtin/--no-builtin", help="Also read the built-in offline sources (default: yes unless --spec)"
     ),

@@ -75,7 +75,9 @@ def train_command(
 
     check_optimizer_name(optimizer)
     if not dry_run and nproc != 1:  # the run's ranks are torchrun's to start
-        raise RecipeError("--nproc: plans a --dry-run only; launch the run itself with torchrun (README)")
+        raise RecipeError(
+            '--nproc: plans a --dry-run only; launch the run itself with torchrun (docs/training.md, "Several GPUs")'
+        )
     plan = load_recipe(recipe)
     if steps is not None and steps > 0:
         plan = plan.with_steps(steps)  # the budget checked is the one trained (train() refuses steps <= 0)

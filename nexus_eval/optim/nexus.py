@@ -1,7 +1,7 @@
 """Nexus: K normalized-SGD inner steps on single-source micro-batches, then the displacement to an outer optimizer.
 
 Algorithm 1 of "Nexus: Same Pretraining Loss, Better Downstream Generalization via Common Minima" (Chen et al.,
-2026), in the practical form with gradient accumulation (the design document)::
+2026), in the practical form with gradient accumulation (docs/design.md)::
 
     each outer step:  θ0 ← θ
         for each of K micro-batches (one source each):   θ ← θ − γ · g / ‖g‖   (global L2 norm, no momentum)
@@ -26,7 +26,7 @@ the forwards at θ_{k−1} see bf16(θ_{k−1}) = bf16(θ0). Hence two things:
   g_k(θ0) − γ·H_k(θ0)·u_{k−1}, with the Hessian-vector product H_k·u supplied by the training loop (double backward,
   training/step.py). u is O(1), so bf16 can carry H_k·u to its relative precision, while it cannot carry a
   displacement of 1e-8. It drops O(γ²) terms of the inner gradients, which `nexus-eval optim check` measures against
-  the float64 exact algorithm (README, "Nexus at scale"); θ0 is not copied.
+  the float64 exact algorithm (docs/training.md, "Nexus at scale"); θ0 is not copied.
 
 Usage (any training loop; schedule the *outer* optimizer, the inner lr follows it)::
 

@@ -39,7 +39,7 @@ FIDELITY_FLOOR = 0.99  # below it the run's precision does not compute the metho
 # Below it Nexus' update is within 1% of normalized gradient accumulation (optim/nexus.py): too small to test
 SHARE_FLOOR = 0.01
 # The share the tiny study's recipe has at the inner step its sweep chose (0.0575 at γ = 10 × lr, this check's
-# defaults; README "Nexus at scale"): GPU recipes set their inner step so that their share matches it
+# defaults; docs/training.md "Nexus at scale"): GPU recipes set their inner step so that their share matches it
 TARGET_SHARE = 0.06
 NEGLIGIBLE_GAMMA = 1e-30  # P at this γ takes every gradient at θ0 (θ0 − γu rounds to θ0): the first-order part N
 
