@@ -11,12 +11,15 @@ share is checked by guards.py.
 Losses are in the comparison's unit (nats/token or bits per byte, external.py), measured by the harness on the same
 held-out data for every series.
 
-Exact matching (default): for each target loss T and seed, each run offers its checkpoints "at T" — the one written
-for crossing T (nexus.json "target_loss" == T), and the nearest one at or below T and the nearest one above T when
-they lie within max(0.05, 2 × tolerance) nats of T (so a pair far from T never stands for it). Of the
-AdamW × Nexus candidates the pair with the smallest |Δloss| is kept (ties: the pair whose mean loss is nearest T), and
-only when |Δloss| ≤ tolerance. Targets default to the recipe's `train.target_losses`, else a grid over the loss range
-both optimizers cover.
+Exact matching (default): a pair sits at its target. For each target loss T and seed, each run offers the
+checkpoints that stand for T: those whose loss lies within the tolerance of T and whose nearest target is T (a
+checkpoint between two targets stands for the nearer, ties for the higher one). The checkpoint written for crossing T
+(nexus.json "target_loss" == T) is one of them only by that same rule: its measured loss may lie far from T. Of the
+reference × candidate checkpoints standing for T, the pair with the smallest |Δloss| is kept (ties: the pair whose mean
+loss is nearest T), and only when |Δloss| ≤ tolerance; otherwise T is unmatched for that seed and series. So both
+sides of a pair lie within the tolerance of the target it is reported under, and no checkpoint stands in pairs under
+two targets (which would count one comparison twice, under a loss at least one side is not at). Targets default to
+the recipe's `train.target_losses`, else a grid over the loss range both optimizers cover.
 
 Interpolation (`interpolate=True`): each run's downstream metrics at T are read off the straight line between the two
 checkpoints that bracket T at its first crossing (the last with loss > T and the next with loss ≤ T), weight
@@ -42,8 +45,7 @@ from nexus_eval.training.variants import OPTIMIZERS
 
 BASELINE, CANDIDATE = "adamw", "nexus"  # the optimizers under comparison; the ablation variants are other series
 GRID_POINTS = 5
-# A checkpoint not written for crossing a target stands for it only this close (or 2× the tolerance, if wider).
-MIN_REACH = 0.05
+LOSS_EPSILON = 1e-12  # float slack in "within the tolerance"
 
 
 @dataclass(frozen=True)
@@ -299,22 +301,33 @@ def chosen_targets(groups: list[SeedGroup], targets: list[float] | tuple[float, 
     return sorted(set(targets), reverse=True) if targets else default_targets(groups)
 
 
-def reach(tolerance: float) -> float:
-    return max(MIN_REACH, 2 * tolerance)
+def standing_target(loss: float, targets: list[float]) -> float:
+    """The target a checkpoint at `loss` stands for: the nearest one (equally near two: the higher, reached first in
+    training). One target per checkpoint, so no checkpoint is paired twice; and the nearest one because it depends on
+    the checkpoint's own loss and the targets only, never on the other series, so a reference checkpoint stands for
+    the same target against every series, and for the target its loss is the best evidence about."""
+    # Distances rounded so that a loss halfway between two decimal targets counts as a tie, not as float noise.
+    return min(targets, key=lambda t: (round(abs(loss - t), 9), -t))
 
 
-def _candidates(run: Run, target: float, tolerance: float) -> list[Checkpoint]:
-    """The run's checkpoints that can stand for `target`: the one written for crossing it, and the nearest at or
-    below and above it if they lie within reach(tolerance) of it."""
-    at = [c for c in run.checkpoints if c.target_loss is not None and abs(c.target_loss - target) < 1e-9]
-    near = [c for c in run.checkpoints if abs(c.loss - target) <= reach(tolerance)]
-    below = [c for c in near if c.loss <= target]
-    above = [c for c in near if c.loss > target]
-    if below:
-        at.append(max(below, key=lambda c: (c.loss, -c.step)))
-    if above:
-        at.append(min(above, key=lambda c: (c.loss, c.step)))
-    return list({c.path: c for c in at}.values())
+def _candidates(run: Run, target: float, targets: list[float], tolerance: float) -> list[Checkpoint]:
+    """The run's checkpoints that stand for `target`: within the tolerance of it, and nearer to it than to any other
+    target. The one written for crossing it is no exception: its measured loss may lie far from it."""
+    return [
+        c
+        for c in run.checkpoints
+        if abs(c.loss - target) <= tolerance + LOSS_EPSILON and standing_target(c.loss, targets) == target
+    ]
+
+
+def _no_candidate(run: Run, target: float, targets: list[float], tolerance: float) -> str:
+    """Why `run` has no checkpoint standing for `target`: none within the tolerance, or those within it stand for a
+    nearer target."""
+    nearest = min(run.checkpoints, key=lambda c: (abs(c.loss - target), c.step))
+    reason = f"{run.run_id} has no checkpoint within {tolerance:g} of it (nearest {nearest.loss:.4f}"
+    if abs(nearest.loss - target) <= tolerance + LOSS_EPSILON:
+        reason += f", which stands for the nearer target {standing_target(nearest.loss, targets):g}"
+    return reason + ")"
 
 
 def _best(pairs: list[tuple[Checkpoint, Checkpoint]], target: float) -> tuple[Checkpoint, Checkpoint]:
@@ -338,28 +351,26 @@ def no_pair_error(groups: list[SeedGroup], tolerance: float, unit: str = "nats")
         else "save checkpoints more often around that loss, or use --interpolate"
     )
     return ComparisonError(
-        f"compare --match-loss: no {a.series}/{n.series} checkpoint pair within --tolerance {tolerance:g}; closest: "
+        f"compare --match-loss: no {a.series}/{n.series} checkpoint pair within --tolerance {tolerance:g} of each "
+        f"other and of a target; closest: "
         f"{a.path} (loss {a.loss:.4f}) vs {n.path} (loss {n.loss:.4f}), Δloss {n.loss - a.loss:+.5f}. To get closer, "
         f"{closer}"
     )
 
 
 def match_exact(groups: list[SeedGroup], targets: list[float], tolerance: float) -> tuple[list[Pair], list[Unmatched]]:
+    """Per target and seed group the closest pair of checkpoints standing for the target (module docstring)."""
     pairs: list[Pair] = []
     unmatched: list[Unmatched] = []
     for target in targets:
         for g in groups:
             label = g.candidate.label
-            sides = _candidates(g.reference, target, tolerance), _candidates(g.candidate, target, tolerance)
+            sides = tuple(_candidates(r, target, targets, tolerance) for r in g.runs)
             if far := [r for r, side in zip(g.runs, sides, strict=True) if not side]:
-                nearest = min(far[0].checkpoints, key=lambda c: abs(c.loss - target))
-                reason = (
-                    f"{far[0].run_id} has no checkpoint within {reach(tolerance):g} of it (nearest {nearest.loss:.4f})"
-                )
-                unmatched.append(Unmatched(target, g.seed, label, reason))
+                unmatched.append(Unmatched(target, g.seed, label, _no_candidate(far[0], target, targets, tolerance)))
                 continue
             a, n = _best(list(product(*sides)), target)
-            if abs(n.loss - a.loss) <= tolerance + 1e-12:
+            if abs(n.loss - a.loss) <= tolerance + LOSS_EPSILON:
                 pairs.append(Pair(target, g.seed, label, Side((a,), (1.0,), a.loss), Side((n,), (1.0,), n.loss)))
             else:
                 reason = f"closest {a.label} {a.loss:.4f} vs {n.label} {n.loss:.4f} (Δloss {n.loss - a.loss:+.5f})"

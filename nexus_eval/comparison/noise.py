@@ -8,8 +8,8 @@
 - Task scores at fixed losses: per series, task and target, the SD over seeds of each seed's score at the target,
   read off the straight line in held-out loss between its evaluated checkpoints around the target
   (curves.SeedCurve.at); a seed whose evaluated checkpoints do not bracket it (only the paired checkpoints were
-  evaluated) contributes the score of its evaluated checkpoint nearest the target, within the matching reach
-  (match.reach). Each row counts the seeds read either way.
+  evaluated) contributes the score of its evaluated checkpoint nearest the target, within reach(tolerance) of it.
+  Each row counts the seeds read either way.
 - `--tolerance auto`: half the smallest positive loss SD above, computed from the runs alone before matching. A pair
   then differs in loss by less than the seeds of one series do at a fixed step, so "same loss" is finer than the
   noise; an explicit tolerance is kept, and the record says whether it lies below that SD.
@@ -25,13 +25,16 @@ from typing import Any
 import numpy as np
 
 from nexus_eval.comparison.curves import seed_curves
-from nexus_eval.comparison.match import Run, reach, series_labels
+from nexus_eval.comparison.match import Run, series_labels
 from nexus_eval.comparison.series import UNIT_NAMES
 from nexus_eval.comparison.settings import CompareSettings
 from nexus_eval.comparison.stats import seed_sd
 from nexus_eval.errors import ComparisonError
 from nexus_eval.schema import LossNoiseRow, MetricPoint, ScoreNoiseRow, ToleranceRecord
 
+# A seed's evaluated checkpoint nearest a target stands in for its score there only this close (or 2× the tolerance,
+# if wider): a window for reading a score off few evaluated checkpoints, wider than a pair's (match.py).
+MIN_REACH = 0.05
 METRICS_FILE = "metrics.jsonl"  # the trainer's log (training.metrics_log), one MetricsRow per eval step
 FROM_METRICS, FROM_CHECKPOINTS = "metrics.jsonl", "checkpoints"
 AT_TARGET, AT_FINAL = "target", "final"
@@ -169,6 +172,10 @@ def tolerance_record(rows: Sequence[LossNoiseRow], settings: CompareSettings, un
         side = "below" if value < float(found["sd"] or 0.0) else "NOT below"
         record["derivation"] = f"--tolerance {value:g} {unit_name} as given: {side} {measured}."
     return record
+
+
+def reach(tolerance: float) -> float:
+    return max(MIN_REACH, 2 * tolerance)
 
 
 def score_method(tolerance: float) -> str:

@@ -15,8 +15,11 @@ drawn from, so both can be rebuilt from it alone (nexus_eval.comparison.leaderbo
 Downstream Δ rows: per seed, the point estimate and its CI are the mean per-item difference (candidate − reference,
 e.g. Nexus − AdamW) over the items both checkpoints were scored on (a CI conditional on that training seed); over
 several seeds, the mean of the per-seed differences with a hierarchical bootstrap CI over seeds and items (and the t
-interval over seeds beside it). The reference/candidate columns are lm-eval's aggregate metric (the same number for
-accuracy and exact match; for bits-per-byte lm-eval weights documents by length, so the two can differ slightly).
+interval over seeds beside it). The reference/candidate columns are lm-eval's aggregate metric. Ratio metrics are
+aggregated over the corpus as lm-eval does: bits per byte as the byte-weighted mean of the items, word and byte
+perplexity as exp of the total negative log-likelihood over the total words/bytes (stats.SeedItems); each bootstrap
+resample recomputes that ratio. Every row draws its own resamples (stats.stream_seed of the bootstrap_seed setting
+and the row's series, task, target and seed), reproducible run to run.
 """
 
 from __future__ import annotations
@@ -59,10 +62,12 @@ from nexus_eval.comparison.stats import (
     item_overlap,
     paired_bootstrap,
     seed_mean_ci,
+    stream_seed,
 )
 from nexus_eval.display import console
 from nexus_eval.errors import ComparisonError
 from nexus_eval.evaluation import EvalSettings, cached_results, checked_devices, evaluate_series
+from nexus_eval.evaluation.runner import PERPLEXITY_METRICS
 from nexus_eval.io import finite_json, write_json_atomic
 from nexus_eval.schema import (
     COMPARE_RESULTS_KIND,
@@ -153,8 +158,15 @@ def gather_results(
 # ---- statistics over pairs ------------------------------------------------------------------------------------
 
 
+def is_perplexity(metric: str) -> bool:
+    """Whether a "metric,filter" key is a corpus perplexity (word or byte): exp of the corpus ratio, as lm-eval."""
+    return metric.partition(",")[0] in PERPLEXITY_METRICS
+
+
 def _item_map(result: EvalResult, metric: str, field: str = "item_scores") -> dict[int, float] | None:
-    """doc_id → per-item score (or ratio weight, field="item_weights"); items without a value are left out."""
+    """doc_id → per-item score (or ratio weight, field="item_weights"); items without a value are left out. A
+    perplexity's item scores come as their logs, the negative log-likelihood per unit, which is what its corpus
+    figure averages (stats.SeedItems.exponentiate) and what an interpolated side interpolates."""
     values = (result.get(field) or {}).get(metric)
     if values is None:
         return None
@@ -163,7 +175,8 @@ def _item_map(result: EvalResult, metric: str, field: str = "item_scores") -> di
         raise ComparisonError(
             f"eval result {result.get('checkpoint')} / {result.get('task')}: doc_ids and {field} differ"
         )
-    return {int(d): float(v) for d, v in zip(doc_ids, values, strict=True) if v is not None}
+    value = math.log if field == "item_scores" and is_perplexity(metric) else float
+    return {int(d): value(float(v)) for d, v in zip(doc_ids, values, strict=True) if v is not None}
 
 
 def _number(value: Any) -> float:
@@ -218,12 +231,15 @@ def task_rows(
                 a = np.array([a_items[d] for d in docs])
                 b = np.array([n_items[d] for d in docs])
                 w = np.array([weights[d] for d in docs]) if weights is not None else None
+                exponentiate = is_perplexity(metric) and w is not None
+                # Every row its own resamples: rows of equal size sharing indices would err together.
+                seed = stream_seed(settings.bootstrap_seed, p.series, task, p.target, p.seed)
                 est = paired_bootstrap(
-                    a, b, resamples=settings.bootstrap_resamples, seed=settings.bootstrap_seed, level=settings.level,
-                    weights=w,
+                    a, b, resamples=settings.bootstrap_resamples, seed=seed, level=settings.level, weights=w,
+                    exponentiate=exponentiate,
                 )  # fmt: skip
                 row.update(est.to_dict())
-                items = SeedItems(a, b, w) if docs else None
+                items = SeedItems(a, b, w, exponentiate) if docs else None
                 if docs and is_binary(a) and is_binary(b):
                     overlap.append(
                         {"target": p.target, "seed": p.seed, "series": p.series, "task": task, **item_overlap(a, b)}
@@ -258,9 +274,8 @@ def across_seeds(
     t_est = seed_mean_ci(np.array([r["mean"] for r in rows]))
     seeds = [items for _, items in group if items is not None]
     if len(seeds) == len(group):
-        est = hierarchical_bootstrap(
-            seeds, resamples=settings.bootstrap_resamples, seed=settings.bootstrap_seed, level=settings.level
-        )
+        seed = stream_seed(settings.bootstrap_seed, series, task, target, ALL_SEEDS)
+        est = hierarchical_bootstrap(seeds, resamples=settings.bootstrap_resamples, seed=seed, level=settings.level)
     else:
         est = replace(t_est, method="t over seeds (a seed lacks item scores)")
     return {

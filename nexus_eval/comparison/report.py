@@ -155,6 +155,28 @@ def pairs_frame(results: CompareResults, names: Names) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def pair_losses(results: CompareResults, names: Names) -> dict[tuple[float, str], tuple[float, float]]:
+    """(target, seed) → the reference's and the candidate's held-out loss of the pair a row at that target was
+    measured on; under ALL_SEEDS the means over the seeds' pairs. A row then shows where its two sides stand, not
+    only the target they are reported under."""
+    found: dict[tuple[float, str], tuple[float, float]] = {}
+    by_target: dict[float, list[tuple[float, float]]] = {}
+    for p in _of(results["pairs"], names):
+        losses = (float(p["reference"]["loss"]), float(p["candidate"]["loss"]))
+        found[(p["target"], p["seed"])] = losses
+        by_target.setdefault(p["target"], []).append(losses)
+    for target, pairs in by_target.items():
+        found[(target, ALL_SEEDS)] = (sum(a for a, _ in pairs) / len(pairs), sum(n for _, n in pairs) / len(pairs))
+    return found
+
+
+def _loss_columns(
+    row: TaskRow | OodRow, names: Names, losses: dict[tuple[float, str], tuple[float, float]]
+) -> dict[str, str]:
+    reference, candidate = losses.get((row["target"], row["seed"]), (None, None))
+    return {f"{names.reference} loss": num(reference), f"{names.candidate} loss": num(candidate)}
+
+
 def _delta_columns(row: TaskRow | OodRow, names: Names) -> dict[str, str]:
     return {
         names.reference: num(row["reference"]),
@@ -174,10 +196,13 @@ def _task_columns(row: TaskRow) -> dict[str, str]:
 
 
 def headline_frame(results: CompareResults, names: Names) -> pd.DataFrame:
-    """The across-seed rows: Δ with its hierarchical (seeds × items) CI and the t interval over seeds."""
+    """The across-seed rows: Δ with its hierarchical (seeds × items) CI and the t interval over seeds, beside the
+    target the mean held-out loss of each side's pairs over the seeds."""
+    losses = pair_losses(results, names)
     rows = [
         {
             "target loss": target(r["target"]),
+            **_loss_columns(r, names, losses),
             **_task_columns(r),
             names.reference: num(r["reference"]),
             names.candidate: num(r["candidate"]),
@@ -194,9 +219,17 @@ def headline_frame(results: CompareResults, names: Names) -> pd.DataFrame:
 
 
 def tasks_frame(results: CompareResults, names: Names) -> pd.DataFrame:
-    """The per-seed rows: paired item bootstrap, conditional on each training seed."""
+    """The per-seed rows: paired item bootstrap, conditional on each training seed, beside the target each side's
+    own held-out loss in the pair."""
+    losses = pair_losses(results, names)
     rows = [
-        {"target loss": target(r["target"]), "seed": r["seed"], **_task_columns(r), **_delta_columns(r, names)}
+        {
+            "target loss": target(r["target"]),
+            "seed": r["seed"],
+            **_loss_columns(r, names, losses),
+            **_task_columns(r),
+            **_delta_columns(r, names),
+        }
         for r in _of(results["tasks"], names)
         if r["seed"] != ALL_SEEDS
     ]

@@ -1,7 +1,9 @@
-"""Paired statistics for loss-matched comparisons (numpy only).
+"""Paired statistics for loss-matched comparisons (numpy; scipy for the t quantile).
 
 - paired_bootstrap: the mean per-item difference (candidate − baseline) on the same items, with a percentile
   bootstrap CI; items are resampled with replacement, all resamples drawn at once from a fixed seed (reproducible).
+- stream_seed: the seed of one row's resamples, derived from the base seed and what the row is of (task, target, ...),
+  so that rows of equal size never share resample indices (their CIs would err together) yet stay reproducible.
 - seed_mean_ci: mean over seeds of per-seed differences with a Student-t CI (n − 1 degrees of freedom).
 - hierarchical_bootstrap: the across-seed difference with a two-stage bootstrap CI (seeds with replacement, then items
   within each chosen seed), so the interval carries both the seed-to-seed and the item-to-item variance.
@@ -10,6 +12,9 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -24,15 +29,6 @@ RESAMPLES = 10_000
 LEVEL = 0.95
 HIERARCHICAL_UNIT = "seeds×items"  # Estimate.unit of the two-stage bootstrap (n counts its seeds)
 CHUNK_ELEMENTS = 4_000_000  # resample indices drawn per chunk: bounded memory for large item sets
-
-# Two-sided 97.5% quantiles of Student's t for 1..30 degrees of freedom (the 95% CI of a mean over few seeds);
-# beyond 30 the normal quantile is within 2% of t.
-_T975 = (
-    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
-)  # fmt: skip
-_Z975 = 1.959964
 
 
 @dataclass(frozen=True)
@@ -60,53 +56,86 @@ class Estimate:
 
 @dataclass(frozen=True)
 class SeedItems:
-    """One training seed's paired item scores (and ratio weights, e.g. bytes per document, when the metric has them)."""
+    """One training seed's paired item scores (and ratio weights, e.g. bytes per document, when the metric has them).
+
+    exponentiate: the metric is a corpus perplexity (lm-eval's weighted_perplexity, for word and byte perplexity):
+    the scores are each item's negative log-likelihood per unit (word, byte), the weights its units, and a side's
+    figure is exp(Σ w·x / Σ w), exp of the total negative log-likelihood over the total units. That is not the
+    weighted mean of per-item perplexities (exp is convex), so the ratio is formed first and exponentiated after, in
+    the point estimate and in every resample."""
 
     baseline: np.ndarray
     candidate: np.ndarray
     weights: np.ndarray | None = None
+    exponentiate: bool = False
+
+    def checked(self) -> SeedItems:
+        """As float arrays; ValueError for unpaired shapes, weights not positive or not aligned, or a perplexity
+        without the units to weigh its items by."""
+        a = np.asarray(self.baseline, dtype=np.float64)
+        b = np.asarray(self.candidate, dtype=np.float64)
+        if a.shape != b.shape or a.ndim != 1:
+            raise ValueError(f"paired scores need equal 1-D shapes, got {a.shape} and {b.shape}")
+        w = None if self.weights is None else np.asarray(self.weights, dtype=np.float64)
+        if w is not None and (w.shape != a.shape or not np.all(w > 0)):
+            raise ValueError("item weights must be positive and aligned with the items")
+        if self.exponentiate and w is None:
+            raise ValueError("a corpus perplexity needs the units of every item as weights")
+        return SeedItems(a, b, w, self.exponentiate)
+
+    @property
+    def kind(self) -> str:
+        if self.exponentiate:
+            return "weighted (corpus perplexity)"
+        return "unweighted" if self.weights is None else "weighted"
+
+    def differences(self, idx: np.ndarray) -> np.ndarray:
+        """candidate − baseline aggregate over the items of every row of `idx` (resamples × items, indices into the
+        items): the mean difference, the weighted one Σw·d / Σw, or the difference of the exponentiated ratios."""
+        if self.weights is None:
+            return (self.candidate - self.baseline)[idx].mean(axis=1)
+        total = self.weights[idx].sum(axis=1)
+        if not self.exponentiate:  # linear in the scores: the difference of the ratios is the ratio of differences
+            return ((self.candidate - self.baseline) * self.weights)[idx].sum(axis=1) / total
+        candidate = (self.candidate * self.weights)[idx].sum(axis=1) / total
+        baseline = (self.baseline * self.weights)[idx].sum(axis=1) / total
+        return np.exp(candidate) - np.exp(baseline)
+
+    def difference(self) -> float:
+        """candidate − baseline aggregate over all the items."""
+        return float(self.differences(np.arange(len(self.baseline))[None, :])[0])
 
 
-def _as_pairs(baseline: np.ndarray, candidate: np.ndarray) -> np.ndarray:
-    a = np.asarray(baseline, dtype=np.float64)
-    b = np.asarray(candidate, dtype=np.float64)
-    if a.shape != b.shape or a.ndim != 1:
-        raise ValueError(f"paired scores need equal 1-D shapes, got {a.shape} and {b.shape}")
-    return b - a
+def stream_seed(base: int, *keys: object) -> np.random.SeedSequence:
+    """The seed of the resamples of the row `keys` name (e.g. series, task, target, training seed): `base` (the
+    comparison's bootstrap_seed setting) and a SHA-256 digest of the keys. A stable digest rather than Python's
+    hash(), which differs between processes: the same row draws the same resamples in every run."""
+    # JSON spells a key the same whatever its Python type (a numpy float as a float), and no two key lists alike.
+    digest = hashlib.sha256(json.dumps(list(keys), default=str).encode()).digest()
+    return np.random.SeedSequence([base % 2**64, int.from_bytes(digest[:16], "little")])
 
 
-def _checked_weights(weights: np.ndarray | None, diff: np.ndarray) -> np.ndarray | None:
-    w = None if weights is None else np.asarray(weights, dtype=np.float64)
-    if w is not None and (w.shape != diff.shape or not np.all(w > 0)):
-        raise ValueError("item weights must be positive and aligned with the items")
-    return w
-
-
-def _weighted_mean(values: np.ndarray, weights: np.ndarray | None) -> float:
-    return float(values.mean()) if weights is None else float((weights * values).sum() / weights.sum())
+Seed = int | np.random.SeedSequence
 
 
 def bootstrap_means(
-    values: np.ndarray, resamples: int = RESAMPLES, seed: int = BOOTSTRAP_SEED, weights: np.ndarray | None = None
+    values: np.ndarray, resamples: int = RESAMPLES, seed: Seed = BOOTSTRAP_SEED, weights: np.ndarray | None = None
 ) -> np.ndarray:
     """(Weighted) means of `resamples` resamples with replacement of `values`, vectorised in chunks."""
-    return _resampled_means(values, weights, resamples, np.random.default_rng(seed))
+    values = np.asarray(values, dtype=np.float64)
+    items = SeedItems(np.zeros_like(values), values, weights).checked()
+    return _resampled_differences(items, resamples, np.random.default_rng(seed))
 
 
-def _resampled_means(
-    values: np.ndarray, weights: np.ndarray | None, resamples: int, rng: np.random.Generator
-) -> np.ndarray:
-    """bootstrap_means drawing from a given generator (the two-stage bootstrap shares one across seeds)."""
-    n = len(values)
+def _resampled_differences(items: SeedItems, resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """The aggregate difference of `resamples` resamples of the items with replacement, in chunks of bounded memory,
+    drawn from a given generator (the two-stage bootstrap shares one across seeds)."""
+    n = len(items.baseline)
     per_chunk = max(1, CHUNK_ELEMENTS // max(1, n))
     out = np.empty(resamples)
     for start in range(0, resamples, per_chunk):
         stop = min(resamples, start + per_chunk)
-        idx = rng.integers(0, n, size=(stop - start, n))
-        if weights is None:
-            out[start:stop] = values[idx].mean(axis=1)
-        else:
-            out[start:stop] = (values * weights)[idx].sum(axis=1) / weights[idx].sum(axis=1)
+        out[start:stop] = items.differences(rng.integers(0, n, size=(stop - start, n)))
     return out
 
 
@@ -114,31 +143,32 @@ def paired_bootstrap(
     baseline: np.ndarray,
     candidate: np.ndarray,
     resamples: int = RESAMPLES,
-    seed: int = BOOTSTRAP_SEED,
+    seed: Seed = BOOTSTRAP_SEED,
     level: float = LEVEL,
     weights: np.ndarray | None = None,
+    exponentiate: bool = False,
 ) -> Estimate:
     """Mean of (candidate − baseline) over the same items with a percentile bootstrap CI over items.
 
     weights (e.g. bytes per document for bits per byte): the weighted mean Σw·d / Σw, resampled as a ratio, which is
-    how lm-eval aggregates ratio metrics; the difference then equals the difference of the aggregates."""
-    diff = _as_pairs(baseline, candidate)
-    n = len(diff)
+    how lm-eval aggregates ratio metrics; the difference then equals the difference of the aggregates. exponentiate
+    (word and byte perplexity): the difference of the corpus perplexities, exp(Σw·b / Σw) − exp(Σw·a / Σw), with the
+    scores the items' log perplexities (SeedItems)."""
+    items = SeedItems(baseline, candidate, weights, exponentiate).checked()
+    n = len(items.baseline)
     if n == 0:
         return Estimate(math.nan, math.nan, math.nan, 0, "items", "paired bootstrap")
-    w = _checked_weights(weights, diff)
-    means = bootstrap_means(diff, resamples, seed, w)
+    means = _resampled_differences(items, resamples, np.random.default_rng(seed))
     alpha = (1 - level) / 2
     low, high = np.quantile(means, [alpha, 1 - alpha])
-    mean = _weighted_mean(diff, w)
-    kind = "paired bootstrap" if w is None else "weighted paired bootstrap"
-    return Estimate(mean, float(low), float(high), n, "items", f"{kind} ×{resamples}")
+    kind = "paired bootstrap" if items.weights is None else f"{items.kind} paired bootstrap"
+    return Estimate(items.difference(), float(low), float(high), n, "items", f"{kind} ×{resamples}")
 
 
 def hierarchical_bootstrap(
     seeds: Sequence[SeedItems],
     resamples: int = RESAMPLES,
-    seed: int = BOOTSTRAP_SEED,
+    seed: Seed = BOOTSTRAP_SEED,
     level: float = LEVEL,
 ) -> Estimate:
     """Mean over training seeds of each seed's (weighted) mean item difference, with a two-stage percentile CI.
@@ -147,32 +177,36 @@ def hierarchical_bootstrap(
     (a seed drawn twice gets two independent item resamples); its statistic is the mean of those per-seed means. The
     interval so carries the between-seed variance that an item bootstrap of one seed leaves out. With fewer than two
     seeds there is no across-seed interval (low/high NaN). n = seeds; items = paired items over all seeds."""
-    diffs = [_as_pairs(s.baseline, s.candidate) for s in seeds]
-    if any(len(d) == 0 for d in diffs):
+    checked = [s.checked() for s in seeds]
+    if any(len(s.baseline) == 0 for s in checked):
         raise ValueError("every seed of a hierarchical bootstrap needs paired items")
-    weights = [_checked_weights(s.weights, d) for s, d in zip(seeds, diffs, strict=True)]
-    weighted = any(w is not None for w in weights)
-    kind = "weighted hierarchical bootstrap" if weighted else "hierarchical bootstrap"
+    kinds = {s.kind for s in checked if s.weights is not None}
+    kind = f"{next(iter(kinds))} hierarchical bootstrap" if len(kinds) == 1 else "hierarchical bootstrap"
     method = f"{kind} (seeds, then items within seed) ×{resamples}"
-    n_seeds, n_items = len(diffs), sum(len(d) for d in diffs)
+    n_seeds, n_items = len(checked), sum(len(s.baseline) for s in checked)
     if n_seeds == 0:
         return Estimate(math.nan, math.nan, math.nan, 0, HIERARCHICAL_UNIT, method, 0)
-    mean = float(np.mean([_weighted_mean(d, w) for d, w in zip(diffs, weights, strict=True)]))
+    mean = float(np.mean([s.difference() for s in checked]))
     if n_seeds == 1:
         return Estimate(mean, math.nan, math.nan, 1, HIERARCHICAL_UNIT, method, n_items)
     rng = np.random.default_rng(seed)
     drawn = rng.integers(0, n_seeds, size=(resamples, n_seeds))  # stage 1: which seeds each resample holds
     seed_means = np.empty(drawn.shape)
-    for index, (d, w) in enumerate(zip(diffs, weights, strict=True)):
+    for index, items in enumerate(checked):
         slots = drawn == index  # stage 2: an independent item resample for every slot this seed was drawn into
-        seed_means[slots] = _resampled_means(d, w, int(slots.sum()), rng)
+        seed_means[slots] = _resampled_differences(items, int(slots.sum()), rng)
     alpha = (1 - level) / 2
     low, high = np.quantile(seed_means.mean(axis=1), [alpha, 1 - alpha])
     return Estimate(mean, float(low), float(high), n_seeds, HIERARCHICAL_UNIT, method, n_items)
 
 
+@functools.cache
 def t_quantile_975(df: int) -> float:
-    return _T975[df - 1] if df <= len(_T975) else _Z975
+    """The 97.5% quantile of Student's t with `df` degrees of freedom (the 95% CI of a mean over df + 1 seeds), exact
+    for every df: the normal quantile that once stood in above 30 is 4% narrower at 31 and still 2% at 60."""
+    from scipy.stats import t  # scipy comes with lm-eval (through scikit-learn); imported only when a CI needs it
+
+    return float(t.ppf(0.975, df))
 
 
 def seed_mean_ci(differences: np.ndarray) -> Estimate:

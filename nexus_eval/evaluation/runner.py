@@ -35,8 +35,11 @@ from nexus_eval.tasks import registry
 BOOTSTRAP_ITERS = 1000  # stderr of non-mean aggregations (e.g. corpus bits per byte); lm-eval's 100k is minutes
 DEFAULT_MAX_GEN_TOKS = 256  # lm-eval's hf and vllm classes
 # Per-item values that lm-eval aggregates as corpus ratios: (log-likelihood, units) → a per-document score, and the
-# units kept as weights so that a weighted mean of the item scores reproduces the corpus figure.
-RATIO_METRICS = ("bits_per_byte", "byte_perplexity", "word_perplexity")
+# units kept as weights. For bits per byte the weighted mean of the item scores is the corpus figure; a perplexity is
+# exp of the corpus ratio, so its figure is exp of the weighted mean of the items' log scores (comparison.stats), not
+# the weighted mean of the item perplexities.
+PERPLEXITY_METRICS = ("byte_perplexity", "word_perplexity")
+RATIO_METRICS = ("bits_per_byte", *PERPLEXITY_METRICS)
 
 
 @dataclass(frozen=True)

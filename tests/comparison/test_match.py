@@ -26,8 +26,8 @@ def test_picks_the_crossing_checkpoints_and_respects_tolerance(tmp_path: Path) -
         (5.0, "ckpt-000020", "ckpt-000020")
     ]
     assert pairs[0].delta_loss == pytest.approx(0.005)
-    assert [u.target for u in unmatched] == [4.5]  # |4.48 − 4.495| = 0.015 > 0.01
-    assert "-0.01500" in unmatched[0].reason
+    assert [u.target for u in unmatched] == [4.5]  # Nexus' 4.48 is 0.02 from 4.5: farther than 0.01
+    assert "tiny-nexus-s0 has no checkpoint within 0.01 of it (nearest 4.4800)" in unmatched[0].reason
 
     pairs, unmatched = match(runs, tolerance=0.02)
     assert [p.target for p in pairs] == [5.0, 4.5] and not unmatched
@@ -38,8 +38,42 @@ def test_prefers_the_smallest_gap_among_neighbours_of_the_target(tmp_path: Path)
     # AdamW's nearest checkpoint to 4.0 is just above it (4.004); its crossing one (3.985) matches Nexus' 3.984 better.
     adamw = make_run(tmp_path, "adamw", 1, [4.5, 4.004, 3.985, 3.7], crossings={2: 4.0})
     nexus = make_run(tmp_path, "nexus", 1, [4.4, 4.05, 3.984, 3.8], crossings={2: 4.0})
-    (pair,), _ = match(load_runs([adamw, nexus]), tolerance=0.01, targets=[4.0])
+    (pair,), _ = match(load_runs([adamw, nexus]), tolerance=0.02, targets=[4.0])
     assert pair.reference.loss == 3.985 and pair.candidate.loss == 3.984
+
+
+def test_a_pair_sits_within_the_tolerance_of_its_target(tmp_path: Path) -> None:
+    """A Trainer-style series (checkpoints 80 steps apart) against AdamW at tolerance 0.05: at 2.5773 the two sides
+    that are 0.02 apart (2.6517, 2.6712) are 0.07 and 0.09 above it, so they stand for 2.6712, not for 2.5773."""
+    adamw = make_run(tmp_path, "adamw", 0, [3.1, 2.85, 2.6517, 2.55, 2.45])
+    trainer = make_run(tmp_path, "nexus", 0, [3.2, 2.9, 2.6712, 2.50, 2.40], steps=[80, 160, 240, 320, 400])
+    pairs, unmatched = match(load_runs([adamw, trainer]), tolerance=0.05, targets=[2.6712, 2.5773])
+    assert [(p.target, p.reference.loss, p.candidate.loss) for p in pairs] == [(2.6712, 2.6517, 2.6712)]
+    assert [u.target for u in unmatched] == [2.5773]
+    assert "tiny-nexus-s0 has no checkpoint within 0.05 of it (nearest 2.5000)" in unmatched[0].reason
+
+
+def test_a_checkpoint_pairs_under_one_target_at_most(tmp_path: Path) -> None:
+    """Two targets closer than twice the tolerance: the checkpoints within it of both stand for the nearer target only
+    (one comparison is not counted twice); the other target is unmatched."""
+    adamw = make_run(tmp_path, "adamw", 0, [3.2, 2.985, 2.8])
+    nexus = make_run(tmp_path, "nexus", 0, [3.3, 2.988, 2.7])
+    pairs, unmatched = match(load_runs([adamw, nexus]), tolerance=0.03, targets=[3.0, 2.96])
+    assert [(p.target, p.reference.loss, p.candidate.loss) for p in pairs] == [(3.0, 2.985, 2.988)]
+    assert [u.target for u in unmatched] == [2.96]
+    assert "nearer target 3" in unmatched[0].reason
+    # Equidistant from two targets: the higher one, reached first in training.
+    pairs, _ = match(load_runs([adamw, nexus]), tolerance=0.03, targets=[3.0, 2.97])
+    assert [p.target for p in pairs] == [3.0]
+
+
+def test_the_checkpoint_written_for_a_target_pairs_only_within_the_tolerance(tmp_path: Path) -> None:
+    """Written at the crossing of 4.0 but measured far below it (3.80, 3.81): it does not stand for 4.0."""
+    adamw = make_run(tmp_path, "adamw", 0, [4.5, 4.2, 3.80], crossings={2: 4.0})
+    nexus = make_run(tmp_path, "nexus", 0, [4.49, 4.3, 3.81], crossings={2: 4.0})
+    pairs, unmatched = match(load_runs([adamw, nexus]), tolerance=0.02, targets=[4.5, 4.0])
+    assert [p.target for p in pairs] == [4.5]
+    assert [u.target for u in unmatched] == [4.0] and "within 0.02 of it" in unmatched[0].reason
 
 
 def test_no_pair_names_the_closest_pair_and_the_fix(tmp_path: Path) -> None:

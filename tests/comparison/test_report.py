@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from nexus_eval.cli import app
 from nexus_eval.comparison import CompareOptions, CompareSettings, compare
-from nexus_eval.comparison.report import render_markdown
+from nexus_eval.comparison.report import candidates, headline_frame, render_markdown, tasks_frame
 from nexus_eval.schema import CompareResults
 from tests.comparison.synthetic_runs import (
     OTHER_TASK,
@@ -127,7 +127,8 @@ def test_results_written_before_the_hierarchical_bootstrap_still_render(tmp_path
     (line,) = [x for x in md.splitlines() if x.startswith("| 5 ") and TASK in x and "seeds |" in x]
     cells = [c.strip() for c in line.strip("|").split("|")]
     (new,) = [r for r in results["tasks"] if r["seed"] == "all"]
-    assert cells[6] == "—" and cells[7] == f"[{new['t_low']:+.4f}, {new['t_high']:+.4f}]" and cells[8] == "2 seeds"
+    # target, the two sides' mean pair losses, task, metric, the two scores, Δ, then the CIs and n
+    assert cells[8] == "—" and cells[9] == f"[{new['t_low']:+.4f}, {new['t_high']:+.4f}]" and cells[10] == "2 seeds"
 
 
 def test_same_inputs_same_outputs(tmp_path: Path) -> None:
@@ -202,3 +203,21 @@ def test_run_rows_carry_provenance_and_the_markdown_flags_what_differs(tmp_path:
     run_compare(tmp_path, runs, out="again")
     report = (tmp_path / "again" / "report.md").read_text()
     assert "Provenance differs between runs" in report and "`training.libraries.torch`" in report and "9.9" in report
+
+
+def test_downstream_rows_show_their_pairs_own_losses(tmp_path: Path) -> None:
+    """Beside the target, each row names where its two sides stand: the pair's own losses (the mean over the seeds'
+    pairs in the headline)."""
+    runs = make_study(tmp_path / "runs", tmp_path / "cache", seeds=(0, 1), bonus=0.5, seed_spread=0.002)
+    results = run_compare(tmp_path, runs)
+    (names,) = candidates(results)
+    per_seed = tasks_frame(results, names)
+    at_5 = per_seed[per_seed["target loss"] == "5"]
+    assert list(at_5["seed"]) == ["0", "1"]
+    assert list(at_5["AdamW loss"]) == ["4.9980", "4.9960"] and list(at_5["Nexus loss"]) == ["4.9950", "4.9930"]
+    headline = headline_frame(results, names)
+    row = headline[headline["target loss"] == "4.5"].iloc[0]
+    assert (row["AdamW loss"], row["Nexus loss"]) == ("4.4960", "4.4980")  # (4.497 + 4.495) / 2, (4.499 + 4.497) / 2
+    report = (tmp_path / "out" / "report.md").read_text()
+    downstream = report[report.index("## Downstream per seed") :]
+    assert "| AdamW loss" in downstream.split("\n## ")[0]

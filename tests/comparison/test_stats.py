@@ -15,8 +15,11 @@ from nexus_eval.comparison.stats import (
     item_overlap,
     paired_bootstrap,
     seed_mean_ci,
+    stream_seed,
     t_quantile_975,
 )
+
+STREAM_0_ARITH_5 = 1252061755  # the first draw of stream_seed(0, "arith_mc", 5.0), as recorded when it was written
 
 
 def paired_items(rng: np.random.Generator, n: int, p_base: float, p_other: float) -> tuple[np.ndarray, np.ndarray]:
@@ -77,6 +80,30 @@ def test_seed_ci_is_the_student_t_interval() -> None:
     assert est.n == 3 and est.unit == "seeds" and est.excludes_zero
     single = seed_mean_ci(np.array([0.3]))
     assert np.isnan(single.low) and not single.excludes_zero  # one seed: no interval, no claim
+
+
+@pytest.mark.parametrize(
+    ("df", "quantile"),
+    [(1, 12.7062047), (2, 4.3026527), (5, 2.5705818), (30, 2.0422725), (31, 2.0395134), (60, 2.0002978),
+     (120, 1.9799304), (1000, 1.9623391)],
+)  # fmt: skip
+def test_t_quantile_is_exact_for_every_degree_of_freedom(df: int, quantile: float) -> None:
+    """Above 30 degrees of freedom too: the normal quantile there is about 4% narrower at 31, 2% at 60."""
+    assert t_quantile_975(df) == pytest.approx(quantile, abs=1e-6)
+
+
+def test_every_stream_draws_its_own_resamples_reproducibly() -> None:
+    """Two tasks (or targets) of equal size must not share resample indices; the same one must, run to run."""
+
+    def indices(seed: np.random.SeedSequence) -> np.ndarray:
+        return np.random.default_rng(seed).integers(0, 100, size=(20, 100))
+
+    first, again = stream_seed(0, "arith_mc", 5.0), stream_seed(0, "arith_mc", 5.0)
+    assert np.array_equal(indices(first), indices(again))
+    for other in (stream_seed(0, "logic_mc", 5.0), stream_seed(0, "arith_mc", 4.5), stream_seed(1, "arith_mc", 5.0)):
+        assert not np.array_equal(indices(first), indices(other))
+    # A stable digest, not Python's per-process hash(): the stream is the same in every process.
+    assert np.random.default_rng(stream_seed(0, "arith_mc", 5.0)).integers(0, 2**31) == STREAM_0_ARITH_5
 
 
 def test_item_overlap_counts() -> None:
@@ -189,3 +216,24 @@ def test_a_claim_over_few_seeds_needs_the_t_interval_too() -> None:
         both += both_exclude_zero(est, t_est)
     assert bootstrap_only / trials > 0.12
     assert both / trials <= 0.09
+
+
+def test_perplexity_is_the_corpus_ratio_exponentiated_in_the_estimate_and_every_resample() -> None:
+    """exp(Σ nll / Σ units) per side, as lm-eval's weighted_perplexity; not the weighted mean of item perplexities."""
+    rng = np.random.default_rng(9)
+    words = rng.integers(5, 400, 150).astype(float)
+    base, other = rng.normal(2.0, 0.6, 150), rng.normal(1.9, 0.6, 150)  # log perplexity per word of each item
+    est = paired_bootstrap(base, other, resamples=500, seed=4, weights=words, exponentiate=True)
+    corpus = np.exp((other * words).sum() / words.sum()) - np.exp((base * words).sum() / words.sum())
+    assert est.mean == pytest.approx(corpus, rel=1e-12) and est.low < est.mean < est.high
+    assert "corpus perplexity" in est.method
+    idx = np.random.default_rng(4).integers(0, 150, size=(500, 150))  # the same resamples, aggregated by hand
+    total = words[idx].sum(axis=1)
+    by_hand = np.exp((other * words)[idx].sum(axis=1) / total) - np.exp((base * words)[idx].sum(axis=1) / total)
+    assert (est.low, est.high) == pytest.approx(tuple(np.quantile(by_hand, [0.025, 0.975])), rel=1e-12)
+    seeds = [SeedItems(base, other, words, exponentiate=True), SeedItems(base[:100], other[:100], words[:100], True)]
+    across = hierarchical_bootstrap(seeds, resamples=300)
+    assert across.mean == pytest.approx(np.mean([s.difference() for s in seeds]))
+    assert across.mean == pytest.approx((corpus + seeds[1].difference()) / 2)
+    with pytest.raises(ValueError, match="units"):
+        paired_bootstrap(base, other, exponentiate=True)
