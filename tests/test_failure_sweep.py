@@ -179,7 +179,8 @@ def _compare(corrupt: Callable[[Sandbox], object], names: str, *flags: str) -> S
         runs = [
             str(s.root / "runs" / p.name) if (s.root / "runs" / p.name).exists() else str(p) for p in s.runs.values()
         ]
-        args = ["compare", *runs, "--match-loss", "--tolerance", "1", "--tasks", "arith_gold_bpb", "--limit", "2"]
+        args = ["compare", *runs, "--match-loss", "--targets", "6", "--tolerance", "1", "--tasks", "arith_gold_bpb"]
+        args += ["--limit", "2"]
         return [*args, "--cache", str(s.root / "cache"), "--out", str(s.root / "report"), "--quiet", *flags], names
 
     return setup

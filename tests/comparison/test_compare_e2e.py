@@ -27,7 +27,7 @@ def test_compare_evaluates_the_matched_checkpoints_for_real(
     task_yaml = tmp_path / "tasks" / "ood_fortunes.yaml"
     assert task_yaml.name.removesuffix(".yaml") in write_ood_tasks(tiny_data_dir, task_yaml.parent)
     out, cache = tmp_path / "report", tmp_path / "cache"
-    args = [str(tiny_runs["adamw"]), str(tiny_runs["nexus"]), "--match-loss", "--targets", "100", "--tolerance", "50"]
+    args = [str(tiny_runs["adamw"]), str(tiny_runs["nexus"]), "--match-loss", "--targets", "6", "--tolerance", "50"]
     args += ["--tasks", str(task_yaml), "--limit", str(LIMIT), "--cache", str(cache), "--out", str(out)]
     result = CliRunner().invoke(app, ["compare", *args, "--resamples", "200", "--quiet", "--disagreements"])
     assert result.exit_code == 0, result.output
@@ -61,7 +61,7 @@ def test_compare_geometry_columns_say_what_measured_them(
     """`compare --geometry` measures both checkpoints of a pair for real and each geometry row names the code that
     measured each side (the cached measurement's environment)."""
     monkeypatch.chdir(tmp_path)  # the geometry cache is results/geometry of the working directory
-    args = [str(tiny_runs["adamw"]), str(tiny_runs["nexus"]), "--match-loss", "--targets", "100", "--tolerance", "50"]
+    args = [str(tiny_runs["adamw"]), str(tiny_runs["nexus"]), "--match-loss", "--targets", "6", "--tolerance", "50"]
     args += ["--tasks", "arith_steps1_mc", "--limit", "2", "--cache", "eval", "--out", "report", "--resamples", "200"]
     args += ["--data", str(tiny_data_dir), "--geometry", "--quiet"]
     result = CliRunner().invoke(app, ["compare", *args])

@@ -21,7 +21,7 @@ TASK = "arith_steps1_mc"
 def committed(tiny_runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """leaderboards/t.json from compare over the tiny runs (a real hf evaluation of the matched pair)."""
     root = tmp_path_factory.mktemp("committed")
-    args = [str(tiny_runs["adamw"]), str(tiny_runs["nexus"]), "--match-loss", "--targets", "100", "--tolerance", "50"]
+    args = [str(tiny_runs["adamw"]), str(tiny_runs["nexus"]), "--match-loss", "--targets", "6", "--tolerance", "50"]
     args += ["--tasks", TASK, "--limit", "4", "--cache", str(root / "cache"), "--out", str(root / "report")]
     args += ["--leaderboard", "t", "--resamples", "200", "--quiet"]
     import os

@@ -198,7 +198,7 @@ def test_sigterm_stops_every_worker_and_exits_143(run: Path, tmp_path: Path) -> 
 
 def compare_args(runs: dict[str, Path], data: Path, tmp_path: Path, *more: str) -> list[str]:
     return [
-        "compare", str(runs["adamw"]), str(runs["nexus"]), "--match-loss", "--targets", "100", "--tolerance", "50",
+        "compare", str(runs["adamw"]), str(runs["nexus"]), "--match-loss", "--targets", "6", "--tolerance", "50",
         "--tasks", TASKS[0], "--limit", "2",
         "--data", str(data), "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "eval"),
         "--loss-cache", str(tmp_path / "loss"), "--resamples", "200", "--quiet", *more,
