@@ -53,6 +53,18 @@ def test_a_pair_sits_within_the_tolerance_of_its_target(tmp_path: Path) -> None:
     assert "tiny-nexus-s0 has no checkpoint within 0.05 of it (nearest 2.5000)" in unmatched[0].reason
 
 
+def test_two_sides_within_the_tolerance_of_the_target_but_not_of_each_other_are_no_pair(tmp_path: Path) -> None:
+    """Each side 0.008 from 5.0 on opposite sides: both stand for 5.0, yet they are 0.016 apart, more than 0.01 (4.7
+    pairs, so that the comparison has a pair at all)."""
+    adamw = make_run(tmp_path, "adamw", 0, [5.3, 5.008, 4.703])
+    nexus = make_run(tmp_path, "nexus", 0, [5.2, 4.992, 4.698])
+    pairs, unmatched = match(load_runs([adamw, nexus]), tolerance=0.01, targets=[5.0, 4.7])
+    assert [p.target for p in pairs] == [4.7] and [u.target for u in unmatched] == [5.0]
+    assert "Δloss -0.01600" in unmatched[0].reason
+    pairs, _ = match(load_runs([adamw, nexus]), tolerance=0.016, targets=[5.0, 4.7])
+    assert [p.target for p in pairs] == [5.0, 4.7] and pairs[0].delta_loss == pytest.approx(-0.016)
+
+
 def test_a_checkpoint_pairs_under_one_target_at_most(tmp_path: Path) -> None:
     """Two targets closer than twice the tolerance: the checkpoints within it of both stand for the nearer target only
     (one comparison is not counted twice); the other target is unmatched."""
