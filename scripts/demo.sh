@@ -20,9 +20,10 @@ for opt in adamw nexus; do
 done
 ood_pairs=$(cd tasks/generated && ls pairs_ood_*.yaml | sed 's/\.yaml$//' | paste -sd, -)
 TASKS=${TASKS:-pairs_text_order,pairs_comment_order,pairs_code_order,pairs_math_order,$ood_pairs,gsm8k_gold_bpb,arith_gold_bpb}
-# Tolerance 0.02: a pair sits within it of its target, and the harness's loss of the checkpoint written at a crossing
-# lies up to ~0.015 from the trainer's (fewer windows), so 0.01 leaves the 5.0 target without a pair.
+# Tolerance 0.05, the study's (half the smallest seed SD of loss over 5 seeds): a pair sits within it of its target,
+# and the harness's loss of the checkpoint written at a crossing lies up to ~0.03 from the trainer's estimate (fewer
+# windows), so 0.01 or 0.02 leave the 5.0 target without a pair.
 nexus-eval compare "$RUNS/tiny-adamw-s0" "$RUNS/tiny-nexus-s0" --match-loss --targets "${TARGETS:-5.5,5.0}" \
-  --tolerance "${TOLERANCE:-0.02}" --tasks "$TASKS" --limit "${LIMIT:-200}" --backend "${BACKEND:-hf}" \
+  --tolerance "${TOLERANCE:-0.05}" --tasks "$TASKS" --limit "${LIMIT:-200}" --backend "${BACKEND:-hf}" \
   --out reports/demo --leaderboard demo --disagreements
 echo "demo finished in $(( $(date +%s) - start )) s"
