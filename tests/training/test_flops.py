@@ -53,7 +53,11 @@ def test_flops_per_token_equals_torch_flop_counter_on_a_real_step() -> None:
     assert ModelShape.of(model.config) == SHAPE
     with FlopCounterMode(display=False) as counter:
         model(input_ids=torch.randint(0, 32, (batch, context))).logits.sum().backward()
-    assert counter.get_total_flops() == model_flops_per_token(model, context) * batch * context
+    # Rotary position frequencies are a matmul too in some transformers releases (4.56: 16 FLOPs here); they are not
+    # the model's work and the formula leaves them out, as does MFU's convention.
+    counts = counter.get_flop_counts()
+    rotary = sum(sum(counts[name].values()) for name in counts if name.endswith("rotary_emb"))
+    assert counter.get_total_flops() - rotary == model_flops_per_token(model, context) * batch * context
 
 
 def test_grouped_query_attention_counts_fewer_key_value_weights() -> None:
