@@ -52,7 +52,10 @@ class CodeRef:
         return cls(obj.__module__, obj.__qualname__)
 
     def load(self) -> Any:
-        return getattr(importlib.import_module(self.module), self.name)
+        found: Any = importlib.import_module(self.module)
+        for part in self.name.split("."):  # a qualified name: a class's attribute
+            found = getattr(found, part)
+        return found
 
     def __str__(self) -> str:
         return f"{self.module}:{self.name}"
