@@ -66,8 +66,8 @@ study:
 study-geometry:
 	GEOMETRY=1 bash scripts/study.sh
 
-# Nexus's ablations (training/variants.py) on the study's micro-batch stream, against its AdamW and Nexus (runs the
-# study already trained are reused). ABLATION_SEEDS="0 1" halves the time. Fish (plain-SGD outer step, fish_meta_lr
+# Nexus's ablations (nexus_eval/optimizer_registry.py) on the study's micro-batch stream, against its AdamW and Nexus
+# (runs the study already trained are reused). ABLATION_SEEDS="0 1" halves the time. Fish (plain-SGD outer step, fish_meta_lr
 # 0.5) ends the 300 steps at held-out loss 6.6, far above the targets (the others 4.3-4.7), so no checkpoint of it can
 # be matched at equal loss and it is left out; add it with ABLATION_OPTIMIZERS. The tolerance is the study's measured
 # one (half the smallest seed SD of loss over 5 seeds, 0.051): two or three seeds estimate that SD too poorly.

@@ -74,12 +74,23 @@ class DataBuild(TypedDict):
     tokenizer_hash: str | None  # sha256 of the tokenizer files the manifest lists
 
 
+class OptimizerSource(TypedDict):
+    """Where the code of a run's optimizer came from (nexus_eval/optimizer_registry.py): the class that implements
+    its update and the version of the package providing it."""
+
+    module: str  # e.g. "nexus_eval.optim.nexus"
+    name: str  # e.g. "Nexus"
+    version: str | None  # the package's version (None: it has none)
+
+
 class RunIdentity(TypedDict):
     """What every file of a run says about how it was trained (the common part of run.json and nexus.json)."""
 
     run_id: str  # <recipe>-<optimizer>-s<seed>
-    optimizer: str  # "adamw" | "nexus" | an ablation variant (training/variants.py OPTIMIZERS)
+    optimizer: str  # a registered optimizer's name (nexus_eval/optimizer_registry.py): adamw, nexus, an ablation
     optimizer_hparams: dict[str, Any]
+    # written since the optimizer registry; runs trained before lack it (their optimizer is one of the built-ins)
+    optimizer_source: NotRequired[OptimizerSource]
     seed: int
     recipe: dict[str, Any]  # Recipe.to_dict()
     recipe_hash: str

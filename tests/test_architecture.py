@@ -18,9 +18,10 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1] / "nexus_eval"
 
 # The modules every stage may use: the package root (its version), the error types, file writes, terminal display,
 # record types, the checkpoint format (the contract between training and everything that reads checkpoints),
-# provenance (code, library and device records stored with every result) and signals (SIGINT/SIGTERM raise, so a
-# command or an eval worker unwinds).
-BASE = {"", "errors", "io", "display", "schema", "checkpoints", "provenance", "signals"}  # "": the package root
+# provenance (code, library and device records stored with every result), signals (SIGINT/SIGTERM raise, so a
+# command or an eval worker unwinds) and the optimizer registry (the named optimizers as data: the code its entries
+# name is imported only when a run is set up). "": the package root.
+BASE = {"", "errors", "io", "display", "schema", "checkpoints", "provenance", "signals", "optimizer_registry"}
 # What each unit may import (besides itself). Reading order: data → training → (tasks) → evaluation / geometry →
 # comparison → cli. optim is torch-only: users import it into their own training code.
 ALLOWED: dict[str, set[str]] = {
@@ -32,6 +33,7 @@ ALLOWED: dict[str, set[str]] = {
     "checkpoints": {"errors", "io", "schema"},
     "provenance": {"schema"},
     "signals": set(),
+    "optimizer_registry": {"errors", "schema"},
     # GGUF → HF checkpoint import: the checkpoint format's one converter, used by the CLI (and benchmarks)
     "checkpoints_gguf": {"errors", "io", "schema", "checkpoints", "provenance"},
     "data": BASE,

@@ -10,6 +10,13 @@ from pathlib import Path
 import typer
 
 from nexus_eval.cli.options import Quiet, one_line_errors
+from nexus_eval.optimizer_registry import BASELINE, CANDIDATE, REGISTRY
+
+
+def optimizer_help() -> str:
+    """--optimizer's help: the registered optimizers, the compared pair first."""
+    others = [name for name in REGISTRY.names() if name not in (BASELINE, CANDIDATE)]
+    return f"{BASELINE} or {CANDIDATE}; also {', '.join(others)} (registered in nexus_eval/optimizer_registry.py)"
 
 
 @contextmanager
@@ -32,7 +39,7 @@ def train_command(
     optimizer: str = typer.Option(
         ...,
         "--optimizer",
-        help="adamw or nexus; ablations of Nexus: reptile, nexus-k1, nexus-mixed, fish (training/variants.py)",
+        help=optimizer_help(),
     ),
     seed: int = typer.Option(0, "--seed", help="Seeds the initial weights and the micro-batch sequence"),
     out: Path = typer.Option(Path("runs"), "--out", help="Parent of the run directory"),
@@ -70,10 +77,9 @@ def train_command(
     from nexus_eval.training import train
     from nexus_eval.training.budget import check_epochs
     from nexus_eval.training.flops import parse_peak
-    from nexus_eval.training.optimizer import check_optimizer_name
     from nexus_eval.training.recipe import load_recipe
 
-    check_optimizer_name(optimizer)
+    REGISTRY.chosen(optimizer)  # an unregistered name: one line naming the registered ones
     if not dry_run and nproc != 1:  # the run's ranks are torchrun's to start
         raise RecipeError(
             '--nproc: plans a --dry-run only; launch the run itself with torchrun (docs/training.md, "Several GPUs")'

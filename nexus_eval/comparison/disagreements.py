@@ -21,12 +21,13 @@ from rich.console import Console
 from rich.table import Table
 
 from nexus_eval.comparison.match import Checkpoint, Pair, Side
-from nexus_eval.comparison.report import DISPLAY_NAMES, num, target
+from nexus_eval.comparison.report import num, target
 from nexus_eval.display import console
 from nexus_eval.errors import ComparisonError
 from nexus_eval.evaluation import read_samples
 from nexus_eval.evaluation.samples import answer_text, one_line, target_text
 from nexus_eval.io import write_text_atomic
+from nexus_eval.optimizer_registry import REGISTRY
 from nexus_eval.schema import EvalResult, ItemSample
 from nexus_eval.tasks import primary_metric
 
@@ -147,7 +148,7 @@ def find_disagreements(
 
 def _names(group: TaskDisagreements) -> tuple[str, str]:
     """The two series as the report names them (AdamW, Nexus; other labels as they are)."""
-    return tuple(DISPLAY_NAMES.get(s, s) for s in (group.reference_series, group.candidate_series))  # type: ignore[return-value]
+    return REGISTRY.display_name(group.reference_series), REGISTRY.display_name(group.candidate_series)
 
 
 def _summary(group: TaskDisagreements) -> str:

@@ -11,7 +11,8 @@ compared on:
     <recipe key> every other recipe key, e.g. optim.lr, train.steps (run.json total_steps, for runs trained before
                 `--steps` became part of the recorded recipe), data.mixture; lr is never exempt
 
-apart from the seed (matching pairs equal seeds only, match.seed_groups) and the optimizer's own fields (OWN_FIELDS).
+apart from the seed (matching pairs equal seeds only, match.seed_groups) and the optimizers' own fields (each
+registered optimizer's own_fields, nexus_eval/optimizer_registry.py).
 A difference is a ComparisonError naming the field, both runs and both values, unless `--allow-mismatch FIELD` lets
 it through; the differences let through are returned and kept in results["allowed_mismatches"] and the report.
 
@@ -28,30 +29,18 @@ from typing import Any
 
 from rich.markup import escape
 
-from nexus_eval.comparison.match import BASELINE, CANDIDATE, Run
+from nexus_eval.comparison.match import Run
 from nexus_eval.display import console
 from nexus_eval.errors import ComparisonError
+from nexus_eval.optimizer_registry import REGISTRY
 from nexus_eval.schema import AllowedMismatch
 from nexus_eval.training.recipe import flat_recipe, recipe_keys
-from nexus_eval.training.variants import OPTIMIZERS
 
-# The [optim] fields not every optimizer reads, by the optimizers that read them: an AdamW run and a Nexus run may
-# differ in them (an AdamW recipe still carries Nexus' defaults, and the other way round). Two runs must agree on the
-# fields both read like on any other; a field one of them does not read means nothing to it and is not compared.
-# Everything all read (lr, betas, weight decay, micro_batch, accum = Nexus' inner steps, the schedule and warmup) is
-# compared. reptile and fish force un-normalized inner steps (optim.normalize is not theirs); fish's outer step is
-# plain SGD with optim.fish_meta_lr; nothing but adamw clips (training/variants.py).
-INNER = "optim.inner_lr_ratio"  # the inner lr γ = ratio × lr of every variant with inner steps
-LOOP = "optim.inner_loop"  # how the inner loop is computed (exact or linear): numerics of the variant's own update
-OWN_FIELDS: dict[str, frozenset[str]] = {
-    BASELINE: frozenset({"optim.grad_clip"}),  # clips AdamW's accumulated gradient; Nexus' inner steps are normalized
-    CANDIDATE: frozenset({INNER, LOOP, "optim.normalize"}),
-    "reptile": frozenset({INNER, LOOP}),
-    "nexus-k1": frozenset({INNER, LOOP, "optim.normalize"}),
-    "nexus-mixed": frozenset({INNER, LOOP, "optim.normalize"}),
-    "fish": frozenset({INNER, LOOP, "optim.fish_meta_lr"}),
-}
-OWNED = frozenset().union(*OWN_FIELDS.values())
+# The [optim] fields not every optimizer reads are each registered optimizer's own (its entry's own_fields): an AdamW
+# run and a Nexus run may differ in them (an AdamW recipe still carries Nexus' defaults, and the other way round). Two
+# runs must agree on the fields both read like on any other; a field one of them does not read means nothing to it
+# and is not compared. Everything all read (lr, betas, weight decay, micro_batch, accum = Nexus' inner steps, the
+# schedule and warmup) is compared.
 # Recipe keys that are not settings of the training: the recipe's name labels runs, and data.dir is where the build
 # was looked for (the build itself is data_hash; `--data` overrides the dir without changing the recipe).
 NOT_SETTINGS = frozenset({"name", "data.dir"})
@@ -138,10 +127,15 @@ def compared_recipe(run: Run) -> dict[str, Any]:
     return recipe
 
 
+def own_fields(optimizer: str | None) -> frozenset[str]:
+    """The recipe fields a run's optimizer reads as its own (none for a run of no registered optimizer)."""
+    entry = REGISTRY.get(optimizer or "")
+    return entry.own_fields if entry is not None else frozenset()
+
+
 def exempt(a: Run, b: Run) -> frozenset[str]:
     """Fields owned by an optimizer that not both runs use."""
-    empty: frozenset[str] = frozenset()
-    return OWNED - (OWN_FIELDS.get(a.optimizer or "", empty) & OWN_FIELDS.get(b.optimizer or "", empty))
+    return REGISTRY.owned_fields() - (own_fields(a.optimizer) & own_fields(b.optimizer))
 
 
 # ---- comparing runs ----------------------------------------------------------------------------------------------
@@ -164,12 +158,13 @@ def differences(a: Run, b: Run) -> list[Mismatch]:
 def run_pairs(runs: list[Run]) -> list[tuple[Run, Run]]:
     """The comparisons that make every run agree with every other: the first run (lowest seed) of the first
     optimizer (AdamW when there is one) against the first run of every other optimizer (Nexus first, then the
-    ablation variants in training/variants.py's order), and each other run against the first of its optimizer."""
+    ablations, in the registry's order), and each other run against the first of its optimizer."""
     ordered = sorted(runs, key=lambda r: (r.seed is None, r.seed or 0, r.run_id))
     first: dict[str | None, Run] = {}
     for run in ordered:
         first.setdefault(run.optimizer, run)
-    names = sorted(first, key=lambda name: OPTIMIZERS.index(name) if name in OPTIMIZERS else len(OPTIMIZERS))
+    registered = REGISTRY.names()
+    names = sorted(first, key=lambda name: registered.index(name) if name in registered else len(registered))
     anchor = first[names[0]] if names else None
     pairs = [(anchor, first[name]) for name in names[1:] if anchor is not None]
     return pairs + [(first[r.optimizer], r) for r in ordered if r is not first[r.optimizer]]

@@ -40,10 +40,9 @@ import numpy as np
 from nexus_eval.checkpoints import list_checkpoints, read_meta
 from nexus_eval.errors import ComparisonError
 from nexus_eval.io import read_json_object
+from nexus_eval.optimizer_registry import BASELINE, CANDIDATE, REGISTRY
 from nexus_eval.schema import CheckpointMeta, SideSummary
-from nexus_eval.training.variants import OPTIMIZERS
 
-BASELINE, CANDIDATE = "adamw", "nexus"  # the optimizers under comparison; the ablation variants are other series
 GRID_POINTS = 5
 LOSS_EPSILON = 1e-12  # float slack in "within the tolerance"
 
@@ -171,9 +170,9 @@ def load_run(run_dir: Path, label: str | None = None) -> Run:
         else read_meta(ckpts[-1])
     )
     optimizer = info.get("optimizer")
-    if optimizer not in OPTIMIZERS:
+    if optimizer not in REGISTRY:
         raise ComparisonError(
-            f"{run_dir}: optimizer {optimizer!r} in run.json/nexus.json is not one of {', '.join(OPTIMIZERS)}"
+            f"{run_dir}: optimizer {optimizer!r} in run.json/nexus.json is not one of {', '.join(REGISTRY.names())}"
         )
     seed = info.get("seed")
     seed = int(seed) if isinstance(seed, int) else None

@@ -15,9 +15,9 @@ from typing import Any
 
 from nexus_eval.comparison.series import UNIT_NAMES
 from nexus_eval.io import atomic_path
+from nexus_eval.optimizer_registry import REGISTRY
 from nexus_eval.schema import CompareResults, CurveBand
 
-COLORS = {"adamw": "tab:blue", "nexus": "tab:red"}  # the harness's two optimizers; other series: the cycle below
 CYCLE = ("tab:green", "tab:purple", "tab:orange", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
 PNG_METADATA = {"Software": None}  # no library version in the file: same data, same bytes
 CURVES_FIGURE = "loss_curves.png"
@@ -49,10 +49,17 @@ def _lines(points: Sequence[Mapping[str, Any]], x: str, y: str) -> dict[tuple[st
     return ordered
 
 
+def registered_color(series: str) -> str | None:
+    """The colour a registered optimizer's series always has (AdamW blue, Nexus red), or None."""
+    entry = REGISTRY.get(series)
+    return entry.color if entry is not None else None
+
+
 def color(series: str, order: list[str]) -> str:
-    if series in COLORS:
-        return COLORS[series]
-    others = [s for s in order if s not in COLORS]
+    """A series' colour: its registered one, else the next of the cycle among the series without one."""
+    if (fixed := registered_color(series)) is not None:
+        return fixed
+    others = [s for s in order if registered_color(s) is None]
     return CYCLE[others.index(series) % len(CYCLE)] if series in others else "gray"
 
 

@@ -22,6 +22,7 @@ from nexus_eval.comparison.series import UNIT_NAMES
 from nexus_eval.comparison.stats import HIERARCHICAL_UNIT
 from nexus_eval.display import console
 from nexus_eval.io import write_text_atomic
+from nexus_eval.optimizer_registry import BASELINE, CANDIDATE, REGISTRY
 from nexus_eval.schema import (
     CompareResults,
     CurveDelta,
@@ -98,16 +99,6 @@ def target(x: float) -> str:
     return f"{x:g}"
 
 
-# How the harness's own series (labelled by their optimizer) are named in tables; any other label as it is.
-DISPLAY_NAMES = {
-    "adamw": "AdamW",
-    "nexus": "Nexus",
-    # the ablations of Nexus (training/variants.py)
-    "reptile": "Reptile",
-    "nexus-k1": "Nexus K=1",
-    "nexus-mixed": "Nexus mixed",
-    "fish": "Fish",
-}
 EXTERNAL_MARK = " †"
 
 
@@ -125,7 +116,9 @@ def _external(results: CompareResults) -> set[str]:
 
 
 def display_name(results: CompareResults, label: str) -> str:
-    return DISPLAY_NAMES.get(label, label) + (EXTERNAL_MARK if label in _external(results) else "")
+    """The harness's own series (labelled by their optimizer) by their registered display name, any other label as
+    it is; an external series marked †."""
+    return REGISTRY.display_name(label) + (EXTERNAL_MARK if label in _external(results) else "")
 
 
 def candidates(results: CompareResults) -> list[Names]:
@@ -609,7 +602,7 @@ def mismatch_warning(results: CompareResults) -> list[str]:
 def plain_optimizer_comparison(results: CompareResults) -> bool:
     """AdamW against Nexus, the harness's runs only, in nats/token: the report as it read before series."""
     s = results["settings"]
-    return s["series"] == ["adamw", "nexus"] and not measured_by_harness(results)
+    return s["series"] == [BASELINE, CANDIDATE] and not measured_by_harness(results)
 
 
 def series_line(results: CompareResults) -> str:

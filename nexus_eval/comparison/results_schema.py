@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from nexus_eval.comparison.match import BASELINE, CANDIDATE
+from nexus_eval.optimizer_registry import BASELINE, CANDIDATE
 from nexus_eval.schema import COMPARE_RESULTS_SCHEMA, CompareResults
 
 SIDES = {BASELINE: "reference", CANDIDATE: "candidate"}

@@ -24,7 +24,7 @@ from nexus_eval.errors import CheckpointError, DataError, NexusError
 from nexus_eval.geometry.batches import source_batches, training_sources
 from nexus_eval.geometry.gradients import gradient_cosines
 from nexus_eval.geometry.losses import BatchesBySource
-from nexus_eval.geometry.minima import OPTIMIZERS, minima_closeness
+from nexus_eval.geometry.minima import FINETUNE_OPTIMIZERS, minima_closeness
 from nexus_eval.io import write_json_atomic
 from nexus_eval.provenance import environment
 
@@ -135,8 +135,8 @@ def _check_settings(
             raise NexusError(f"{flag} must be at least 1 (got {value})")
     if lr <= 0:
         raise NexusError(f"--finetune-lr must be positive (got {lr})")
-    if optimizer not in OPTIMIZERS:
-        raise NexusError(f"--finetune-optimizer must be one of {', '.join(OPTIMIZERS)} (got {optimizer!r})")
+    if optimizer not in FINETUNE_OPTIMIZERS:
+        raise NexusError(f"--finetune-optimizer must be one of {', '.join(FINETUNE_OPTIMIZERS)} (got {optimizer!r})")
     if iters < 0:
         raise NexusError(f"--hessian-iters must be >= 0 (got {iters})")
 

@@ -25,7 +25,7 @@ from nexus_eval.geometry.losses import (
 )
 from nexus_eval.training.model import causal_lm_loss
 
-OPTIMIZERS = ("adamw", "sgd")
+FINETUNE_OPTIMIZERS = ("adamw", "sgd")  # how a minimum is fine-tuned: not the registered training optimizers
 
 
 def _make_optimizer(name: str, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
@@ -33,7 +33,7 @@ def _make_optimizer(name: str, params: list[nn.Parameter], lr: float) -> torch.o
         return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr)
-    raise ValueError(f"unknown fine-tune optimizer {name!r} (choose from {', '.join(OPTIMIZERS)})")
+    raise ValueError(f"unknown fine-tune optimizer {name!r} (choose from {', '.join(FINETUNE_OPTIMIZERS)})")
 
 
 def finetune_endpoint(
@@ -81,8 +81,8 @@ def minima_closeness(
     """
     if steps < 1:
         raise ValueError("minima_closeness needs at least one fine-tune step")
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"unknown fine-tune optimizer {optimizer!r} (choose from {', '.join(OPTIMIZERS)})")
+    if optimizer not in FINETUNE_OPTIMIZERS:
+        raise ValueError(f"unknown fine-tune optimizer {optimizer!r} (choose from {', '.join(FINETUNE_OPTIMIZERS)})")
     sources = sorted(batches_by_source)
     eval_batches = eval_batches_by_source if eval_batches_by_source is not None else batches_by_source
     if sorted(eval_batches) != sources:

@@ -1,17 +1,16 @@
-"""Training: a recipe (train/*.toml), an optimizer (adamw | nexus | an ablation variant) and a seed → a run directory
-of loss-labelled Hugging Face checkpoints, metrics.jsonl and run.json. Depends on data (and optim); never on
-evaluation or later.
+"""Training: a recipe (train/*.toml), a registered optimizer (adamw | nexus | an ablation of Nexus: the registry,
+nexus_eval/optimizer_registry.py) and a seed → a run directory of loss-labelled Hugging Face checkpoints,
+metrics.jsonl and run.json. Depends on data (and optim); never on evaluation or later.
 
 Modules, in the order a run uses them:
     recipe       the TOML recipe, its checks and the lr schedule; [parallel]: how it executes, outside its hash
     parallel     device, precision, torchrun process group, each rank's slice of a micro-batch, DDP / FSDP2
     schedule     which source and token windows each (seed, step, micro-batch) trains on
     model        LLaMA presets, the initial weights of a seed, the training loss
-    variants     the --optimizer names and what each variant is (torch-free)
-    optimizer    AdamW, Nexus around that AdamW, and the named ablation variants (VARIANTS), from [optim]
+    optimizer    the registered optimizers' builders and recorded hyperparameters, from [optim]
     memory       the run's peak memory, estimated before set-up allocates: a recipe that cannot fit is refused
     components   set_up: the data, schedule, held-out windows, model and optimizer of one run
-    step         one outer step on K micro-batches: where AdamW, Nexus and the variants differ
+    step         one outer step on K micro-batches: where AdamW, Nexus and its ablations differ
     heldout      held-out and OOD loss on fixed windows of the data build
     monitor      the held-out hook after each step: full evals, target watching and crossings
     grad_cosine  per-source gradient cosines and the window of steps they are summed over

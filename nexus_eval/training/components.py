@@ -13,6 +13,7 @@ import numpy as np
 
 from nexus_eval.data import load_manifest, load_tokenizer, open_tokens
 from nexus_eval.errors import RecipeError
+from nexus_eval.optimizer_registry import REGISTRY, OptimizerEntry
 from nexus_eval.provenance import code_version_label, environment
 from nexus_eval.schema import DataBuild, RunIdentity
 from nexus_eval.training.heldout import HeldOut
@@ -21,20 +22,19 @@ from nexus_eval.training.model import build_model, count_params, llama_config
 from nexus_eval.training.optimizer import (
     Optimizer,
     build_optimizer,
-    check_optimizer_name,
     optimizer_hparams,
+    optimizer_source,
     resolve_inner_loop,
 )
 from nexus_eval.training.parallel import Execution, single_process, wrap_model
 from nexus_eval.training.recipe import Recipe
 from nexus_eval.training.schedule import MicroBatchSchedule
-from nexus_eval.training.variants import VARIANTS, Variant
 
 
 @dataclass
 class Components:
     recipe: Recipe
-    optimizer: str  # one of recipe.OPTIMIZERS: "adamw", "nexus" or an ablation variant
+    optimizer: str  # a registered optimizer's name (optimizer_registry.py): "adamw", "nexus" or an ablation
     seed: int
     data_dir: Path
     manifest: dict[str, Any]  # the data build's manifest.json
@@ -51,9 +51,9 @@ class Components:
             self.train_model = self.model
 
     @property
-    def variant(self) -> Variant:
-        """How `opt` updates on a step's micro-batches (step.outer_step)."""
-        return VARIANTS[self.optimizer]
+    def entry(self) -> OptimizerEntry:
+        """The registered optimizer `opt` was built for: how it updates on a step's micro-batches (step.outer_step)."""
+        return REGISTRY[self.optimizer]
 
     def identity(self, run_id: str) -> RunIdentity:
         """What run.json and every nexus.json of this run say about how it was trained."""
@@ -64,6 +64,7 @@ class Components:
             "optimizer_hparams": optimizer_hparams(
                 self.recipe.optim, self.optimizer, resolve_inner_loop(self.recipe.optim, self.execution)
             ),
+            "optimizer_source": optimizer_source(self.optimizer),
             "seed": self.seed,
             "recipe": self.recipe.to_dict(),
             "recipe_hash": self.recipe.hash(),
@@ -115,7 +116,7 @@ def set_up(recipe: Recipe, optimizer: str, seed: int, data_dir: Path, ex: Execut
     `ex`: how this process executes (default: one process on the CPU); under DDP/FSDP the process group must be
     started (parallel.start) before."""
     ex = ex or single_process()
-    check_optimizer_name(optimizer)
+    REGISTRY.chosen(optimizer)  # an unregistered name: one line, before anything is read
     manifest = load_manifest(data_dir)
     check_sources(recipe, manifest, data_dir)
     check_training_memory(recipe, optimizer, manifest)  # before anything large is allocated

@@ -1,4 +1,4 @@
-"""Training: one recipe, one optimizer (adamw | nexus, or an ablation variant of Nexus: optimizer.py VARIANTS), one
+"""Training: one recipe, one registered optimizer (adamw | nexus, or an ablation of Nexus: optimizer_registry.py), one
 seed → a run directory of loss-labelled HF checkpoints.
 
 All optimizers consume the identical micro-batch sequence (schedule.py) from identical initial weights; only the
@@ -30,6 +30,7 @@ from nexus_eval.display import console, progress_bar
 from nexus_eval.errors import RecipeError
 from nexus_eval.io import write_json_atomic
 from nexus_eval.optim import Nexus
+from nexus_eval.optimizer_registry import REGISTRY
 from nexus_eval.schema import MetricsRow, RunInfo
 from nexus_eval.training import parallel
 from nexus_eval.training.checkpointer import Checkpointer, checkpoint_meta, resume_run, trainer_state
@@ -38,13 +39,12 @@ from nexus_eval.training.fidelity import start_of_run_check
 from nexus_eval.training.grad_cosine import CosineWindow
 from nexus_eval.training.metrics_log import CostMeter, MetricsLog, Throughput
 from nexus_eval.training.monitor import HeldOutMonitor
-from nexus_eval.training.optimizer import check_optimizer_name, resolve_inner_loop, set_lr
+from nexus_eval.training.optimizer import resolve_inner_loop, set_lr
 from nexus_eval.training.parallel import Execution, resolve_execution
 from nexus_eval.training.recipe import Recipe, load_recipe, lr_at
 from nexus_eval.training.resume import resumed_recipe
 from nexus_eval.training.state import RunState
 from nexus_eval.training.step import NonFiniteLoss, StepResult, outer_step
-from nexus_eval.training.variants import VARIANTS
 
 
 def run_dir_for(out: Path, recipe: Recipe, optimizer: str, seed: int) -> Path:
@@ -77,8 +77,7 @@ def train(
     run_dir = run_dir_for(out, recipe, optimizer, seed)
     data_dir = data_dir or Path(recipe.data.dir)
     ex = resolve_execution(recipe.parallel, recipe.optim.micro_batch, recipe.path or recipe.name)
-    check_optimizer_name(optimizer)
-    if VARIANTS[optimizer].has_inner_steps:
+    if REGISTRY.chosen(optimizer).update.has_inner_steps:
         resolve_inner_loop(recipe.optim, ex)  # a loop this execution cannot run: refused before anything starts
     if resume and list_checkpoints(run_dir):  # checked before the costly set-up: the same data, recipe and steps
         recipe = resumed_recipe(run_dir, recipe, steps, data_dir)
@@ -190,7 +189,8 @@ def train_run(
 def check_nexus_at_start(c: Components, progress: bool) -> None:
     """Before a fresh Nexus run's first step: how faithfully its precision computes the inner loop, and whether the
     loop changes the update at all (fidelity.start_of_run_check); warnings always, the figures with progress on."""
-    if not (c.variant.inner == "each" and c.variant.normalize is not False and isinstance(c.opt, Nexus)):
+    update = c.entry.update
+    if not (update.inner == "each" and update.normalize is not False and isinstance(c.opt, Nexus)):
         return  # the check measures normalized inner loops: reptile's, fish's and K = 1 have another second order
     batches = c.schedule.step_batches(0, c.recipe.optim.accum)
     lines = start_of_run_check(c.model, c.recipe, batches, c.opt, c.execution)
@@ -215,7 +215,7 @@ def train_step(c: Components, state: RunState, record_grads: bool = False) -> St
     optim = c.recipe.optim
     set_lr(c.opt, lr_at(optim, state.step, state.total_steps))
     batches = c.schedule.step_batches(state.step, optim.accum)  # the global micro-batches, the same on every rank
-    result = outer_step(c.train_model, c.opt, batches, optim.grad_clip, record_grads, c.execution, c.variant)
+    result = outer_step(c.train_model, c.opt, batches, c.entry, optim.grad_clip, record_grads, c.execution)
     state.step += 1
     state.tokens += c.recipe.tokens_per_step()
     return result

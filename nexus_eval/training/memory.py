@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nexus_eval.errors import RecipeError
+from nexus_eval.optimizer_registry import REGISTRY
 from nexus_eval.training.model import PRESETS
 from nexus_eval.training.recipe import Recipe
-from nexus_eval.training.variants import VARIANTS
 
 FLOAT_BYTES = 4
 GIB = 1 << 30
@@ -87,14 +87,16 @@ def heldout_batch(recipe: Recipe, stream_tokens: list[int] | None = None) -> int
 
 
 def adam_copies(optimizer: str) -> int:
-    """Parameter-sized copies the outer optimizer keeps: AdamW's two moments; Fish's plain SGD none."""
-    return ADAM_MOMENTS if VARIANTS[optimizer].outer == "AdamW" else 0
+    """Parameter-sized copies the outer optimizer keeps, as its registry entry says: AdamW's two moments; Fish's
+    plain SGD none."""
+    return REGISTRY.chosen(optimizer).outer_state_copies
 
 
 def theta0_copies(optimizer: str) -> int:
-    """Nexus' θ0 and u, the inner steps' sum (optim/nexus.py: every variant with inner steps keeps both in its exact
-    loop, u alone in the linear one, whose double backward needs activation memory instead); AdamW none."""
-    return 2 if VARIANTS[optimizer].has_inner_steps else 0
+    """Parameter-sized copies the inner loop keeps, as its registry entry says: Nexus' θ0 and u, the inner steps' sum
+    (optim/nexus.py: every optimizer with inner steps keeps both in its exact loop, u alone in the linear one, whose
+    double backward needs activation memory instead); AdamW none."""
+    return REGISTRY.chosen(optimizer).inner_state_copies
 
 
 def estimate(recipe: Recipe, optimizer: str, vocab: int, stream_tokens: list[int] | None = None) -> MemoryEstimate:
@@ -163,7 +165,6 @@ def check_training_memory(recipe: Recipe, optimizer: str, manifest: dict, device
 STRATEGIES = ("none", "ddp", "fsdp")
 MASTER_BYTES = 4  # fp32 master weights, gradients, optimizer state and θ0 (on every device)
 BF16_BYTES = 2  # the compute copy of the weights and the activations under bf16 autocast
-ADAM_MOMENTS = 2  # exp_avg, exp_avg_sq
 FSDP_GATHERED_LAYERS = 2  # unsharded at once: the layer computing and the next one, prefetched
 
 

@@ -1,6 +1,6 @@
-"""The optimizers under comparison, built from the recipe's [optim] table: AdamW, Nexus around that AdamW, and the
-ablations of Nexus, each a named variant run exactly like the two (`--optimizer NAME`; variants.py says
-what each one is)."""
+"""The torch side of the registered optimizers (nexus_eval/optimizer_registry.py): each entry's builder and the
+hyperparameters it records, all from the recipe's [optim] table. AdamW, Nexus around that AdamW, and the ablations
+of Nexus, each a named optimizer run exactly like the two (`--optimizer NAME`)."""
 
 from __future__ import annotations
 
@@ -10,28 +10,12 @@ import torch
 
 from nexus_eval.errors import RecipeError
 from nexus_eval.optim import Fish, Nexus
+from nexus_eval.optimizer_registry import REGISTRY, OptimizerEntry
+from nexus_eval.schema import OptimizerSource
 from nexus_eval.training.parallel import Execution
 from nexus_eval.training.recipe import OptimSpec
-from nexus_eval.training.variants import OPTIMIZERS, VARIANTS, Variant
 
 Optimizer = torch.optim.Optimizer | Nexus
-
-
-def check_optimizer_name(name: str) -> None:
-    if name not in OPTIMIZERS:
-        raise RecipeError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
-
-
-def variant(name: str) -> Variant:
-    check_optimizer_name(name)
-    return VARIANTS[name]
-
-
-def inner_normalize(optim: OptimSpec, name: str) -> bool:
-    """Whether the inner steps of variant `name` are normalized (nexus, nexus-k1 and nexus-mixed: as the recipe says;
-    reptile and fish: never)."""
-    chosen = variant(name).normalize
-    return optim.normalize if chosen is None else chosen
 
 
 def resolve_inner_loop(optim: OptimSpec, ex: Execution) -> str:
@@ -52,40 +36,85 @@ def resolve_inner_loop(optim: OptimSpec, ex: Execution) -> str:
 def build_optimizer(
     model: torch.nn.Module, optim: OptimSpec, name: str, fused: bool = False, inner_loop: str = "exact"
 ) -> Optimizer:
-    """AdamW with no weight decay on norms (1-D params); Nexus (and its AdamW-outer ablations) wraps exactly that
-    AdamW; Fish takes plain SGD over the same groups. `fused`: the one-kernel AdamW (CUDA); the CPU default (foreach)
-    is what every CPU result of this harness was made with."""
-    chosen = variant(name)
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if chosen.outer == "SGD":
-        ratio = optim.inner_lr_ratio
-        return Fish(groups, lr=optim.lr, meta_lr=optim.fish_meta_lr, inner_lr_ratio=ratio, inner_loop=inner_loop)
-    extra = {"fused": True} if fused else {}
-    adamw = torch.optim.AdamW(groups, lr=optim.lr, betas=(optim.beta1, optim.beta2), **extra)
-    if not chosen.has_inner_steps:
-        return adamw
-    normalize = inner_normalize(optim, name)
-    return Nexus(adamw, inner_lr_ratio=optim.inner_lr_ratio, normalize=normalize, inner_loop=inner_loop)
+    """The optimizer registered as `name`, built by its entry's builder. `fused`: the one-kernel AdamW (CUDA); the
+    CPU default (foreach) is what every CPU result of this harness was made with."""
+    entry = REGISTRY.chosen(name)
+    return entry.build.load()(model, optim, entry, fused=fused, inner_loop=inner_loop)
 
 
 def optimizer_hparams(optim: OptimSpec, name: str, inner_loop: str = "exact") -> dict[str, Any]:
     """The settings that define the update, as recorded in run.json and every nexus.json."""
-    chosen = variant(name)
-    hp: dict[str, Any] = {"outer": chosen.outer, "lr": optim.lr}
-    if chosen.outer == "AdamW":
+    entry = REGISTRY.chosen(name)
+    return entry.hparams.load()(optim, entry, inner_loop)
+
+
+def optimizer_source(name: str) -> OptimizerSource:
+    """Where the update's code came from, as recorded in run.json and every nexus.json."""
+    return REGISTRY.chosen(name).source_record()
+
+
+# ---- the built-in optimizers' builders ----------------------------------------------------------------------------
+
+
+def param_groups(model: torch.nn.Module, optim: OptimSpec) -> list[dict[str, Any]]:
+    """Weight decay on matrices, none on norms (1-D params): the groups every built-in optimizer steps."""
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    return [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_adamw(
+    model: torch.nn.Module, optim: OptimSpec, entry: OptimizerEntry, *, fused: bool = False, inner_loop: str = "exact"
+) -> torch.optim.AdamW:
+    """AdamW with no weight decay on norms."""
+    extra = {"fused": True} if fused else {}
+    return torch.optim.AdamW(param_groups(model, optim), lr=optim.lr, betas=(optim.beta1, optim.beta2), **extra)
+
+
+def build_nexus(
+    model: torch.nn.Module, optim: OptimSpec, entry: OptimizerEntry, *, fused: bool = False, inner_loop: str = "exact"
+) -> Nexus:
+    """Nexus (and its AdamW-outer ablations) wrapping exactly the AdamW that adamw trains with."""
+    adamw = build_adamw(model, optim, entry, fused=fused)
+    normalize = entry.update.normalized(optim.normalize)
+    return Nexus(adamw, inner_lr_ratio=optim.inner_lr_ratio, normalize=normalize, inner_loop=inner_loop)
+
+
+def build_fish(
+    model: torch.nn.Module, optim: OptimSpec, entry: OptimizerEntry, *, fused: bool = False, inner_loop: str = "exact"
+) -> Fish:
+    """Fish: plain SGD over the same groups as AdamW's, its meta step ε = optim.fish_meta_lr."""
+    groups = param_groups(model, optim)
+    ratio = optim.inner_lr_ratio
+    return Fish(groups, lr=optim.lr, meta_lr=optim.fish_meta_lr, inner_lr_ratio=ratio, inner_loop=inner_loop)
+
+
+# ---- what the built-in optimizers record --------------------------------------------------------------------------
+
+
+def _outer_hparams(optim: OptimSpec, entry: OptimizerEntry) -> dict[str, Any]:
+    hp: dict[str, Any] = {"outer": entry.update.outer, "lr": optim.lr}
+    if entry.update.outer == "AdamW":
         hp.update(betas=[optim.beta1, optim.beta2], weight_decay=optim.weight_decay)
-    else:
+    else:  # Fish's meta step: plain SGD
         hp.update(meta_lr=optim.fish_meta_lr, momentum=0.0, weight_decay=0.0)
     hp.update(accum=optim.accum, micro_batch=optim.micro_batch, schedule=optim.schedule)
-    if not chosen.has_inner_steps:
-        hp.update(grad_clip=optim.grad_clip)
-        return hp
-    inner_steps = 1 if chosen.inner == "one" else optim.accum
-    hp.update(inner_lr_ratio=optim.inner_lr_ratio, normalize=inner_normalize(optim, name), inner_steps=inner_steps)
+    return hp
+
+
+def adamw_hparams(optim: OptimSpec, entry: OptimizerEntry, inner_loop: str = "exact") -> dict[str, Any]:
+    """The outer AdamW's settings and the clipping of its accumulated gradient."""
+    return {**_outer_hparams(optim, entry), "grad_clip": optim.grad_clip}
+
+
+def inner_loop_hparams(optim: OptimSpec, entry: OptimizerEntry, inner_loop: str = "exact") -> dict[str, Any]:
+    """The outer optimizer's settings and the inner loop's: its lr ratio, normalization, steps and how computed."""
+    hp = _outer_hparams(optim, entry)
+    inner_steps = 1 if entry.update.inner == "one" else optim.accum
+    normalize = entry.update.normalized(optim.normalize)
+    hp.update(inner_lr_ratio=optim.inner_lr_ratio, normalize=normalize, inner_steps=inner_steps)
     hp.update(inner_loop=inner_loop)
-    if chosen.mixed_sources:
+    if entry.update.mixed_sources:
         hp.update(micro_batches="mixed sources")
     return hp
 

@@ -14,7 +14,6 @@ from typing import Any
 from nexus_eval.errors import RecipeError
 from nexus_eval.io import SAFE_NAME_RULE, is_safe_name
 from nexus_eval.training.model import PRESETS
-from nexus_eval.training.variants import OPTIMIZERS  # noqa: F401  (the --optimizer names, re-exported)
 
 SCHEDULES = ("wsd", "cosine")
 STRATEGIES = ("auto", "none", "ddp", "fsdp")  # auto: ddp under torchrun with more than one process, else none
@@ -43,7 +42,7 @@ class OptimSpec:
     micro_batch: int = 16
     accum: int = 4  # K: micro-batches per outer step = Nexus inner steps
     inner_lr_ratio: float = 1.0  # Nexus inner lr γ_t = inner_lr_ratio × outer lr at step t
-    normalize: bool = True  # False: un-normalized inner steps (Reptile-style; the `reptile` variant forces it)
+    normalize: bool = True  # False: un-normalized inner steps (Reptile-style; the `reptile` optimizer forces it)
     grad_clip: float = 1.0  # AdamW's accumulated gradient; Nexus' inner steps are normalized already
     schedule: str = "wsd"  # warmup-stable-decay or cosine
     warmup_steps: int = 10
@@ -56,7 +55,7 @@ class OptimSpec:
     inner_loop: str = "auto"
 
 
-# [optim] keys only an ablation variant reads, added after runs were recorded: at their default they are left out of
+# [optim] keys only an ablation of Nexus reads, added after runs were recorded: at their default they are left out of
 # the recipe dict and its hash, so that every recipe (and run) recorded before them keeps its hash and stays
 # resumable and comparable; a non-default value is recorded like any key.
 VARIANT_ONLY_DEFAULTS = {"fish_meta_lr": OptimSpec.fish_meta_lr, "inner_loop": OptimSpec.inner_loop}

@@ -1,5 +1,5 @@
 """One outer step on the K micro-batches of a training step: where AdamW, Nexus and its ablations differ, and only
-there (variants.py names them).
+there. Each registered optimizer (nexus_eval/optimizer_registry.py) names its step function here; outer_step runs it.
 
 AdamW: backward on each micro-batch loss / K (the gradients accumulate into their mean), clip, one AdamW step.
 Nexus: after each micro-batch's backward one normalized inner step, then the outer step on the displacement
@@ -21,11 +21,11 @@ import torch
 
 from nexus_eval.errors import RecipeError
 from nexus_eval.optim import Nexus
+from nexus_eval.optimizer_registry import OptimizerEntry
 from nexus_eval.training.model import causal_lm_loss
 from nexus_eval.training.optimizer import Optimizer
 from nexus_eval.training.parallel import Execution, gradient_sync, mean_over_ranks, physical_batches, single_process
 from nexus_eval.training.schedule import MicroBatch, mixed_micro_batches
-from nexus_eval.training.variants import VARIANTS, Variant
 
 
 class NonFiniteLoss(RecipeError):
@@ -42,36 +42,65 @@ class StepResult:
     grads: dict[str, torch.Tensor] = field(default_factory=dict)  # source → its micro-batch gradients summed, flat
 
 
+@dataclass
+class StepInputs:
+    """What one outer step works on: the same for every optimizer's step function."""
+
+    model: torch.nn.Module  # what forward/backward runs through (the DDP wrapper under DDP)
+    opt: Optimizer
+    batches: list[MicroBatch]
+    params: list[torch.Tensor]  # the parameters that train, in order
+    grad_clip: float  # for an optimizer that clips its accumulated gradient (0: none)
+    record_grads: bool  # also each source's summed micro-batch gradient, for the gradient-cosine log
+    ex: Execution
+
+
 def outer_step(
     model: torch.nn.Module,
     opt: Optimizer,
     batches: list[MicroBatch],
+    entry: OptimizerEntry,
     grad_clip: float = 0.0,
     record_grads: bool = False,
     ex: Execution | None = None,
-    variant: Variant | None = None,
 ) -> StepResult:
-    """One outer step of `opt` on `batches` (the caller sets the lr). `grad_clip` applies to AdamW's accumulated
-    gradient only (0: none); Nexus' inner steps are normalized already. With `record_grads`, also each source's
-    summed micro-batch gradient (one flat tensor per source; none for nexus-mixed, whose micro-batches mix them).
-    `model`: what forward/backward runs through (the DDP wrapper under DDP); `ex`: how this process executes
-    (default: one process); `variant`: the named optimizer `opt` was built for (default: nexus for a Nexus, else
-    adamw)."""
+    """One outer step of `opt`, built for the registered optimizer `entry`, on `batches` (the caller sets the lr):
+    the entry's step function. `grad_clip` applies to AdamW's accumulated gradient only (0: none); Nexus' inner
+    steps are normalized already. With `record_grads`, also each source's summed micro-batch gradient (one flat
+    tensor per source; none for nexus-mixed, whose micro-batches mix them). `model`: what forward/backward runs
+    through (the DDP wrapper under DDP); `ex`: how this process executes (default: one process)."""
     ex = ex or single_process()
     params = [p for p in model.parameters() if p.requires_grad]
-    if variant is None:
-        variant = VARIANTS["nexus" if isinstance(opt, Nexus) else "adamw"]
-    if not variant.has_inner_steps:
-        if isinstance(opt, Nexus):
-            raise TypeError(f"{variant.name} steps a torch optimizer, got {opt!r}")
-        return adamw_step(model, opt, batches, params, grad_clip, record_grads, ex)
-    if not isinstance(opt, Nexus):
-        raise TypeError(f"{variant.name} takes inner steps: it needs a Nexus (or Fish), got {type(opt).__name__}")
-    if variant.inner == "one":
-        return nexus_k1_step(model, opt, batches, params, record_grads, ex)
-    if variant.mixed_sources:  # per-source gradients do not exist when every micro-batch mixes the sources
-        return nexus_step(model, opt, mixed_micro_batches(batches), params, False, ex)
-    return nexus_step(model, opt, batches, params, record_grads, ex)
+    takes_inner_steps = entry.update.has_inner_steps
+    if takes_inner_steps and not isinstance(opt, Nexus):
+        raise TypeError(f"{entry.name} takes inner steps: it needs a Nexus (or Fish), got {type(opt).__name__}")
+    if not takes_inner_steps and isinstance(opt, Nexus):
+        raise TypeError(f"{entry.name} steps a torch optimizer, got {opt!r}")
+    return entry.step.load()(StepInputs(model, opt, batches, params, grad_clip, record_grads, ex))
+
+
+# ---- the built-in optimizers' steps -------------------------------------------------------------------------------
+
+
+def accumulated_step(s: StepInputs) -> StepResult:
+    """adamw: the mean micro-batch gradient, clipped, one step of the torch optimizer."""
+    return adamw_step(s.model, s.opt, s.batches, s.params, s.grad_clip, s.record_grads, s.ex)
+
+
+def inner_loop_step(s: StepInputs) -> StepResult:
+    """nexus, reptile, fish: one inner step per micro-batch, then the outer step."""
+    return nexus_step(s.model, s.opt, s.batches, s.params, s.record_grads, s.ex)
+
+
+def single_inner_step(s: StepInputs) -> StepResult:
+    """nexus-k1: one inner step on the accumulated gradient, then the outer step."""
+    return nexus_k1_step(s.model, s.opt, s.batches, s.params, s.record_grads, s.ex)
+
+
+def mixed_inner_loop_step(s: StepInputs) -> StepResult:
+    """nexus-mixed: the inner loop on the step's rows regrouped so that each micro-batch holds every source. No
+    per-source gradients: they do not exist when every micro-batch mixes the sources."""
+    return nexus_step(s.model, s.opt, mixed_micro_batches(s.batches), s.params, False, s.ex)
 
 
 def nexus_step(

@@ -14,11 +14,12 @@ import pytest
 from nexus_eval.comparison import CompareOptions, CompareSettings, compare
 from nexus_eval.comparison.guards import check_runs
 from nexus_eval.comparison.match import load_runs
-from nexus_eval.comparison.report import DISPLAY_NAMES
 from nexus_eval.errors import ComparisonError
-from nexus_eval.training.recipe import OPTIMIZERS, parse_recipe
+from nexus_eval.optimizer_registry import REGISTRY
+from nexus_eval.training.recipe import parse_recipe
 from tests.comparison.synthetic_runs import TASK, block_evaluation, make_run, solved_items, write_result
 
+OPTIMIZERS = REGISTRY.names()
 LOSSES = [5.6, 4.998, 4.8, 4.497, 4.3]  # crosses the targets 5.0 and 4.5 at checkpoints 1 and 3
 
 
@@ -67,7 +68,7 @@ def test_compare_matches_every_variant_against_the_adamw_reference(tmp_path: Pat
         assert rows and all(r["n"] >= 1 and "low" in r for r in rows), name
     report = (tmp_path / "out" / "report.md").read_text()
     for name in OPTIMIZERS:
-        assert name in DISPLAY_NAMES and DISPLAY_NAMES[name] in report
+        assert REGISTRY[name].display_name in report
     set_optim(runs[-1], warmup_steps=3)  # the last variant one shared setting apart: the same call refuses it
     refused = CompareOptions(cache_dir=tmp_path / "cache", out=tmp_path / "refused", show=False, progress=False)
     with pytest.raises(ComparisonError, match="differ in optim.warmup_steps"):

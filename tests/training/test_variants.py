@@ -1,6 +1,6 @@
-"""The ablation variants of Nexus (training/variants.py) on the tiny real data build: every variant consumes the
-identical micro-batch tokens for a seed (nexus-mixed: the identical multiset per outer step), each trains, each
-update is its algorithm (checked against hand-written references), and a mistyped name is one line."""
+"""The ablation variants of Nexus (nexus_eval/optimizer_registry.py) on the tiny real data build: every variant
+consumes the identical micro-batch tokens for a seed (nexus-mixed: the identical multiset per outer step), each
+trains, each update is its algorithm (checked against hand-written references), and a mistyped name is one line."""
 
 from __future__ import annotations
 
@@ -19,12 +19,14 @@ from typer.testing import CliRunner
 from nexus_eval.checkpoints import load_model
 from nexus_eval.cli import app
 from nexus_eval.optim import Fish, Nexus
+from nexus_eval.optimizer_registry import REGISTRY
 from nexus_eval.training import RunState, load_recipe, set_up, train, train_step
-from nexus_eval.training.recipe import OPTIMIZERS, flat_recipe, parse_recipe
+from nexus_eval.training.recipe import flat_recipe, parse_recipe
 from nexus_eval.training.schedule import MIXED, MicroBatch, mixed_micro_batches
 from tests.conftest import write_recipe
 from tests.training.test_train import adamw_reference_grad, global_norm, reference_loss, relative_error
 
+OPTIMIZERS = REGISTRY.names()
 VARIANTS = ("reptile", "nexus-k1", "nexus-mixed", "fish")
 STEPS = 3
 
