@@ -81,6 +81,9 @@ class OptimizerSource(TypedDict):
     module: str  # e.g. "nexus_eval.optim.nexus"
     name: str  # e.g. "Nexus"
     version: str | None  # the package's version (None: it has none)
+    # A plug-in's (package.module:factory) module file and its sha256: its code can change under one version
+    file: NotRequired[str | None]
+    sha256: NotRequired[str | None]
 
 
 class RunIdentity(TypedDict):

@@ -33,7 +33,7 @@ ALLOWED: dict[str, set[str]] = {
     "checkpoints": {"errors", "io", "schema"},
     "provenance": {"schema"},
     "signals": set(),
-    "optimizer_registry": {"errors", "schema"},
+    "optimizer_registry": {"errors", "io", "schema"},
     # GGUF → HF checkpoint import: the checkpoint format's one converter, used by the CLI (and benchmarks)
     "checkpoints_gguf": {"errors", "io", "schema", "checkpoints", "provenance"},
     "data": BASE,

@@ -16,7 +16,10 @@ from nexus_eval.optimizer_registry import BASELINE, CANDIDATE, REGISTRY
 def optimizer_help() -> str:
     """--optimizer's help: the registered optimizers, the compared pair first."""
     others = [name for name in REGISTRY.names() if name not in (BASELINE, CANDIDATE)]
-    return f"{BASELINE} or {CANDIDATE}; also {', '.join(others)} (registered in nexus_eval/optimizer_registry.py)"
+    return (
+        f"{BASELINE} or {CANDIDATE}; also {', '.join(others)}; nexus:OUTER (Nexus around OUTER, e.g. nexus:muon); "
+        "package.module:factory (your own: docs/training.md, 'Any optimizer')"
+    )
 
 
 @contextmanager
@@ -71,20 +74,22 @@ def train_command(
     ),
     quiet: Quiet = False,
 ) -> None:
-    """Train RECIPE with one optimizer and seed; writes runs/<recipe>-<optimizer>-s<seed>/ckpt-*."""
+    """Train RECIPE with one optimizer and seed; writes runs/<recipe>-<optimizer>-s<seed>/ckpt-* (":" as "+")."""
     from nexus_eval.data import load_manifest
     from nexus_eval.errors import RecipeError
     from nexus_eval.training import train
     from nexus_eval.training.budget import check_epochs
     from nexus_eval.training.flops import parse_peak
+    from nexus_eval.training.optimizer import check_optimizer
     from nexus_eval.training.recipe import load_recipe
 
-    REGISTRY.chosen(optimizer)  # an unregistered name: one line naming the registered ones
+    REGISTRY.chosen(optimizer)  # an unknown name: one line naming the forms a name can have
     if not dry_run and nproc != 1:  # the run's ranks are torchrun's to start
         raise RecipeError(
             '--nproc: plans a --dry-run only; launch the run itself with torchrun (docs/training.md, "Several GPUs")'
         )
     plan = load_recipe(recipe)
+    check_optimizer(plan.optim, optimizer, strategy or plan.parallel.strategy)  # its module, table; Muon under FSDP
     if steps is not None and steps > 0:
         plan = plan.with_steps(steps)  # the budget checked is the one trained (train() refuses steps <= 0)
     data_dir = data or Path(plan.data.dir)

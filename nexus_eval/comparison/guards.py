@@ -129,13 +129,15 @@ def compared_recipe(run: Run) -> dict[str, Any]:
 
 def own_fields(optimizer: str | None) -> frozenset[str]:
     """The recipe fields a run's optimizer reads as its own (none for a run of no registered optimizer)."""
-    entry = REGISTRY.get(optimizer or "")
+    entry = REGISTRY.resolve(optimizer or "")
     return entry.own_fields if entry is not None else frozenset()
 
 
 def exempt(a: Run, b: Run) -> frozenset[str]:
-    """Fields owned by an optimizer that not both runs use."""
-    return REGISTRY.owned_fields() - (own_fields(a.optimizer) & own_fields(b.optimizer))
+    """Fields owned by an optimizer (a registered one, or either run's: nexus:OUTER, a plug-in and their tables)
+    that not both runs use."""
+    mine, theirs = own_fields(a.optimizer), own_fields(b.optimizer)
+    return (REGISTRY.owned_fields() | mine | theirs) - (mine & theirs)
 
 
 # ---- comparing runs ----------------------------------------------------------------------------------------------

@@ -172,7 +172,8 @@ def load_run(run_dir: Path, label: str | None = None) -> Run:
     optimizer = info.get("optimizer")
     if optimizer not in REGISTRY:
         raise ComparisonError(
-            f"{run_dir}: optimizer {optimizer!r} in run.json/nexus.json is not one of {', '.join(REGISTRY.names())}"
+            f"{run_dir}: optimizer {optimizer!r} in run.json/nexus.json is not one of {', '.join(REGISTRY.names())}, "
+            "nexus:OUTER or package.module:factory"
         )
     seed = info.get("seed")
     seed = int(seed) if isinstance(seed, int) else None

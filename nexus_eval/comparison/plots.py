@@ -51,7 +51,7 @@ def _lines(points: Sequence[Mapping[str, Any]], x: str, y: str) -> dict[tuple[st
 
 def registered_color(series: str) -> str | None:
     """The colour a registered optimizer's series always has (AdamW blue, Nexus red), or None."""
-    entry = REGISTRY.get(series)
+    entry = REGISTRY.resolve(series)
     return entry.color if entry is not None else None
 
 

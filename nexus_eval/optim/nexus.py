@@ -57,6 +57,8 @@ from typing import Any
 import torch
 from torch.distributed.tensor import DTensor, Shard
 
+from nexus_eval.optim.split import OptimizerSplit
+
 INNER_LOOPS = ("exact", "linear")
 
 
@@ -65,7 +67,7 @@ class Nexus:
 
     def __init__(
         self,
-        outer: torch.optim.Optimizer,
+        outer: torch.optim.Optimizer | OptimizerSplit,
         inner_lr_ratio: float = 1.0,
         normalize: bool = True,
         eps: float = 1e-12,
@@ -210,6 +212,19 @@ class Nexus:
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.outer.zero_grad(set_to_none=set_to_none)
+
+    def train(self) -> None:
+        """The outer optimizer's train mode, where it has one (Schedule-Free: its weights are the ones it steps)."""
+        if callable(getattr(self.outer, "train", None)):
+            self.outer.train()
+
+    def eval(self) -> None:
+        """The outer optimizer's eval mode, where it has one (Schedule-Free: the weights to evaluate). Between outer
+        steps only: inside one the weights are an inner point."""
+        if self.inner_steps:
+            raise RuntimeError("Nexus.eval() inside an outer step")
+        if callable(getattr(self.outer, "eval", None)):
+            self.outer.eval()
 
     def state_dict(self) -> dict[str, Any]:
         mid_step = self.inner_steps > 0

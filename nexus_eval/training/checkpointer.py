@@ -31,7 +31,7 @@ from nexus_eval.checkpoints import (
 )
 from nexus_eval.errors import CheckpointError
 from nexus_eval.io import dump_json
-from nexus_eval.optim import Nexus
+from nexus_eval.optim import Nexus, OptimizerSplit
 from nexus_eval.schema import CheckpointMeta, HeldOutLoss, RunIdentity
 from nexus_eval.training.components import Components
 from nexus_eval.training.grad_cosine import CosineWindow
@@ -177,15 +177,17 @@ def export_model(config: Any, weights: dict[str, torch.Tensor]) -> Any:
     return model
 
 
-def outer_optimizer(opt: Optimizer) -> torch.optim.Optimizer:
-    return opt.outer if isinstance(opt, Nexus) else opt
+def torch_optimizers(opt: Optimizer) -> list[torch.optim.Optimizer]:
+    """The torch optimizers whose state `opt` keeps: Nexus' outer one, each part of a split (Muon and AdamW)."""
+    outer = opt.outer if isinstance(opt, Nexus) else opt
+    return list(outer.parts) if isinstance(outer, OptimizerSplit) else [outer]
 
 
 def named_optimizer_state(c: Components) -> dict[str, Any]:
     """The (outer) optimizer's state keyed by parameter name, as DTensor shards under FSDP."""
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
-    return get_optimizer_state_dict(c.model, outer_optimizer(c.opt))
+    return get_optimizer_state_dict(c.model, torch_optimizers(c.opt))
 
 
 def optimizer_state(c: Components) -> dict[str, Any]:
@@ -202,7 +204,7 @@ def load_optimizer_state(c: Components, ckpt: Path, saved: dict[str, Any]) -> No
     """The optimizer state of `ckpt` into c.opt, whatever world size and strategy wrote it and runs now."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-    ex, outer = c.execution, outer_optimizer(c.opt)
+    ex, outer = c.execution, torch_optimizers(c.opt)
     if "sharded" in saved:  # written under torchrun: DCP reads this rank's part, re-sharded for this world size
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.api import CheckpointException
@@ -312,14 +314,17 @@ def plain_data_planner(directory: Path) -> Any:
     return PlainDataLoadPlanner()
 
 
-def by_parameter_name(model: Any, opt: torch.optim.Optimizer, state: dict[str, Any]) -> dict[str, Any]:
-    """torch's optimizer state_dict (parameters numbered in group order) keyed by parameter name instead."""
+def by_parameter_name(model: Any, opts: list[torch.optim.Optimizer], state: dict[str, Any]) -> dict[str, Any]:
+    """torch's optimizer state_dict (parameters numbered in group order) keyed by parameter name instead; of a split
+    (OptimizerSplit's {"parts": [...]}) every part's, merged as torch.distributed.checkpoint merges them."""
     names = {id(p): name for name, p in model.named_parameters()}
-    order = [names[id(p)] for group in opt.param_groups for p in group["params"]]
-    return {
-        "state": {order[i]: value for i, value in state["state"].items()},
-        "param_groups": [{**g, "params": [order[i] for i in g["params"]]} for g in state["param_groups"]],
-    }
+    parts = state["parts"] if "parts" in state else [state]
+    merged: dict[str, Any] = {"state": {}, "param_groups": []}
+    for opt, part in zip(opts, parts, strict=True):
+        order = [names[id(p)] for group in opt.param_groups for p in group["params"]]
+        merged["state"].update({order[i]: value for i, value in part["state"].items()})
+        merged["param_groups"] += [{**g, "params": [order[i] for i in g["params"]]} for g in part["param_groups"]]
+    return merged
 
 
 def load_weights(c: Components, weights: dict[str, torch.Tensor]) -> None:

@@ -22,6 +22,7 @@ from nexus_eval.training.model import build_model, count_params, llama_config
 from nexus_eval.training.optimizer import (
     Optimizer,
     build_optimizer,
+    check_optimizer,
     optimizer_hparams,
     optimizer_source,
     resolve_inner_loop,
@@ -53,7 +54,7 @@ class Components:
     @property
     def entry(self) -> OptimizerEntry:
         """The registered optimizer `opt` was built for: how it updates on a step's micro-batches (step.outer_step)."""
-        return REGISTRY[self.optimizer]
+        return REGISTRY.chosen(self.optimizer)
 
     def identity(self, run_id: str) -> RunIdentity:
         """What run.json and every nexus.json of this run say about how it was trained."""
@@ -116,7 +117,7 @@ def set_up(recipe: Recipe, optimizer: str, seed: int, data_dir: Path, ex: Execut
     `ex`: how this process executes (default: one process on the CPU); under DDP/FSDP the process group must be
     started (parallel.start) before."""
     ex = ex or single_process()
-    REGISTRY.chosen(optimizer)  # an unregistered name: one line, before anything is read
+    check_optimizer(recipe.optim, optimizer, ex.strategy)  # one line, before anything is read
     manifest = load_manifest(data_dir)
     check_sources(recipe, manifest, data_dir)
     check_training_memory(recipe, optimizer, manifest)  # before anything large is allocated
@@ -136,7 +137,9 @@ def set_up(recipe: Recipe, optimizer: str, seed: int, data_dir: Path, ex: Execut
     model = recipe_model(recipe, manifest, tokenizer, seed, on_cuda)
     train_model = wrap_model(model, ex)  # before the optimizer: FSDP replaces the parameters by shards
     inner_loop = resolve_inner_loop(recipe.optim, ex)
-    opt = build_optimizer(model, recipe.optim, optimizer, fused=on_cuda, inner_loop=inner_loop)
+    opt = build_optimizer(
+        model, recipe.optim, optimizer, fused=on_cuda, inner_loop=inner_loop, total_steps=recipe.train.steps
+    )
     return Components(
         recipe, optimizer, seed, data_dir, manifest, tokenizer, schedule, heldout, model, opt, ex, train_model
     )

@@ -30,7 +30,7 @@ from nexus_eval.display import console, progress_bar
 from nexus_eval.errors import RecipeError
 from nexus_eval.io import write_json_atomic
 from nexus_eval.optim import Nexus
-from nexus_eval.optimizer_registry import REGISTRY
+from nexus_eval.optimizer_registry import run_label
 from nexus_eval.schema import MetricsRow, RunInfo
 from nexus_eval.training import parallel
 from nexus_eval.training.checkpointer import Checkpointer, checkpoint_meta, resume_run, trainer_state
@@ -39,7 +39,13 @@ from nexus_eval.training.fidelity import start_of_run_check
 from nexus_eval.training.grad_cosine import CosineWindow
 from nexus_eval.training.metrics_log import CostMeter, MetricsLog, Throughput
 from nexus_eval.training.monitor import HeldOutMonitor
-from nexus_eval.training.optimizer import resolve_inner_loop, set_lr
+from nexus_eval.training.optimizer import (
+    check_optimizer,
+    enter_train_mode,
+    resolve_inner_loop,
+    set_lr,
+    weights_to_evaluate,
+)
 from nexus_eval.training.parallel import Execution, resolve_execution
 from nexus_eval.training.recipe import Recipe, load_recipe, lr_at
 from nexus_eval.training.resume import resumed_recipe
@@ -48,7 +54,7 @@ from nexus_eval.training.step import NonFiniteLoss, StepResult, outer_step
 
 
 def run_dir_for(out: Path, recipe: Recipe, optimizer: str, seed: int) -> Path:
-    return out / f"{recipe.name}-{optimizer}-s{seed}"
+    return out / f"{recipe.name}-{run_label(optimizer)}-s{seed}"
 
 
 def train(
@@ -77,7 +83,7 @@ def train(
     run_dir = run_dir_for(out, recipe, optimizer, seed)
     data_dir = data_dir or Path(recipe.data.dir)
     ex = resolve_execution(recipe.parallel, recipe.optim.micro_batch, recipe.path or recipe.name)
-    if REGISTRY.chosen(optimizer).update.has_inner_steps:
+    if check_optimizer(recipe.optim, optimizer, ex.strategy).update.has_inner_steps:
         resolve_inner_loop(recipe.optim, ex)  # a loop this execution cannot run: refused before anything starts
     if resume and list_checkpoints(run_dir):  # checked before the costly set-up: the same data, recipe and steps
         recipe = resumed_recipe(run_dir, recipe, steps, data_dir)
@@ -123,6 +129,7 @@ def train_run(
         if not resume:
             raise RecipeError(f"{run_dir} already has checkpoints: pass --resume to continue it, or remove it")
         state = resume_run(checkpointer, c, cosine)
+        enter_train_mode(c.opt)  # a Schedule-Free state is saved in eval mode, with the weights it evaluates
         if ex.is_main:
             metrics.truncate(state.step)
     else:  # nothing to resume from (or a run killed before its first checkpoint)
@@ -155,7 +162,8 @@ def train_run(
             since_row.add(tokens_per_step)
             since_start.add(tokens_per_step)
 
-            measured = monitor.after_step(c.model, state, full=is_eval or is_checkpoint)
+            with weights_to_evaluate(c.opt):  # Schedule-Free: the loss of the weights it evaluates and checkpoints
+                measured = monitor.after_step(c.model, state, full=is_eval or is_checkpoint)
             if measured is not None and not measured.finite:  # diverged: log nothing, write no checkpoint
                 loss = measured.losses["val_loss"]
                 raise RecipeError(
@@ -179,7 +187,8 @@ def train_run(
             if measured is not None and (measured.crossed or is_checkpoint):
                 target = min(measured.crossed) if measured.crossed else None
                 meta = checkpoint_meta(identity, state, measured.losses, target)
-                ckpt = checkpointer.save(c, meta, trainer_state(c, state, cosine))
+                with weights_to_evaluate(c.opt):  # the weights whose loss the checkpoint is labelled with
+                    ckpt = checkpointer.save(c, meta, trainer_state(c, state, cosine))
                 if on_checkpoint is not None and ex.is_main:  # other ranks go on and wait at the next collective
                     on_checkpoint(ckpt)
             bar.update(step, info=progress_info(result.loss, state.last_val, since_start.rate(), cost))
@@ -213,7 +222,7 @@ def train_step(c: Components, state: RunState, record_grads: bool = False) -> St
     """Outer step number state.step (0-based), as the loop takes it: the scheduled lr, the step's K micro-batches,
     the update; then counts the step and its tokens."""
     optim = c.recipe.optim
-    set_lr(c.opt, lr_at(optim, state.step, state.total_steps))
+    set_lr(c.opt, lr_at(optim, state.step, state.total_steps), optim.lr)
     batches = c.schedule.step_batches(state.step, optim.accum)  # the global micro-batches, the same on every rank
     result = outer_step(c.train_model, c.opt, batches, c.entry, optim.grad_clip, record_grads, c.execution)
     state.step += 1

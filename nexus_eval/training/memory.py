@@ -177,12 +177,13 @@ class RankMemory:
     ranks: int
     params: int  # fp32 master weights
     grads: int  # fp32 gradients
-    optimizer_state: int  # AdamW's two moments
+    optimizer_state: int  # the outer optimizer's (AdamW: its two moments)
     theta0: int  # Nexus' θ0 (the weights at the start of the outer step) and u (the inner steps' sum): 0 for AdamW
     grad_cosine: int  # one summed gradient per source, for the gradient-cosine log
     compute_copy: int  # bf16 weights the matmuls read: all of them (autocast's cache) or the gathered layers (fsdp)
     comm_buffers: int  # DDP's gradient buckets (a second copy of the gradients unless gradient_as_bucket_view)
     activations: int  # this rank's slice of one micro-batch, forward + backward
+    state_kind: str = "AdamW moments"  # what the optimizer state is (its registry entry's state_kind)
 
     @property
     def state(self) -> int:
@@ -196,7 +197,7 @@ class RankMemory:
         return [
             ("parameters (fp32 master)", self.params),
             ("gradients (fp32)", self.grads),
-            ("optimizer state (AdamW moments)", self.optimizer_state),
+            (f"optimizer state ({self.state_kind})", self.optimizer_state),
             ("Nexus θ0 and u", self.theta0),
             ("gradient-cosine sums", self.grad_cosine),
             ("bf16 compute copy", self.compute_copy),
@@ -251,4 +252,5 @@ def rank_memory(
         compute_copy=compute_copy,
         comm_buffers=per_copy if strategy == "ddp" else 0,
         activations=activations,
+        state_kind=REGISTRY.chosen(optimizer).state_kind,
     )

@@ -53,6 +53,13 @@ class OptimSpec:
     # corrects each inner gradient to first order (a Hessian-vector product); "auto": linear under bf16 autocast,
     # whose forwards cannot see the inner steps, exact otherwise (fp32, and FSDP2, where linear cannot run)
     inner_loop: str = "auto"
+    # [optim."NAME"] tables: each optimizer's own settings ([optim.muon], a plug-in's [optim."pkg.mod:factory"]), by
+    # optimizer name; read by that optimizer's builder, which refuses keys it does not know
+    tables: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def table(self, name: str) -> dict[str, Any]:
+        """Optimizer `name`'s own settings (empty when the recipe has no table for it)."""
+        return dict(self.tables.get(name, {}))
 
 
 # [optim] keys only an ablation of Nexus reads, added after runs were recorded: at their default they are left out of
@@ -107,6 +114,9 @@ class Recipe:
         out.pop("path")
         out.pop("parallel")  # how it runs is not what it trains: every recipe hash stays what it was
         out["train"].pop("eval_tasks")  # what is measured along the way, likewise
+        # an optimizer's table where the TOML file has it, [optim.NAME]; no key at all without one, so that every
+        # recipe without tables keeps its hash
+        out["optim"].update(out["optim"].pop("tables"))
         for key, default in VARIANT_ONLY_DEFAULTS.items():
             if out["optim"][key] == default:
                 del out["optim"][key]
@@ -136,7 +146,8 @@ SECTIONS: dict[str, type] = {"model": ModelSpec, "data": DataSpec, "optim": Opti
 
 def recipe_keys() -> list[str]:
     """Every key a recipe has, as flat_recipe names them: "name", then "section.key" ("optim.lr", ...)."""
-    return ["name"] + [f"{section}.{f.name}" for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
+    fields = [(section, f.name) for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
+    return ["name"] + [f"{section}.{name}" for section, name in fields if name != "tables"]
 
 
 def flat_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
@@ -152,8 +163,27 @@ def flat_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
+def _optim_section(raw: dict[str, Any], where: str) -> OptimSpec:
+    """[optim]: its keys, and a sub-table per optimizer with settings of its own ([optim.muon]): a table whose name is
+    no optimizer is an error, as an unknown key is."""
+    from nexus_eval.optimizer_registry import REGISTRY
+
+    tables = {key: value for key, value in raw.items() if isinstance(value, dict)}
+    for name, table in tables.items():
+        if name not in REGISTRY:
+            raise RecipeError(
+                f"{where}: [optim.{name}] names no optimizer (a registered name, nexus:OUTER or package.module:factory)"
+            )
+        try:  # plain data, as run.json records it (TOML dates are not)
+            tables[name] = json.loads(json.dumps(table))
+        except (TypeError, ValueError):
+            raise RecipeError(f"{where}: [optim.{name}] holds a value JSON cannot record (a date?)") from None
+    keys = {key: value for key, value in raw.items() if key not in tables}
+    return dataclasses.replace(_section(OptimSpec, keys, where), tables=tables)
+
+
 def _section(cls: type, raw: dict[str, Any], where: str) -> Any:
-    known = {f.name: f for f in dataclasses.fields(cls)}
+    known = {f.name: f for f in dataclasses.fields(cls) if f.name != "tables"}
     unknown = sorted(set(raw) - set(known))
     if unknown:
         raise RecipeError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(known)})")
@@ -231,7 +261,8 @@ def parse_recipe(raw: dict[str, Any], where: str) -> Recipe:
         value = raw.get(key, {})
         if not isinstance(value, dict):
             raise RecipeError(f"{where}: [{key}] must be a table")
-        parts[key] = _section(cls, value, f"{where} [{key}]")
+        where_key = f"{where} [{key}]"
+        parts[key] = _optim_section(value, where_key) if cls is OptimSpec else _section(cls, value, where_key)
     name = str(raw.get("name", Path(where).stem))
     if not is_safe_name(name):  # it names the run directory under --out: no "..", "/" or absolute paths
         raise RecipeError(f"{where}: name {name!r}: {SAFE_NAME_RULE} (it names the run directory)")

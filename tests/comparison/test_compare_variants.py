@@ -110,5 +110,32 @@ def test_an_unknown_optimizer_in_a_run_is_one_line(tmp_path: Path) -> None:
     (run,) = variant_runs(tmp_path / "runs", tmp_path / "cache", ("adamw",))
     path = run / "run.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), "optimizer": "lion"}))
-    with pytest.raises(ComparisonError, match=r"optimizer 'lion' in run.json/nexus.json is not one of adamw, nexus"):
+    with pytest.raises(ComparisonError, match=r"optimizer .lion. in run.json/nexus.json is not one of adamw, nexus"):
         load_runs([run])
+
+
+def test_any_optimizer_name_is_a_series_and_its_table_is_its_own(tmp_path: Path) -> None:
+    """nexus:muon and a plug-in are read back by name (compare imports no plug-in), each a series against AdamW;
+    an optimizer's [optim."NAME"] table is compared between its own runs only, like its own [optim] keys."""
+    names = ("adamw", "muon", "nexus:muon", "my_optimizers:lion")
+    seed0 = variant_runs(tmp_path / "runs", tmp_path / "cache", names)
+    seed1 = variant_runs(tmp_path / "runs", tmp_path / "cache", names, seed=1)
+    for runs in (seed0, seed1):
+        set_optim(runs[1], muon={"momentum": 0.9})
+        set_optim(runs[2], muon={"momentum": 0.9})
+        set_optim(runs[3], **{"my_optimizers:lion": {"lr_ratio": 0.2}})
+    assert check_runs(load_runs(seed0 + seed1)) == []  # AdamW reads neither table
+    set_optim(seed1[3], **{"my_optimizers:lion": {"lr_ratio": 0.3}})
+    with pytest.raises(ComparisonError, match=r"s0 and tiny-my_optimizers:lion-s1 differ in optim.my_optimizers:lion"):
+        check_runs(load_runs(seed0 + seed1))
+    set_optim(seed1[3], **{"my_optimizers:lion": {"lr_ratio": 0.2}})
+    set_optim(seed1[2], muon={"momentum": 0.8})  # Nexus∘Muon reads Muon's table
+    with pytest.raises(ComparisonError, match=r"tiny-nexus:muon-s0 and tiny-nexus:muon-s1 differ in optim.muon"):
+        check_runs(load_runs(seed0 + seed1))
+    set_optim(seed1[2], muon={"momentum": 0.9})
+    settings = CompareSettings(tasks=(TASK,), bootstrap_resamples=200)
+    options = CompareOptions(cache_dir=tmp_path / "cache", out=tmp_path / "out", show=False, progress=False)
+    results = compare(seed0, settings, options)
+    assert results["settings"]["series"] == list(names)
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "Muon" in report and "Nexus∘Muon" in report and "my_optimizers:lion" in report

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from nexus_eval.checkpoints import load_model
 from nexus_eval.cli import app
-from nexus_eval.optim import Fish, Nexus
+from nexus_eval.optim import Fish, Nexus, OptimizerSplit
 from nexus_eval.optimizer_registry import REGISTRY
 from nexus_eval.training import RunState, load_recipe, set_up, train, train_step
 from nexus_eval.training.recipe import flat_recipe, parse_recipe
@@ -101,7 +101,8 @@ def capture_outer_steps(c: Any) -> list[dict[str, Any]]:
     def capture(_optimizer: Any, _args: Any, _kwargs: Any) -> None:
         seen.append({"from": [p.detach().clone() for p in params], "grad": [p.grad.detach().clone() for p in params]})
 
-    (c.opt.outer if isinstance(c.opt, Nexus) else c.opt).register_step_pre_hook(capture)
+    outer = c.opt.outer if isinstance(c.opt, Nexus) else c.opt
+    (outer.parts[0] if isinstance(outer, OptimizerSplit) else outer).register_step_pre_hook(capture)
     return seen
 
 
