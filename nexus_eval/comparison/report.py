@@ -450,7 +450,7 @@ def series_sections(results: CompareResults, names: Names, prefix: str) -> list[
     )
     out.append(("Solved-item overlap", overlap_frame(results, names), overlap_note))
     note = ood_note(results)
-    if several_seeds:
+    if several:
         ood_ci = "; 95% CI: Student t over seeds (one loss per checkpoint: no items to resample, so no item bootstrap)."
         out.append(("Out-of-distribution loss, mean over seeds", ood_frame(results, names, ALL_SEEDS), note + ood_ci))
         out.append(("Out-of-distribution loss, per seed", ood_frame(results, names, "per-seed"), note + "."))

@@ -213,6 +213,8 @@ def test_one_seed_report_flags_the_task_at_chance_and_says_what_one_seed_cannot_
     # The one-seed caveat, in words beside the table, and the header that says its interval is over items.
     assert "One training seed per side" in report and "not that the optimizer causes the difference" in report
     assert "≥ 2 training seeds per side" in report and "| CI excludes 0 " not in report.split("## Solved")[0]
+    # The rest of the one-seed report as it was: one OOD table, without a per-seed/mean split.
+    assert "## Out-of-distribution loss\n" in report and "Out-of-distribution loss, per seed" not in report
 
 
 def test_several_seeds_flag_the_headline_and_keep_their_report_without_the_one_seed_caveat(
