@@ -425,6 +425,11 @@ class TaskRow(EstimateFields):
     t_low: NotRequired[float | None]
     t_high: NotRequired[float | None]
     t_n: NotRequired[int]  # seeds the t interval is over
+    # Accuracy of multiple-choice items: mean over the row's items of 1/n_choices, and whether neither side's score is
+    # distinguishable from it (comparison/chance.py); None where there is no chance level or it could not be judged.
+    # Absent in results written before the chance check.
+    chance: NotRequired[float | None]
+    at_chance: NotRequired[bool | None]
 
 
 class OodRow(EstimateFields):
@@ -562,6 +567,8 @@ class CurveDelta(TypedDict):
     reference: SeedBand
     candidate: SeedBand
     delta: SeedBand  # candidate − reference, per seed, then mean and t interval over the seeds both cover
+    chance: NotRequired[float | None]  # task curves: the task's chance level (as TaskRow.chance), over all its items
+    at_chance: NotRequired[bool | None]  # both sides' means within a guesser's 95% range (chance.curve_at_chance)
 
 
 class OodPoint(TypedDict):

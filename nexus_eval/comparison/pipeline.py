@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,16 @@ from typing import Any
 import numpy as np
 
 from nexus_eval.checkpoints import content_hash
+from nexus_eval.comparison.chance import (
+    curve_at_chance,
+    has_chance,
+    item_chance,
+    row_at_chance,
+    seed_vs_chance,
+    seeds_vs_chance,
+    task_chance,
+)
+from nexus_eval.comparison.curves import TASK as TASK_CURVE
 from nexus_eval.comparison.curves import loss_curves, ood_points
 from nexus_eval.comparison.disagreements import find_disagreements, print_disagreements, write_disagreements
 from nexus_eval.comparison.external import compared_runs
@@ -65,8 +76,8 @@ from nexus_eval.comparison.stats import (
     stream_seed,
 )
 from nexus_eval.display import console
-from nexus_eval.errors import ComparisonError
-from nexus_eval.evaluation import EvalSettings, cached_results, checked_devices, evaluate_series
+from nexus_eval.errors import ComparisonError, EvalError
+from nexus_eval.evaluation import EvalSettings, cached_results, checked_devices, evaluate_series, read_samples
 from nexus_eval.evaluation.runner import PERPLEXITY_METRICS
 from nexus_eval.io import finite_json, write_json_atomic
 from nexus_eval.schema import (
@@ -75,6 +86,7 @@ from nexus_eval.schema import (
     CompareResults,
     CurvePoint,
     EvalResult,
+    LossCurves,
     LossNoiseRow,
     MetricPoint,
     NoiseRecord,
@@ -92,6 +104,8 @@ from nexus_eval.tasks import resolve_tasks as suite_tasks
 
 # (checkpoint path, task name) → its eval result
 Results = dict[tuple[Path, str], EvalResult]
+# task name → doc_id → number of choices of its multiple-choice items (chance is 1/that)
+Choices = Mapping[str, Mapping[int, int]]
 
 
 # ---- eval results: through the evaluation stage only ----------------------------------------------------------
@@ -155,6 +169,27 @@ def gather_results(
     return {(c.path, t): found[(hashes[c.path], t)] for c in ckpts for t in names if (hashes[c.path], t) in found}
 
 
+def choice_counts(pairs: list[Pair], tasks: list[str], results: Results, cache_dir: Path) -> dict[str, dict[int, int]]:
+    """task → doc_id → number of choices, for the tasks whose primary metric has a chance level (chance.has_chance),
+    read from the samples stored beside one eval result of the task: the choices belong to the task's items, the same
+    for every checkpoint. A task whose samples cannot be read gets no entry: its rows are then not judged (chance —)
+    rather than the comparison failing over a check it can do without."""
+    counts: dict[str, dict[int, int]] = {}
+    for task in tasks:
+        found = next(
+            (results[(c.path, task)] for p in pairs for c in p.reference.checkpoints if (c.path, task) in results),
+            None,
+        )
+        if found is None or not has_chance(primary_metric(task, found)):
+            continue
+        try:
+            samples = read_samples(cache_dir, found)
+        except EvalError:
+            continue
+        counts[task] = {s["doc_id"]: len(s["choices"]) for s in samples if s.get("output_type") == "multiple_choice"}
+    return counts
+
+
 # ---- statistics over pairs ------------------------------------------------------------------------------------
 
 
@@ -198,14 +233,28 @@ def _side_metric(side: Side, task: str, metric: str, results: Results) -> tuple[
     return value, {d: sum(w * m[d] for w, m in zip(side.weights, maps, strict=True)) for d in common}
 
 
+def seed_chance(
+    reference: np.ndarray, candidate: np.ndarray, chance: np.ndarray, settings: CompareSettings, keys: tuple[Any, ...]
+) -> dict[str, Any]:
+    """chance and at_chance of one seed's row: each side's score − chance with its item bootstrap (chance.py)."""
+    sides = []
+    for scores, side in ((reference, "reference"), (candidate, "candidate")):
+        # Each side its own resamples, apart from the Δ's: the keys are the row's (`keys`) and "chance", the side.
+        seed = stream_seed(settings.bootstrap_seed, *keys, "chance", side)
+        sides.append([seed_vs_chance(scores, chance, settings.bootstrap_resamples, seed, settings.level)])
+    return {"chance": float(chance.mean()), "at_chance": row_at_chance(*sides)}
+
+
 def task_rows(
-    pairs: list[Pair], tasks: list[str], results: Results, settings: CompareSettings
+    pairs: list[Pair], tasks: list[str], results: Results, settings: CompareSettings, choices: Choices | None = None
 ) -> tuple[list[TaskRow], list[OverlapRow]]:
     """Per pair and task the paired item difference with its bootstrap CI, conditional on that training seed (and the
-    solved-item overlap of 0/1 scores); over several seeds, the across-seed row (across_seeds)."""
+    solved-item overlap of 0/1 scores); over several seeds, the across-seed row (across_seeds). With the tasks'
+    choice counts (choice_counts), accuracy rows of multiple-choice tasks say their chance level and whether both
+    sides are indistinguishable from it (chance.py); other rows carry chance and at_chance None."""
     rows: list[TaskRow] = []
     overlap: list[OverlapRow] = []
-    per_seed: dict[tuple[float, str], list[tuple[TaskRow, SeedItems | None]]] = defaultdict(list)
+    per_seed: dict[tuple[str, float, str], list[SeedRow]] = defaultdict(list)
     for p in pairs:
         for task in tasks:
             first = results[(p.reference.checkpoints[0].path, task)]
@@ -224,6 +273,8 @@ def task_rows(
                 "candidate": n_val,
             }
             items: SeedItems | None = None
+            chance: np.ndarray | None = None
+            row.update(chance=None, at_chance=None)
             if a_items is not None and n_items is not None:
                 # Ratio metrics (bits per byte, perplexities) weigh items by their length, as lm-eval aggregates.
                 weights = _item_map(first, metric, "item_weights")
@@ -240,6 +291,10 @@ def task_rows(
                 )  # fmt: skip
                 row.update(est.to_dict())
                 items = SeedItems(a, b, w, exponentiate) if docs else None
+                if has_chance(metric) and (known := (choices or {}).get(task)) is not None:
+                    chance = item_chance(known, docs)
+                if chance is not None:
+                    row.update(seed_chance(a, b, chance, settings, (p.series, task, p.target, p.seed)))
                 if docs and is_binary(a) and is_binary(b):
                     overlap.append(
                         {"target": p.target, "seed": p.seed, "series": p.series, "task": task, **item_overlap(a, b)}
@@ -248,7 +303,7 @@ def task_rows(
                 row.update(mean=n_val - a_val, low=math.nan, high=math.nan, n=0, unit="items", method="no item scores")
                 row["excludes_zero"] = False
             rows.append(row)
-            per_seed[(p.series, p.target, task)].append((row, items))
+            per_seed[(p.series, p.target, task)].append((row, items, chance))
     several = several_seeds(pairs)
     rows += [across_seeds(*key, group, settings) for key, group in per_seed.items() if key[0] in several]
     return rows, overlap
@@ -262,17 +317,36 @@ def several_seeds(pairs: list[Pair]) -> set[str]:
     return {series for series, found in seeds.items() if len(found) > 1}
 
 
-def across_seeds(
-    series: str, target: float, task: str, group: list[tuple[TaskRow, SeedItems | None]], settings: CompareSettings
-) -> TaskRow:
+# One seed's row, its paired items (None without item scores) and their chance levels (None: not judged).
+SeedRow = tuple[TaskRow, SeedItems | None, np.ndarray | None]
+
+
+def across_chance(
+    series: str, target: float, task: str, group: list[SeedRow], settings: CompareSettings
+) -> dict[str, Any]:
+    """chance and at_chance of an across-seed row: each side's score − chance over seeds and items (both the
+    hierarchical and the t interval, as for Δ); None when a seed lacks item scores or chance levels."""
+    judged = [(items, chance) for _, items, chance in group if items is not None and chance is not None]
+    if len(judged) != len(group) or not judged:
+        return {"chance": None, "at_chance": None}
+    sides = []
+    for side in ("reference", "candidate"):
+        seed = stream_seed(settings.bootstrap_seed, series, task, target, ALL_SEEDS, "chance", side)
+        per_seed = [(items.baseline if side == "reference" else items.candidate, chance) for items, chance in judged]
+        sides.append(seeds_vs_chance(per_seed, settings.bootstrap_resamples, seed, settings.level))
+    chance = float(np.mean([float(np.mean(chance)) for _, chance in judged]))
+    return {"chance": chance, "at_chance": row_at_chance(*sides)}
+
+
+def across_seeds(series: str, target: float, task: str, group: list[SeedRow], settings: CompareSettings) -> TaskRow:
     """The ALL_SEEDS row of one target and task: Δ is the mean of the per-seed differences; its CI the hierarchical
     bootstrap over seeds and then items (the item CIs of single seeds leave out the seed-to-seed variance), with the
     Student-t interval over the per-seed differences beside it (t_low/t_high/t_n). excludes_zero claims an effect
     only when both intervals exclude zero (stats.both_exclude_zero: with few seeds the bootstrap alone is too narrow).
     When a seed lacks item scores there is nothing to resample within it, and the t interval is the row's CI."""
-    rows = [row for row, _ in group]
+    rows = [row for row, _, _ in group]
     t_est = seed_mean_ci(np.array([r["mean"] for r in rows]))
-    seeds = [items for _, items in group if items is not None]
+    seeds = [items for _, items, _ in group if items is not None]
     if len(seeds) == len(group):
         seed = stream_seed(settings.bootstrap_seed, series, task, target, ALL_SEEDS)
         est = hierarchical_bootstrap(seeds, resamples=settings.bootstrap_resamples, seed=seed, level=settings.level)
@@ -292,6 +366,7 @@ def across_seeds(
         "t_low": t_est.low,
         "t_high": t_est.high,
         "t_n": t_est.n,
+        **across_chance(series, target, task, group, settings),
     }
 
 
@@ -477,6 +552,18 @@ def noise_record(
     }
 
 
+def curve_chance(curves: LossCurves, metrics: dict[str, str], choices: Choices) -> None:
+    """Mark each task curve point with the task's chance level (over all its items: a curve point is a whole-task
+    score) and whether both sides' means lie within a guesser's range (chance.curve_at_chance), in place."""
+    for delta in curves["deltas"]:
+        if delta["kind"] != TASK_CURVE:
+            continue
+        known = choices.get(delta["name"])
+        chance = task_chance(known) if known and has_chance(metrics.get(delta["name"], "")) else None
+        delta["chance"] = None if chance is None else float(chance.mean())
+        delta["at_chance"] = curve_at_chance(delta["reference"], delta["candidate"], chance)
+
+
 def build_results(
     runs: list[Run],
     pairs: list[Pair],
@@ -486,17 +573,20 @@ def build_results(
     geometry: list[dict[str, Any]] | None = None,
     loss_noise_rows: list[LossNoiseRow] | None = None,
     tolerance: ToleranceRecord | None = None,
+    choices: Choices | None = None,
 ) -> CompareResults:
     """The results JSON; `settings` as resolved by the comparison (their tasks are the result's task names);
-    loss_noise_rows / tolerance: the noise measured before matching (else measured here)."""
+    loss_noise_rows / tolerance: the noise measured before matching (else measured here); choices: each task's
+    choice counts (choice_counts), for the chance check (without them no row is judged)."""
     tasks = list(settings.tasks or ())
-    rows, overlap = task_rows(pairs, tasks, results, settings)
+    rows, overlap = task_rows(pairs, tasks, results, settings, choices)
     metrics = {r["task"]: r["metric"] for r in rows}
     points = metric_points(runs, tasks, results, metrics)
     higher = {r["task"]: r["higher_is_better"] for r in rows}
     curves = loss_curves(
         tasks, points, ood_points(runs), settings.series, higher, settings.curve_points, settings.curve_losses
     )
+    curve_chance(curves, metrics, choices or {})
     order = {label: i for i, label in enumerate(settings.series)}
     run_rows = [run_row(r, tasks, results) for r in sorted(runs, key=lambda r: (order.get(r.label, 0), r.run_id))]
     pair_rows: list[PairRow] = [
@@ -591,7 +681,8 @@ def compare(
         loss_unit=found.unit,
     )
     geometry = geometry_rows(pairs, options.geometry_data_dir) if options.geometry_data_dir is not None else None
-    report = build_results(runs, pairs, unmatched, results, used, geometry, loss_rows, tolerance)
+    choices = choice_counts(pairs, names, results, options.cache_dir)
+    report = build_results(runs, pairs, unmatched, results, used, geometry, loss_rows, tolerance, choices)
     report["allowed_mismatches"] = [m.record() for m in allowed]
     options.out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(options.out / "results.json", report)

@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 from rich.table import Table
 
+from nexus_eval.comparison.chance import RULE as CHANCE_RULE
 from nexus_eval.comparison.curves import OOD, TASK
 from nexus_eval.comparison.geometry_seeds import MEASURES
 from nexus_eval.comparison.plots import CURVES_FIGURE, write_figures
@@ -36,6 +37,13 @@ from nexus_eval.schema import (
 
 ALL_SEEDS = "all"
 CONDITIONAL = "conditional on the training seed (item bootstrap; does not include seed-to-seed variance)"
+AT_CHANCE = "at chance"  # in place of yes/no in a "CI excludes 0" cell: a Δ between two guessers is no finding
+ONE_SEED_EXCLUDES = "items CI excludes 0"  # the one-seed header: the interval is over items, not training seeds
+ONE_SEED_CAVEAT = (
+    "**One training seed per side:** this CI is over evaluation items only and leaves out seed-to-seed variation, so "
+    "a CI that excludes 0 says these two checkpoints differ on these items, not that the optimizer causes the "
+    "difference. That needs ≥ 2 training seeds per side, compared across seeds."
+)
 
 
 def num(x: Any, digits: int = 4) -> str:
@@ -90,9 +98,23 @@ def seeds_n(row: TaskRow) -> str:
 
 
 def excludes(row: TaskRow | OodRow) -> str:
+    if row.get("at_chance"):
+        return AT_CHANCE
     if row.get("low") is None:
         return "—"
     return "yes" if row.get("excludes_zero") else "no"
+
+
+def chance_recorded(results: CompareResults) -> bool:
+    """Whether the results were written with the chance check (older ones lack the field on every task row)."""
+    return any("chance" in r for r in results["tasks"])
+
+
+def chance_note(results: CompareResults) -> str:
+    if chance_recorded(results):
+        known = " Column chance: 1/number of choices, mean over the row's items (—: no chance level or unknown)."
+        return f"{known} {CHANCE_RULE}"
+    return " Chance level: not recorded in these results (written before the chance check), so no row is flagged."
 
 
 def target(x: float) -> str:
@@ -170,22 +192,30 @@ def _loss_columns(
     return {f"{names.reference} loss": num(reference), f"{names.candidate} loss": num(candidate)}
 
 
-def _delta_columns(row: TaskRow | OodRow, names: Names) -> dict[str, str]:
+def _delta_columns(row: TaskRow | OodRow, names: Names, excludes_header: str = "CI excludes 0") -> dict[str, str]:
     return {
         names.reference: num(row["reference"]),
         names.candidate: num(row["candidate"]),
         f"Δ ({names.candidate} − {names.reference})": signed(row["mean"]),
         "95% CI": ci(row),
         "n": f"{row['n']} {row['unit']}",
-        "CI excludes 0": excludes(row),
+        excludes_header: excludes(row),
     }
 
 
-def _task_columns(row: TaskRow) -> dict[str, str]:
-    return {
+def _task_columns(row: TaskRow, with_chance: bool) -> dict[str, str]:
+    columns = {
         "task": row["task"],
         "metric": row["metric"] + ("" if row["higher_is_better"] else " (↓ better)"),
     }
+    if with_chance:  # results written before the chance check have no column rather than one of dashes
+        columns["chance"] = num(row.get("chance"))
+    return columns
+
+
+def several_seeds(results: CompareResults, names: Names) -> bool:
+    """Whether this series was compared over two or more training seeds (it then has across-seed rows)."""
+    return any(r["seed"] == ALL_SEEDS for r in _of(results["tasks"], names))
 
 
 def headline_frame(results: CompareResults, names: Names) -> pd.DataFrame:
@@ -196,7 +226,7 @@ def headline_frame(results: CompareResults, names: Names) -> pd.DataFrame:
         {
             "target loss": target(r["target"]),
             **_loss_columns(r, names, losses),
-            **_task_columns(r),
+            **_task_columns(r, chance_recorded(results)),
             names.reference: num(r["reference"]),
             names.candidate: num(r["candidate"]),
             f"Δ ({names.candidate} − {names.reference})": signed(r["mean"]),
@@ -213,15 +243,16 @@ def headline_frame(results: CompareResults, names: Names) -> pd.DataFrame:
 
 def tasks_frame(results: CompareResults, names: Names) -> pd.DataFrame:
     """The per-seed rows: paired item bootstrap, conditional on each training seed, beside the target each side's
-    own held-out loss in the pair."""
+    own held-out loss in the pair. With one seed the last column says its interval is over items only."""
     losses = pair_losses(results, names)
+    header = "CI excludes 0" if several_seeds(results, names) else ONE_SEED_EXCLUDES
     rows = [
         {
             "target loss": target(r["target"]),
             "seed": r["seed"],
             **_loss_columns(r, names, losses),
-            **_task_columns(r),
-            **_delta_columns(r, names),
+            **_task_columns(r, chance_recorded(results)),
+            **_delta_columns(r, names, header),
         }
         for r in _of(results["tasks"], names)
         if r["seed"] != ALL_SEEDS
@@ -231,11 +262,13 @@ def tasks_frame(results: CompareResults, names: Names) -> pd.DataFrame:
 
 def overlap_frame(results: CompareResults, names: Names) -> pd.DataFrame:
     ref, cand = names.reference, names.candidate
+    flagged = {(t["target"], t["seed"], t["task"]) for t in _of(results["tasks"], names) if t.get("at_chance")}
     rows = [
         {
             "target loss": target(r["target"]),
             "seed": r["seed"],
-            "task": r["task"],
+            # Items two guessers happen to solve are noise, whatever their overlap: the row says so.
+            "task": r["task"] + (f" ({AT_CHANCE})" if (r["target"], r["seed"], r["task"]) in flagged else ""),
             f"{ref} solves": r["baseline_solved"],
             f"{cand} keeps (of those)": "—" if r["kept"] is None else f"{r['kept']:.1%}",
             f"only {ref}": r["only_baseline"],
@@ -303,20 +336,22 @@ def curves_frame(results: CompareResults, names: Names, kind: str) -> pd.DataFra
     """At every grid loss of every task (or OOD domain): both series' mean [t CI] over seeds and Δ per seed."""
     curves = results.get("loss_curves") or {}
     unit = UNIT_NAMES[results["settings"].get("loss_unit", "nats")]
+    found = [r for r in _of(curves.get("deltas") or [], names) if r["kind"] == kind]
+    with_chance = any("chance" in r for r in found)
     rows = [
         {
             "task" if kind == TASK else "OOD domain": r["name"],
             "metric": curve_metric(r, unit),
+            **({"chance": num(r.get("chance"))} if with_chance else {}),
             "held-out loss": num(r["loss"]),
             names.reference: band_cell(r["reference"]),
             names.candidate: band_cell(r["candidate"]),
             f"Δ ({names.candidate} − {names.reference})": signed(r["delta"]["mean"]),
             "Δ 95% CI, t over seeds": interval(r["delta"]["low"], r["delta"]["high"]),
             "n": f"{r['delta']['n']} seeds",
-            "CI excludes 0": band_excludes(r["delta"]),
+            "CI excludes 0": AT_CHANCE if r.get("at_chance") else band_excludes(r["delta"]),
         }
-        for r in _of(curves.get("deltas") or [], names)
-        if r["kind"] == kind
+        for r in found
     ]
     return pd.DataFrame(rows)
 
@@ -331,7 +366,14 @@ def curves_note(results: CompareResults, kind: str) -> str:
         if kind == TASK
         else "Each OOD domain's loss against held-out loss, over every checkpoint of every seed."
     )
-    return f"{what} {method} Cells: mean over seeds [95% t CI]."
+    chance = (
+        " chance: 1/number of choices, mean over the task's items. At chance: both sides' mean score lies within "
+        "the 95% range of a uniform guesser's accuracy on those items (chance ± 1.96·√(Σ c(1 − c))/n); the Δ of "
+        "such a point is no finding."
+        if kind == TASK and any("chance" in r for r in (results.get("loss_curves") or {}).get("deltas") or [])
+        else ""
+    )
+    return f"{what} {method} Cells: mean over seeds [95% t CI].{chance}"
 
 
 def headline_note(resamples: int) -> str:
@@ -384,25 +426,31 @@ def ood_note(results: CompareResults) -> str:
 
 def series_sections(results: CompareResults, names: Names, prefix: str) -> list[tuple[str, pd.DataFrame, str]]:
     """The tables of one series against the reference, in report order (headings start with `prefix`)."""
-    several_seeds = any(r["seed"] == ALL_SEEDS for r in _of(results["tasks"], names))
+    several = several_seeds(results, names)
     resamples = results["settings"]["bootstrap_resamples"]
     per_seed_note = f"95% CI: paired bootstrap over items, {resamples} resamples; {CONDITIONAL}."
     out = [("Loss-matched pairs", pairs_frame(results, names), pair_note(results))]
-    if several_seeds:
-        out.append(("Downstream across seeds (headline)", headline_frame(results, names), headline_note(resamples)))
+    if several:
+        headline = headline_note(resamples) + chance_note(results)
+        out.append(("Downstream across seeds (headline)", headline_frame(results, names), headline))
         heading = "Downstream per seed, conditional on the training seed"
         per_seed_note += " The effect across seeds is the table above."
+        if chance_recorded(results):
+            per_seed_note += f" “{AT_CHANCE}”: as above, with this seed's item bootstrap."
     else:
         heading = "Downstream, conditional on the training seed"
-        per_seed_note += " An across-seed estimate needs ≥ 2 training seeds; this comparison has one."
+        per_seed_note += f" {ONE_SEED_CAVEAT}" + chance_note(results)
     out.append((heading, tasks_frame(results, names), per_seed_note))
     overlap_note = (
         f"Of the items {names.reference} solves, the share {names.candidate} also solves; items only one of them "
-        "solves."
+        f"solves. ({AT_CHANCE}): the task's Downstream row is at chance, so its overlap is that of two guessers."
+        if chance_recorded(results)
+        else f"Of the items {names.reference} solves, the share {names.candidate} also solves; items only one of "
+        "them solves."
     )
     out.append(("Solved-item overlap", overlap_frame(results, names), overlap_note))
     note = ood_note(results)
-    if several_seeds:
+    if several:
         ood_ci = "; 95% CI: Student t over seeds (one loss per checkpoint: no items to resample, so no item bootstrap)."
         out.append(("Out-of-distribution loss, mean over seeds", ood_frame(results, names, ALL_SEEDS), note + ood_ci))
         out.append(("Out-of-distribution loss, per seed", ood_frame(results, names, "per-seed"), note + "."))

@@ -127,8 +127,8 @@ def test_results_written_before_the_hierarchical_bootstrap_still_render(tmp_path
     (line,) = [x for x in md.splitlines() if x.startswith("| 5 ") and TASK in x and "seeds |" in x]
     cells = [c.strip() for c in line.strip("|").split("|")]
     (new,) = [r for r in results["tasks"] if r["seed"] == "all"]
-    # target, the two sides' mean pair losses, task, metric, the two scores, Δ, then the CIs and n
-    assert cells[8] == "—" and cells[9] == f"[{new['t_low']:+.4f}, {new['t_high']:+.4f}]" and cells[10] == "2 seeds"
+    # target, the two sides' mean pair losses, task, metric, chance, the two scores, Δ, then the CIs and n
+    assert cells[9] == "—" and cells[10] == f"[{new['t_low']:+.4f}, {new['t_high']:+.4f}]" and cells[11] == "2 seeds"
 
 
 def test_same_inputs_same_outputs(tmp_path: Path) -> None:
