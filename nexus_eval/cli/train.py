@@ -105,9 +105,7 @@ def train_command(
             typer.echo(line)
         return
     peak_flops = parse_peak(peak_tflops)[0] if peak_tflops is not None else None
-    trackers, hint = resolve_report_to(report_to)  # a tracker asked for but not installed: refused before training
-    if hint is not None and int(os.environ.get("RANK", "0")) == 0:
-        typer.echo(hint, err=True)
+    trackers = resolve_report_to(report_to)  # a tracker asked for but not installed: refused before training
     if (data_dir / "manifest.json").is_file():  # a missing build is train()'s one-line error
         check_epochs(plan, load_manifest(data_dir), data_dir, allow_repeat)
     with in_training_evaluation(plan.train.eval_tasks, eval_cache) as on_checkpoint:

@@ -26,6 +26,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
 
+from nexus_eval.display import console
 from nexus_eval.errors import RecipeError
 from nexus_eval.io import write_text_atomic
 from nexus_eval.schema import MetricsRow
@@ -43,19 +44,22 @@ class ReportTo:
 
     trackers: tuple[str, ...] = ()  # of TRACKERS
     wandb_project: str = WANDB_PROJECT  # WANDB_PROJECT in the environment wins, as wandb users expect
+    # auto without TensorBoard: the one line saying how to get it, printed when the loop starts (not before: a run
+    # refused earlier gives its one-line error alone)
+    hint: str | None = None
 
 
-def resolve_report_to(text: str) -> tuple[ReportTo, str | None]:
-    """`--report-to TEXT` → (what to write, a warning line or None). auto: TensorBoard when installed (else the
-    warning says how to install it); none; all; or a comma list of TRACKERS, each of which must be installed."""
+def resolve_report_to(text: str) -> ReportTo:
+    """`--report-to TEXT` → what to write. auto: TensorBoard when installed (else nothing, and a hint saying how to
+    install it); none; all; or a comma list of TRACKERS, each of which must be installed (a RecipeError naming the
+    flag otherwise)."""
     names = [part.strip().lower() for part in text.split(",") if part.strip()]
     if names == ["auto"]:
         if installed("tensorboard"):
-            return ReportTo(("tensorboard",)), None
-        hint = f"warning: no TensorBoard curves ({INSTALL['tensorboard']} to get them; --report-to none to not ask)"
-        return ReportTo(), hint
+            return ReportTo(("tensorboard",))
+        return ReportTo(hint=f"warning: no TensorBoard curves ({INSTALL['tensorboard']} to get them; --report-to none)")
     if names == ["none"]:
-        return ReportTo(), None
+        return ReportTo()
     if names == ["all"]:
         names = list(TRACKERS)
     unknown = [n for n in names if n not in TRACKERS]
@@ -65,7 +69,7 @@ def resolve_report_to(text: str) -> tuple[ReportTo, str | None]:
     for name in names:
         if not installed(name):
             raise RecipeError(f"--report-to {name}: the {name} package is not installed ({INSTALL[name]})")
-    return ReportTo(tuple(dict.fromkeys(names))), None
+    return ReportTo(tuple(dict.fromkeys(names)))
 
 
 def installed(name: str) -> bool:
@@ -198,12 +202,13 @@ class WandbTracker:
 
 class Trackers:
     """The trackers of one run, for the loop: a context manager that opens them (reading run.json, which the loop
-    has written) and closes them however the loop ends. Empty (every call a no-op) without a ReportTo: off, and on
-    every rank but 0."""
+    has written) and closes them however the loop ends; prints the ReportTo's hint first. Empty (every call a no-op)
+    without a ReportTo: off, and on every rank but 0."""
 
     def __init__(self, report_to: ReportTo | None, run_dir: Path, resumed_from: int = 0):
         self.run_dir = run_dir
         self.resumed_from = resumed_from
+        self.hint = report_to.hint if report_to is not None else None
         self.trackers: list[Tracker] = []
         if report_to is not None:
             for name in report_to.trackers:
@@ -211,6 +216,8 @@ class Trackers:
                 self.trackers.append(tracker)
 
     def __enter__(self) -> Trackers:
+        if self.hint is not None:
+            console(stderr=True).print(self.hint, markup=False, highlight=False, soft_wrap=True)
         if self.trackers:
             run = json.loads((self.run_dir / "run.json").read_text())
             opened: list[Tracker] = []

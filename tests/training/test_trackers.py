@@ -67,12 +67,13 @@ def test_a_metrics_row_becomes_tags() -> None:
 
 
 def test_report_to_values() -> None:
-    assert resolve_report_to("none") == (ReportTo(), None)
-    auto, hint = resolve_report_to("auto")
+    assert resolve_report_to("none") == ReportTo()
+    auto = resolve_report_to("auto")
     if installed("tensorboard"):
-        assert (auto, hint) == (ReportTo(("tensorboard",)), None)
+        assert auto == ReportTo(("tensorboard",))
+        assert resolve_report_to(" TensorBoard, tensorboard") == ReportTo(("tensorboard",))
     else:
-        assert auto == ReportTo() and "pip install 'nexus-eval[tensorboard]'" in (hint or "")
+        assert not auto.trackers and "pip install 'nexus-eval[tensorboard]'" in (auto.hint or "")
     for bad in ("tensorbord", "", "auto,wandb", "tensorboard,mlflow"):
         with pytest.raises(RecipeError, match="^--report-to "):
             resolve_report_to(bad)
@@ -135,8 +136,7 @@ def test_without_tensorboard_training_works_and_says_how_to_get_it(
     done = CliRunner().invoke(app, args)  # --report-to auto
     assert done.exit_code == 0, done.output[-3000:]
     assert done.stderr.strip().splitlines() == [
-        "warning: no TensorBoard curves (pip install 'nexus-eval[tensorboard]' to get them; --report-to none to not "
-        "ask)"
+        "warning: no TensorBoard curves (pip install 'nexus-eval[tensorboard]' to get them; --report-to none)"
     ]
     run = tmp_path / "runs" / "t-adamw-s0"
     assert not (run / "tensorboard").exists() and [r["step"] for r in metrics_rows(run)] == [2]
