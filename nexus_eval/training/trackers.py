@@ -55,9 +55,10 @@ def resolve_report_to(text: str) -> ReportTo:
     flag otherwise)."""
     names = [part.strip().lower() for part in text.split(",") if part.strip()]
     if names == ["auto"]:
-        if installed("tensorboard"):
+        if (why := unavailable("tensorboard")) is None:
             return ReportTo(("tensorboard",))
-        return ReportTo(hint=f"warning: no TensorBoard curves ({INSTALL['tensorboard']} to get them; --report-to none)")
+        fix = f"{INSTALL['tensorboard']} to get them" if why == NOT_INSTALLED else f"tensorboard {why}"
+        return ReportTo(hint=f"warning: no TensorBoard curves ({fix}; --report-to none)")
     if names == ["none"]:
         return ReportTo()
     if names == ["all"]:
@@ -67,21 +68,32 @@ def resolve_report_to(text: str) -> ReportTo:
         got = unknown[0] if unknown else text
         raise RecipeError(f"--report-to {got!r}: expected auto, none, all or a comma list of {', '.join(TRACKERS)}")
     for name in names:
-        if not installed(name):
-            raise RecipeError(f"--report-to {name}: the {name} package is not installed ({INSTALL[name]})")
+        if (why := unavailable(name)) is not None:
+            raise RecipeError(f"--report-to {name}: the {name} package {why} ({INSTALL[name]})")
     return ReportTo(tuple(dict.fromkeys(names)))
 
 
-def installed(name: str) -> bool:
-    """Whether a tracker can be written: its package imports (TensorBoard through torch's writer, what we use)."""
+NOT_INSTALLED = "is not installed"
+
+
+def unavailable(name: str) -> str | None:
+    """Why a tracker cannot be written, or None when its package imports (TensorBoard through torch's writer, what
+    we use). An install that fails to import for another reason says so: e.g. protobuf older than the one
+    tensorboard's generated code needs, which pip allows when another package caps protobuf."""
     try:
         if name == "tensorboard":
             import torch.utils.tensorboard  # noqa: F401
         else:
             import wandb  # noqa: F401
     except ImportError:  # also what `sys.modules[name] = None` raises (the tests' "not installed")
-        return False
-    return True
+        return NOT_INSTALLED
+    except Exception as e:
+        return f"is installed but fails to import ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+    return None
+
+
+def installed(name: str) -> bool:
+    return unavailable(name) is None
 
 
 def scalars(row: MetricsRow) -> dict[str, float]:
