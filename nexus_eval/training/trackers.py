@@ -9,11 +9,11 @@ never touches the network on its own.
 
 Each tracker is one small class with open(run_dir, run) / log(step, scalars) / flush() / close(); Trackers drives
 them for the loop, on rank 0 only. They get the rows metrics.jsonl gets, flattened to tags (`scalars`), and are
-flushed before every checkpoint, so that what a checkpoint covers is on disk when it exists. A resumed run must not
-show a curve twice: TensorBoard purges the killed run's events after the resumed step (purge_step); W&B reuses the
-run's id (kept in wandb/run_id) so that `wandb sync` of its segments gives one run, whose steps W&B keeps
-increasing (a resumed run re-logs steps the killed one may have logged already: W&B drops those, and as resume is
-exact they carry the same losses).
+flushed before every checkpoint (not every step), so that the curve up to a checkpoint is on disk when it exists. A
+resumed run must not show a step twice: TensorBoard hides the killed process' events after the resumed step
+(purge_step), as metrics.jsonl drops its rows. W&B cannot resume an offline run: each process writes its own
+offline-run-* directory under the run's id (kept in wandb/run_id), synced in order with `wandb sync --append`; W&B
+drops steps below a run's latest, and as resume is exact a step logged twice carries the same losses.
 """
 
 from __future__ import annotations
