@@ -4,7 +4,7 @@ PIP ?= $(PYTHON) -m pip
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: install install-system install-python test test-fast test-floors lint demo study study-geometry ablations bench stress leaderboard-refresh clean
+.PHONY: install install-system install-python test test-fast test-floors lint demo study study-geometry ablations optimizers bench stress leaderboard-refresh clean
 
 install: install-system install-python
 
@@ -77,6 +77,12 @@ ABLATION_TOLERANCE ?= 0.05
 ablations:
 	SEEDS="$(ABLATION_SEEDS)" OPTIMIZERS="$(ABLATION_OPTIMIZERS)" TOLERANCE=$(ABLATION_TOLERANCE) NAME=ablations \
 	  bash scripts/study.sh
+
+# AdamW, Nexus, Muon and Nexus∘Muon on the study's micro-batch stream, each at the lr of its own sweep (three lrs,
+# two seeds, 100 steps), 5 seeds each, compared at equal loss against AdamW → leaderboards/optimizers.{md,json,png}.
+# Every stage resumes: a re-run does only what is missing (scripts/optimizers.sh; ~40 min of sweep, ~3 h of study).
+optimizers:
+	bash scripts/optimizers.sh
 
 # Eval throughput on the demo's trained tiny checkpoint when there is one (random-init weights make greedy
 # generations run to the length limit on near-ties, which is not what evaluation looks like), then on the real

@@ -611,6 +611,19 @@ class AllowedMismatch(TypedDict):
     values: list[Any]  # their values of the field, in the order of `runs` (None: not recorded)
 
 
+class LrSweep(TypedDict):
+    """How each optimizer's lr was chosen (scripts/lr_sweep.py; compare --lr-sweep): the mean held-out loss of its
+    sweep runs at every lr tried (None: they diverged), and the lr of the lowest."""
+
+    optimizers: list[str]
+    lrs: list[float]
+    seeds: list[int]
+    steps: int  # every sweep run's length
+    metric: str
+    mean: dict[str, dict[str, float | None]]  # optimizer → lr (as written) → mean loss over the seeds
+    chosen: dict[str, float]
+
+
 class CompareResults(TypedDict):
     """results.json of `nexus-eval compare` and leaderboards/<name>.json: all that tables and plots are drawn from."""
 
@@ -627,6 +640,7 @@ class CompareResults(TypedDict):
     points: list[MetricPoint]
     curves: list[RunCurve]
     allowed_mismatches: NotRequired[list[AllowedMismatch]]  # empty: every guarded field agreed; absent in old files
+    lr_sweep: NotRequired[LrSweep]  # compare --lr-sweep: how each optimizer's lr was chosen
     # Written since the noise, curves and geometry-over-seeds sections; absent in older files (then not shown).
     noise: NotRequired[NoiseRecord]
     loss_curves: NotRequired[LossCurves]

@@ -108,6 +108,12 @@ def compare_command(
         help="Pair runs that differ in FIELD anyway (e.g. optim.lr, data_hash; repeatable or comma list); "
         "the report keeps a warning",
     ),
+    lr_sweep: Path | None = typer.Option(
+        None,
+        "--lr-sweep",
+        help="JSON of the lr sweep that chose each optimizer's lr (scripts/lr_sweep.py): checked against the runs, "
+        "kept in the results and shown",
+    ),
     quiet: Quiet = False,
 ) -> None:
     """Compare series at equal held-out loss (AdamW vs Nexus, or any checkpoints): pairs, bootstrap CIs, plots.
@@ -148,6 +154,7 @@ def compare_command(
         cache_dir=cache,
         out=out,
         leaderboard=leaderboard,
+        lr_sweep=lr_sweep,
         geometry_data_dir=data if geometry else None,
         disagreements=disagreements,
         disagreement_task=task,

@@ -50,6 +50,7 @@ from nexus_eval.comparison.external import compared_runs
 from nexus_eval.comparison.geometry_seeds import geometry_over_seeds
 from nexus_eval.comparison.guards import check_runs, warn_mismatches
 from nexus_eval.comparison.leaderboard import check_name, disagreements_path, write_leaderboard
+from nexus_eval.comparison.lr_sweep import check_chosen_lrs, read_lr_sweep
 from nexus_eval.comparison.match import (
     Checkpoint,
     Pair,
@@ -651,6 +652,9 @@ def compare(
     # Fairness guards for the harness's own runs, before any evaluation: unfair pairs cost nothing. External series
     # record no recipe or data: the report says what could be checked about them instead.
     allowed = check_runs([r for r in runs if not r.external], settings.allow_mismatch)
+    sweep = read_lr_sweep(options.lr_sweep) if options.lr_sweep is not None else None
+    if sweep is not None:
+        check_chosen_lrs(runs, sweep)
     warn_mismatches(allowed)
     reference = found.reference
     # The noise of held-out loss comes from the runs alone, before matching: `--tolerance auto` is derived from it.
@@ -684,6 +688,8 @@ def compare(
     choices = choice_counts(pairs, names, results, options.cache_dir)
     report = build_results(runs, pairs, unmatched, results, used, geometry, loss_rows, tolerance, choices)
     report["allowed_mismatches"] = [m.record() for m in allowed]
+    if sweep is not None:
+        report["lr_sweep"] = sweep
     options.out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(options.out / "results.json", report)
     write_report(report, options.out)

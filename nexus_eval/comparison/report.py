@@ -17,6 +17,7 @@ from rich.table import Table
 from nexus_eval.comparison.chance import RULE as CHANCE_RULE
 from nexus_eval.comparison.curves import OOD, TASK
 from nexus_eval.comparison.geometry_seeds import MEASURES
+from nexus_eval.comparison.lr_sweep import lr_sweep_frame, lr_sweep_note
 from nexus_eval.comparison.plots import CURVES_FIGURE, write_figures
 from nexus_eval.comparison.provenance import differing_fields
 from nexus_eval.comparison.series import UNIT_NAMES
@@ -686,6 +687,8 @@ def render_markdown(
     if not plain_optimizer_comparison(results):
         lines += [series_line(results), ""]
     lines += mismatch_warning(results)
+    if (sweep := results.get("lr_sweep")) is not None:
+        lines += ["## Learning rates", "", lr_sweep_note(sweep), "", to_markdown(lr_sweep_frame(sweep)), ""]
     figures = list(figures or [])
     for names, found in sections(results):
         for heading, frame, note in found:

@@ -134,6 +134,7 @@ class CompareOptions:
     geometry_data_dir: Path | None = None
     disagreements: bool = False
     disagreement_task: str | None = None
+    lr_sweep: Path | None = None  # --lr-sweep: the sweep that chose each optimizer's lr, kept in the results
     progress: bool = True
     show: bool = True
     data_dir: Path = Path("data")  # held-out data for the losses the runs do not record (external series, bpb)
