@@ -25,7 +25,7 @@ SEEDS=${SEEDS:-0 1 2 3 4}
 NAME=${NAME:-optimizers}
 LIMIT=${LIMIT:-200}
 JOBS=${JOBS:-2}
-THREADS=$(( $(nproc) / JOBS > 0 ? $(nproc) / JOBS : 1 ))
+THREADS=${THREADS:-$(( $(nproc) / JOBS > 0 ? $(nproc) / JOBS : 1 ))}  # torch threads per job
 start=$(date +%s)
 [ -f "$DATA/manifest.json" ] || nexus-eval data build --out "$DATA"
 nexus-eval tasks prepare --data "$DATA"
