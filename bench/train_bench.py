@@ -17,8 +17,8 @@ the price of the method, not of the harness; docs/benchmarks.md).
 On a GPU (`--device cuda`, or auto with one visible) the children train as `nexus-eval train` does there (bf16
 autocast, torch.compile, fused AdamW): step times are taken after a CUDA synchronize, peak memory is
 torch.cuda.max_memory_allocated of the child, and the table adds MFU over the GPU's peak (training/flops.py). The
-default variants there are adamw and nexus (the bare loop has no autocast or compile, so it is no baseline on a GPU;
-DDP needs two GPUs).
+default variants there are adamw and nexus, with muon and nexus:muon beside them (the bare loop has no autocast or
+compile, so it is no baseline on a GPU; DDP needs two GPUs). Not yet run on a GPU with Muon.
     python bench/train_bench.py [--recipe train/tiny.toml] [--steps 15] [--rounds 2] [--data data]
     python bench/train_bench.py --optimizers all --steps 5 --rounds 2   # every optimizer against AdamW, no DDP
     python bench/train_bench.py --recipe train/130m.toml --device cuda --steps 20 --rounds 1
