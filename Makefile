@@ -86,10 +86,12 @@ optimizers:
 
 # Eval throughput on the demo's trained tiny checkpoint when there is one (random-init weights make greedy
 # generations run to the length limit on near-ties, which is not what evaluation looks like), then on the real
-# SmolLM2-135M-Instruct (issue 14's sizes) when its package is installed.
+# SmolLM2-135M-Instruct (issue 14's sizes) when its package is installed. BENCH_OPTIMIZERS (e.g. all) benchmarks
+# those optimizers against AdamW instead of the default variants and the study's four (docs/benchmarks.md).
 BENCH_CKPT ?= $(wildcard runs/tiny-adamw-s0/ckpt-000300)
+BENCH_OPTIMIZERS ?=
 bench:
-	$(PYTHON) bench/train_bench.py
+	$(PYTHON) bench/train_bench.py $(if $(BENCH_OPTIMIZERS),--optimizers $(BENCH_OPTIMIZERS))
 	$(PYTHON) bench/data_bench.py
 	$(PYTHON) bench/stats_bench.py
 	$(PYTHON) bench/eval_bench.py $(if $(BENCH_CKPT),--checkpoint $(BENCH_CKPT) --max-gen-toks 128)

@@ -1,4 +1,5 @@
-"""Training benchmark on the tiny recipe: tokens/s, step time and peak memory of a bare PyTorch loop, AdamW and Nexus.
+"""Training benchmark on the tiny recipe: tokens/s, step time and peak memory of a bare PyTorch loop and of the
+study's optimizers, each as a ratio to AdamW measured in the same run.
 
 Every variant runs in its own child process (VARIANTS: one command each), so that its peak RSS is its own: the
 child reports VmHWM (training.metrics_log.peak_rss_bytes), not getrusage, which in a child also counts the parent's
@@ -8,12 +9,18 @@ The DDP variants run the trainer's step under `torchrun --standalone --nproc-per
 machine each rank gets one core, so the ratio to one process shows what data parallelism costs or gains there); a
 child reports from rank 0 only (RANK), its peak RSS that rank's.
 Targets: Nexus/AdamW step time <= 1.05, peak memory <= 1.3, harness (AdamW through the trainer's step) >= 0.9x bare.
+--optimizers adds any optimizer the trainer takes (default STUDY_OPTIMIZERS: adamw, nexus, muon, nexus:muon; `all`:
+every registered one and Nexus around each registered one without inner steps), each a variant of its own in the same
+rounds, and prints its step-time, peak-memory and state ratios to AdamW. Only Nexus has targets: Muon's ratio is
+reported, not judged (its Newton–Schulz orthogonalization, 5 bf16 matmul iterations per hidden matrix per step, is
+the price of the method, not of the harness; docs/benchmarks.md).
 On a GPU (`--device cuda`, or auto with one visible) the children train as `nexus-eval train` does there (bf16
 autocast, torch.compile, fused AdamW): step times are taken after a CUDA synchronize, peak memory is
 torch.cuda.max_memory_allocated of the child, and the table adds MFU over the GPU's peak (training/flops.py). The
-default variants there are adamw and nexus (the bare loop has no autocast or compile, so it is no baseline on a GPU;
-DDP needs two GPUs).
+default variants there are adamw and nexus, with muon and nexus:muon beside them (the bare loop has no autocast or
+compile, so it is no baseline on a GPU; DDP needs two GPUs). Not yet run on a GPU with Muon.
     python bench/train_bench.py [--recipe train/tiny.toml] [--steps 15] [--rounds 2] [--data data]
+    python bench/train_bench.py --optimizers all --steps 5 --rounds 2   # every optimizer against AdamW, no DDP
     python bench/train_bench.py --recipe train/130m.toml --device cuda --steps 20 --rounds 1
 """
 
@@ -29,6 +36,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
+
+# The checkout this file is in, first on the path: the parent and every child (each runs this file) benchmark this
+# code, not whatever nexus_eval an installed package points at.
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from nexus_eval.optimizer_registry import BASELINE, CANDIDATE, REGISTRY, OptimizerRegistry  # noqa: E402 - torch-free
 
 WARMUP_STEPS = 2  # not timed: the first steps allocate (Nexus' θ0, AdamW's moments, autograd buffers)
 CUDA_WARMUP_STEPS = 4  # and on a GPU, torch.compile compiles (forward, backward) in them
@@ -58,6 +73,27 @@ VARIANTS: list[Variant] = [
     Variant("adamw-ddp2", "adamw", TORCHRUN_2, "ddp"),
     Variant("nexus-ddp2", "nexus", TORCHRUN_2, "ddp"),
 ]
+# The optimizers the study compares, benchmarked by default beside the variants above: the pair the harness was built
+# for and Muon, alone and as Nexus' outer optimizer.
+STUDY_OPTIMIZERS = (BASELINE, CANDIDATE, "muon", f"{CANDIDATE}:muon")
+# What a ratio line says beside an optimizer's step time and peak memory: the targets of issue 27 (Nexus only).
+TARGETS = {CANDIDATE: ("<= 1.05", "<= 1.3")}
+
+
+def all_optimizers(registry: OptimizerRegistry = REGISTRY) -> list[str]:
+    """`--optimizers all`: every registered optimizer, then Nexus around each registered one without inner steps
+    other than AdamW (nexus:adamw is nexus), all read from the registry."""
+    wrapped = [f"{CANDIDATE}:{e.name}" for e in registry if not e.update.has_inner_steps and e.name != BASELINE]
+    return [*registry.names(), *(name for name in wrapped if registry.resolve(name) is not None)]
+
+
+def variant_named(name: str) -> Variant | None:
+    """A variant of VARIANTS by name, or any optimizer the trainer takes (registry.resolve) as a variant of its own:
+    one process, the trainer's step; None for any other name."""
+    for v in VARIANTS:
+        if v.name == name:
+            return v
+    return Variant(name, name) if REGISTRY.resolve(name) is not None else None
 
 
 @dataclass
@@ -176,7 +212,10 @@ def run_child(variant: Variant, recipe_path: Path, data_dir: Path, steps: int, d
 
 
 def run_variant(variant: Variant, recipe: Path, data: Path, steps: int, device: str) -> Result:
-    done = subprocess.run(variant.command(recipe, data, steps, device), check=True, capture_output=True, text=True)
+    done = subprocess.run(variant.command(recipe, data, steps, device), capture_output=True, text=True)
+    if done.returncode != 0:  # the child's own error (an optimizer that does not build, say), not a bare exit status
+        sys.stderr.write(done.stderr)
+        raise SystemExit(f"train bench: variant {variant.name} failed (exit {done.returncode}); its stderr is above")
     return Result(**json.loads(done.stdout.strip().splitlines()[-1]))
 
 
@@ -212,21 +251,19 @@ def print_table(results: dict[str, Result], recipe: Path, steps: int, rounds: in
     )
     memory = "peak CUDA MiB" if on_gpu else "peak RSS MiB"
     mfu_head = f" {'MFU':>6}" if peak else ""
-    print(f"{'variant':12} {'tokens/s':>10} {'step s':>8} {'TFLOP/s':>8}{mfu_head} {memory:>13} {'params+opt MiB':>15}")
+    width = max(12, *(len(v) for v in results))  # a plug-in's package.module:factory is longer than the built-ins
+    head = f"{'tokens/s':>10} {'step s':>8} {'TFLOP/s':>8}{mfu_head} {memory:>13} {'params+opt MiB':>15}"
+    print(f"{'variant':{width}} {head}")
     for v, r in results.items():
         rate = tokens / step_s[v]
         tflops = rate * flops / 1e12  # the model's arithmetic at this rate (MFU's numerator)
         mfu_cell = f" {tflops * 1e12 / peak:6.1%}" if peak else ""
-        print(f"{v:12} {rate:10.0f} {step_s[v]:8.3f} {tflops:8.3f}{mfu_cell} {r.peak_mib:13.0f} {r.state_mib:15.1f}")
+        print(
+            f"{v:{width}} {rate:10.0f} {step_s[v]:8.3f} {tflops:8.3f}{mfu_cell} {r.peak_mib:13.0f} {r.state_mib:15.1f}"
+        )
     if peak:
         print(f"MFU over {peak / 1e12:g} TFLOP/s, the bf16 dense peak of one {any_result.device} (training/flops.py)")
-    if {"adamw", "nexus"} <= set(results):
-        adamw, nexus = results["adamw"], results["nexus"]
-        print(
-            f"nexus/adamw  step time {step_s['nexus'] / step_s['adamw']:.3f} (target <= 1.05)   "
-            f"peak memory {nexus.peak_mib / adamw.peak_mib:.3f} (target <= 1.3)   "
-            f"params+opt state {nexus.state_mib / adamw.state_mib:.3f} (θ0 and u)"
-        )
+    print_optimizer_ratios(results, step_s)
     if {"adamw", "nexus-linear"} <= set(results):
         linear = results["nexus-linear"]
         print(
@@ -243,6 +280,27 @@ def print_table(results: dict[str, Result], recipe: Path, steps: int, rounds: in
         )
 
 
+def print_optimizer_ratios(results: dict[str, Result], step_s: dict[str, float]) -> None:
+    """One line per optimizer benchmarked beside AdamW in this run (one process, the trainer's step): its median step
+    time, peak memory and parameter + optimizer state over AdamW's, with the targets of those that have one."""
+    if BASELINE not in results:
+        return
+    adamw = results[BASELINE]
+    for name, r in results.items():
+        entry = REGISTRY.resolve(name)
+        if name == BASELINE or entry is None:  # bare, nexus-linear and the DDP variants have lines of their own
+            continue
+        targets = TARGETS.get(name)
+        step_target = f" (target {targets[0]})" if targets else ""
+        memory_target = f" (target {targets[1]})" if targets else ""
+        extra = " (θ0 and u)" if entry.inner_state_copies else ""  # what its state adds to its outer optimizer's
+        print(
+            f"{name}/adamw  step time {step_s[name] / step_s[BASELINE]:.3f}{step_target}   "
+            f"peak memory {r.peak_mib / adamw.peak_mib:.3f}{memory_target}   "
+            f"params+opt state {r.state_mib / adamw.state_mib:.3f}{extra}"
+        )
+
+
 def default_variants(device: str) -> list[str]:
     """All variants on CPU; on a GPU the trainer's optimizers, and DDP only where two GPUs are visible."""
     import torch
@@ -254,6 +312,42 @@ def default_variants(device: str) -> list[str]:
     return [v.name for v in VARIANTS if v.optimizer != "bare" and (v.strategy == "none" or two_gpus)]
 
 
+def chosen_variants(variants: str | None, optimizers: str | None, device: str) -> list[Variant]:
+    """What the run benchmarks, in order: with neither option, the device's default variants and the study's
+    optimizers; else the variants and optimizers named, and AdamW whenever an optimizer is named (the ratios' baseline,
+    measured in the same rounds). A ValueError naming the option for a name it does not know."""
+    if variants is None and optimizers is None:
+        names = [*default_variants(device), *STUDY_OPTIMIZERS]
+    else:
+        names = split_names("--variants", variants) if variants is not None else []
+        known = [v.name for v in VARIANTS]
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ValueError(f"--variants: unknown variant {unknown[0]!r} (known: {', '.join(known)})")
+        if optimizers is not None:
+            wanted = all_optimizers() if optimizers == "all" else split_names("--optimizers", optimizers)
+            unknown = [n for n in wanted if REGISTRY.resolve(n) is None]
+            if unknown:
+                raise ValueError(
+                    f"--optimizers: unknown optimizer {unknown[0]!r} (known: {', '.join(REGISTRY.names())}, "
+                    f"nexus:OUTER, package.module:factory, or all)"
+                )
+            names += [BASELINE, *wanted]
+    chosen: list[Variant] = []
+    for name in dict.fromkeys(names):  # in order, each once: adamw named twice runs once
+        variant = variant_named(name)
+        assert variant is not None  # checked above, or a default
+        chosen.append(variant)
+    return chosen
+
+
+def split_names(option: str, value: str) -> list[str]:
+    names = [n.strip() for n in value.split(",")]
+    if not all(names):
+        raise ValueError(f"{option}: an empty name in {value!r} (comma-separated names, no empty ones)")
+    return names
+
+
 def main() -> None:
     names = [v.name for v in VARIANTS]
     parser = argparse.ArgumentParser()
@@ -263,21 +357,35 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="children per variant, in alternating order")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: cuda if any")
     parser.add_argument("--variants", help=f"comma-separated, of {', '.join(names)} (default: all the device runs)")
-    parser.add_argument("--child", choices=names, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--optimizers",
+        help=f"comma-separated optimizer names (any --optimizer of `nexus-eval train`), each against AdamW in the same "
+        f"rounds, or all (every registered one, and nexus:OUTER for each without inner steps); default "
+        f"{','.join(STUDY_OPTIMIZERS)} beside the default variants; naming --variants or --optimizers runs only those",
+    )
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+
+    def bad(message: str) -> NoReturn:  # one line, usage error's exit status, as argparse's own but without the usage
+        parser.exit(2, f"{parser.prog}: error: {message}\n")
+
+    for option in ("steps", "rounds"):
+        if getattr(args, option) < 1:
+            bad(f"--{option} must be at least 1, got {getattr(args, option)}")
     if args.child:
-        result = run_child(next(v for v in VARIANTS if v.name == args.child), args.recipe, args.data, args.steps,
-                           args.device)  # fmt: skip
+        variant = variant_named(args.child)
+        if variant is None:
+            bad(f"--child: unknown variant {args.child!r}")
+        result = run_child(variant, args.recipe, args.data, args.steps, args.device)
         if int(os.environ.get("RANK", "0")) == 0:
             print(json.dumps(result.__dict__))
         return
-    chosen = args.variants.split(",") if args.variants else default_variants(args.device)
-    unknown = sorted(set(chosen) - set(names))
-    if unknown:
-        parser.error(f"--variants: unknown variant {unknown[0]!r} (known: {', '.join(names)})")
+    try:
+        variants = chosen_variants(args.variants, args.optimizers, args.device)
+    except ValueError as e:
+        bad(str(e))
     if not (args.data / "manifest.json").exists():
         subprocess.run([sys.executable, "-m", "nexus_eval.cli", "data", "build", "--out", str(args.data)], check=True)
-    variants = [v for v in VARIANTS if v.name in chosen]
     results = gather(variants, lambda v: run_variant(v, args.recipe, args.data, args.steps, args.device), args.rounds)
     print_table(results, args.recipe, args.steps, args.rounds)
 
