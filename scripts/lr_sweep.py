@@ -4,7 +4,7 @@ held-out mixture loss at the end of its sweep runs, over the sweep's seeds.
     python scripts/lr_sweep.py --runs runs/optimizers/sweep --optimizers adamw nexus --lrs 0.0015 0.003 --seeds 0 1 \
         --out runs/optimizers/sweep.json
 
-Reads <runs>/lr<LR>/study-<optimizer, ":" as "+">-s<SEED>/metrics.jsonl (its last row's val_loss and step); writes
+Reads <runs>/lr<LR>/<prefix>-<optimizer, ":" as "+">-s<SEED>/metrics.jsonl (its last row's val_loss and step); writes
 {"optimizers", "lrs", "seeds", "steps", "losses": {optimizer: {lr: [loss per seed]}}, "mean": {...}, "chosen":
 {optimizer: lr}} atomically. A missing or diverged run is one line naming it, exit 2: a sweep with a hole chooses
 nothing. Ties go to the smaller lr (the safer of two equal choices).
@@ -58,13 +58,13 @@ def choose(losses: dict[str, dict[str, list[float]]]) -> tuple[dict[str, dict[st
     return means, chosen
 
 
-def sweep(runs: Path, optimizers: list[str], lrs: list[str], seeds: list[int]) -> dict[str, Any]:
+def sweep(runs: Path, optimizers: list[str], lrs: list[str], seeds: list[int], prefix: str = "study") -> dict[str, Any]:
     losses: dict[str, dict[str, list[float]]] = {opt: {lr: [] for lr in lrs} for opt in optimizers}
     steps = set()
     for opt in optimizers:
         for lr in lrs:
             for seed in seeds:
-                step, loss = final_loss(runs / f"lr{lr}" / f"study-{opt.replace(':', '+')}-s{seed}")
+                step, loss = final_loss(runs / f"lr{lr}" / f"{prefix}-{opt.replace(':', '+')}-s{seed}")
                 if step is not None:
                     steps.add(step)
                 losses[opt][lr].append(loss)
@@ -87,12 +87,13 @@ def sweep(runs: Path, optimizers: list[str], lrs: list[str], seeds: list[int]) -
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=Path, required=True)
+    parser.add_argument("--prefix", default="study", help="the recipe's name, which begins every run's")
     parser.add_argument("--optimizers", nargs="+", required=True)
     parser.add_argument("--lrs", nargs="+", required=True)
     parser.add_argument("--seeds", nargs="+", type=int, required=True)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    result = sweep(args.runs, args.optimizers, args.lrs, args.seeds)
+    result = sweep(args.runs, args.optimizers, args.lrs, args.seeds, args.prefix)
     tmp = args.out.with_suffix(args.out.suffix + ".tmp")
     tmp.write_text(json.dumps(result, indent=2) + "\n")
     os.replace(tmp, args.out)

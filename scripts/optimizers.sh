@@ -15,6 +15,7 @@
 set -euo pipefail
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 DATA=${DATA:-data}
+RECIPE=${RECIPE:-train/study.toml}
 OUT=${OUT:-runs/optimizers}
 CACHE=${CACHE:-results/eval}
 OPTIMIZERS=${OPTIMIZERS:-adamw nexus muon nexus:muon}
@@ -32,14 +33,15 @@ nexus-eval tasks prepare --data "$DATA"
 ood_pairs=$(cd tasks/generated && ls pairs_ood_*.yaml | sed 's/\.yaml$//' | paste -sd, -)
 TASKS=${TASKS:-pairs_text_order,pairs_comment_order,pairs_code_order,pairs_math_order,$ood_pairs,gsm8k_gold_bpb,arith_gold_bpb}
 mkdir -p "$OUT/recipes"
+PREFIX=$(python3 -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["name"])' "$RECIPE")  # run names
 
 label() { echo "${1//:/+}"; }  # an optimizer's name in a run directory's (nexus:muon → nexus+muon)
 
-recipe_at() {  # LR → train/study.toml with that optim.lr, and nothing else changed
-  local path="$OUT/recipes/study-lr$1.toml"
+recipe_at() {  # LR → the recipe with that optim.lr, and nothing else changed (its name too: its runs pair)
+  local path="$OUT/recipes/$PREFIX-lr$1.toml"
   if [ ! -f "$path" ]; then
-    sed "s/^lr = .*/lr = $1/" train/study.toml > "$path.tmp"
-    grep -q "^lr = $1\$" "$path.tmp" || { echo "error: train/study.toml has no 'lr = ' line to set" >&2; exit 1; }
+    sed "s/^lr = .*/lr = $1/" "$RECIPE" > "$path.tmp"
+    grep -q "^lr = $1\$" "$path.tmp" || { echo "error: $RECIPE has no 'lr = ' line to set" >&2; exit 1; }
     mv "$path.tmp" "$path"
   fi
   echo "$path"
@@ -67,13 +69,13 @@ train_run() {  # RECIPE OPTIMIZER SEED OUT [--steps N]: train, or resume a run a
   local recipe=$1 opt=$2 seed=$3 out=$4
   shift 4
   local resume=
-  [ -d "$out/study-$(label "$opt")-s$seed" ] && resume=--resume
+  [ -d "$out/$PREFIX-$(label "$opt")-s$seed" ] && resume=--resume
   OMP_NUM_THREADS=$THREADS nexus-eval train "$recipe" --optimizer "$opt" --seed "$seed" --data "$DATA" \
     --out "$out" --quiet $resume "$@"
 }
 
 sweep_run() {  # RECIPE OPTIMIZER SEED OUT: a sweep run; one that stops (diverges) leaves RUN.failed: its lr loses
-  local run="$4/study-$(label "$2")-s$3"
+  local run="$4/$PREFIX-$(label "$2")-s$3"
   rm -f "$run.failed"
   train_run "$1" "$2" "$3" "$4" --steps "$SWEEP_STEPS" || { echo "stopped: see $run.log" > "$run.failed"; }
 }
@@ -84,12 +86,12 @@ for lr in $LRS; do
   for opt in $OPTIMIZERS; do
     for seed in $SWEEP_SEEDS; do
       mkdir -p "$OUT/sweep/lr$lr"
-      launch "$OUT/sweep/lr$lr/study-$(label "$opt")-s$seed" sweep_run "$recipe" "$opt" "$seed" "$OUT/sweep/lr$lr"
+      launch "$OUT/sweep/lr$lr/$PREFIX-$(label "$opt")-s$seed" sweep_run "$recipe" "$opt" "$seed" "$OUT/sweep/lr$lr"
     done
   done
 done
 wait_pending
-python3 scripts/lr_sweep.py --runs "$OUT/sweep" --optimizers $OPTIMIZERS --lrs $LRS --seeds $SWEEP_SEEDS \
+python3 scripts/lr_sweep.py --runs "$OUT/sweep" --prefix "$PREFIX" --optimizers $OPTIMIZERS --lrs $LRS --seeds $SWEEP_SEEDS \
   --out "$OUT/sweep.json"
 
 # 2. every optimizer at its chosen lr, SEEDS seeds, trained then evaluated
@@ -99,13 +101,13 @@ evaluate_run() {  # RUN: every checkpoint on the study's tasks
 }
 train_and_evaluate() {  # RECIPE OPTIMIZER SEED
   train_run "$1" "$2" "$3" "$OUT/runs"
-  evaluate_run "$OUT/runs/study-$(label "$2")-s$3"
+  evaluate_run "$OUT/runs/$PREFIX-$(label "$2")-s$3"
 }
 runs=()
 for seed in $SEEDS; do
   for opt in $OPTIMIZERS; do
     lr=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["chosen"][sys.argv[2]])' "$OUT/sweep.json" "$opt")
-    run="$OUT/runs/study-$(label "$opt")-s$seed"
+    run="$OUT/runs/$PREFIX-$(label "$opt")-s$seed"
     mkdir -p "$OUT/runs"
     launch "$run" train_and_evaluate "$(recipe_at "$lr")" "$opt" "$seed"
     runs+=("$run")

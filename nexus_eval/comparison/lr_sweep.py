@@ -101,5 +101,5 @@ def lr_sweep_note(sweep: LrSweep) -> str:
     return (
         f"Each optimizer trained at the lr of its lowest mean {sweep['metric']} in a sweep of {sweep['steps']}-step "
         f"runs (their own schedule), seeds {seeds}. Every run below trained at its optimizer's chosen lr "
-        "(checked), so the lrs differ between series on purpose."
+        "(checked): where the lrs differ, they differ on purpose."
     )
