@@ -28,7 +28,7 @@ Two more kinds of name are resolved, not registered (`resolve`), so that a run r
 any other:
 
     nexus:OUTER         Nexus around the entry OUTER, one without inner steps (nexus:muon; nexus:adamw is nexus)
-    package.module:fn   a user's own optimizer: `fn` builds it (training/plugin.py has the protocol); the module is
+    package.module:fn   a user's own optimizer: `fn` builds it (training/optimizer.py has the protocol); the module is
                         imported only when a run is set up, never by compare
 
 Every optimizer NAME may have its own settings, the recipe's [optim."NAME"] table (muon: [optim.muon]), part of the

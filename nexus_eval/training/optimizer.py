@@ -254,7 +254,8 @@ def bind_factory(factory: Any, optim: OptimSpec, name: str) -> dict[str, Any]:
     try:
         signature.bind([], optim, 0, **settings)
     except TypeError as e:
-        raise RecipeError(f'[optim."{name}"]: the factory refuses these settings ({e})') from None
+        call = f'factory(named_parameters, optim, total_steps, **[optim."{name}"])'
+        raise RecipeError(f"--optimizer {name}: {call} does not bind ({e})") from None
     return settings
 
 

@@ -260,7 +260,7 @@ BAD_MODULES = {
     "keys": (
         "import torch\ndef make(named, optim, total_steps, momentum=0.0):\n"
         "    return torch.optim.SGD([p for _, p in named], lr=optim.lr, momentum=momentum)\n",
-        "the factory refuses these settings",
+        "does not bind (got an unexpected keyword argument 'momentun')",
     ),
     "missing": ("x = 1\n", "bad_missing has no callable 'make'"),
 }
