@@ -356,3 +356,18 @@ TINY_TOML_HASH = "fdf5793c363aeb46"
 
 def test_existing_recipe_hashes_are_unchanged() -> None:
     assert load_recipe(REPO_ROOT / "train" / "tiny.toml").hash() == TINY_TOML_HASH
+
+
+@pytest.mark.slow
+def test_a_users_optimizer_under_fsdp_world_2_trains_the_one_process_run(dist_recipe: Path, tmp_path: Path) -> None:
+    """A plug-in optimizer (README's Lion) works on FSDP2's shards as any torch optimizer does: world 2 trains the
+    one-process run, and its state goes through torch.distributed.checkpoint."""
+    from tests.training.test_optimizers import readme_plugin
+
+    (tmp_path / "my_optimizers.py").write_text(readme_plugin())
+    single = trained(dist_recipe, "my_optimizers:lion", tmp_path / "single")
+    sharded = trained(dist_recipe, "my_optimizers:lion", tmp_path / "fsdp", "--strategy", "fsdp", world=2)
+    assert_same_losses(sharded, single)
+    for ckpt in ("ckpt-000003", "ckpt-000005"):
+        assert_same_weights(sharded / ckpt, single / ckpt)
+    assert (sharded / "ckpt-000005" / "optimizer" / "sharded" / ".metadata").is_file()
