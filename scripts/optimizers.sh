@@ -11,7 +11,7 @@
 #    "study" like it), SEEDS seeds, trained and evaluated like `make study` (scripts/study.sh).
 # 3. compare --match-loss against AdamW; --allow-mismatch optim.lr records that the lrs differ on purpose.
 # Every stage resumes or reads its cache: a re-run (or one after a kill) does only what is missing. On 2 CPU cores:
-# about 40 min of sweep and 3 h of study.
+# about 1 h of sweep and 3 h of study.
 set -euo pipefail
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 DATA=${DATA:-data}
@@ -19,7 +19,7 @@ RECIPE=${RECIPE:-train/study.toml}
 OUT=${OUT:-runs/optimizers}
 CACHE=${CACHE:-results/eval}
 OPTIMIZERS=${OPTIMIZERS:-adamw nexus muon nexus:muon}
-LRS=${LRS:-0.0015 0.003 0.006}
+LRS=${LRS:-0.00075 0.0015 0.003 0.006 0.012}  # ×2 apart, bracketing the recipe's 0.003 two steps each way
 SWEEP_SEEDS=${SWEEP_SEEDS:-0 1}
 SWEEP_STEPS=${SWEEP_STEPS:-100}
 SEEDS=${SEEDS:-0 1 2 3 4}
