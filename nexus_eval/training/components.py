@@ -3,6 +3,7 @@ name and seed define. The trainer's loop uses them; so do tests and the benchmar
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -51,9 +52,10 @@ class Components:
         if self.train_model is None:
             self.train_model = self.model
 
-    @property
+    @functools.cached_property
     def entry(self) -> OptimizerEntry:
-        """The registered optimizer `opt` was built for: how it updates on a step's micro-batches (step.outer_step)."""
+        """The optimizer `opt` was built for: how it updates on a step's micro-batches (step.outer_step). Resolved
+        once: nexus:OUTER and plug-in entries are made from their name, which every step would otherwise redo."""
         return REGISTRY.chosen(self.optimizer)
 
     def identity(self, run_id: str) -> RunIdentity:

@@ -109,9 +109,14 @@ def optimizer_source(name: str) -> OptimizerSource:
 
 def param_groups(model: torch.nn.Module, optim: OptimSpec) -> list[dict[str, Any]]:
     """Weight decay on matrices, none on norms (1-D params): the groups every built-in optimizer steps."""
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    return [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return decay_groups(list(model.parameters()), optim.weight_decay)
+
+
+def decay_groups(params: list[torch.Tensor], weight_decay: float) -> list[dict[str, Any]]:
+    """`params` as two groups: the matrices with `weight_decay`, the norms and biases (1-D) without."""
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def build_adamw(
@@ -216,10 +221,8 @@ def build_muon(model: torch.nn.Module, optim: OptimSpec, entry: OptimizerEntry, 
         ns_steps=settings.ns_steps,
         adjust_lr_fn=settings.adjust_lr,
     )
-    decay = [p for p in rest if p.ndim >= 2]
-    no_decay = [p for p in rest if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    adamw = torch.optim.AdamW([g for g in groups if g["params"]], lr=optim.lr, betas=(optim.beta1, optim.beta2))
+    groups = [g for g in decay_groups(rest, optim.weight_decay) if g["params"]]
+    adamw = torch.optim.AdamW(groups, lr=optim.lr, betas=(optim.beta1, optim.beta2))
     return OptimizerSplit([muon, adamw])
 
 
@@ -313,6 +316,11 @@ def build_fish(
 # ---- what the built-in optimizers record --------------------------------------------------------------------------
 
 
+def batch_hparams(optim: OptimSpec) -> dict[str, Any]:
+    """What every optimizer records of how its gradients are batched and its lr scheduled."""
+    return {"accum": optim.accum, "micro_batch": optim.micro_batch, "schedule": optim.schedule}
+
+
 def _outer_hparams(optim: OptimSpec, entry: OptimizerEntry) -> dict[str, Any]:
     if entry.outer is not None:  # nexus:OUTER: what OUTER records, but its clipping (the inner steps are normalized)
         outer = REGISTRY.chosen(entry.outer)
@@ -324,7 +332,7 @@ def _outer_hparams(optim: OptimSpec, entry: OptimizerEntry) -> dict[str, Any]:
         hp.update(betas=[optim.beta1, optim.beta2], weight_decay=optim.weight_decay)
     else:  # Fish's meta step: plain SGD
         hp.update(meta_lr=optim.fish_meta_lr, momentum=0.0, weight_decay=0.0)
-    hp.update(accum=optim.accum, micro_batch=optim.micro_batch, schedule=optim.schedule)
+    hp.update(batch_hparams(optim))
     return hp
 
 
@@ -338,7 +346,7 @@ def muon_hparams(optim: OptimSpec, entry: OptimizerEntry, inner_loop: str = "exa
     settings = muon_settings(optim, entry.name)
     hp: dict[str, Any] = {"outer": "Muon", "lr": optim.lr, "weight_decay": optim.weight_decay}
     hp.update(dataclasses.asdict(settings), rest="AdamW", betas=[optim.beta1, optim.beta2])
-    hp.update(accum=optim.accum, micro_batch=optim.micro_batch, schedule=optim.schedule, grad_clip=optim.grad_clip)
+    hp.update(batch_hparams(optim), grad_clip=optim.grad_clip)
     return hp
 
 
@@ -346,7 +354,7 @@ def plugin_hparams(optim: OptimSpec, entry: OptimizerEntry, inner_loop: str = "e
     """A plug-in's recipe settings: the shared [optim] values it is given and its own table."""
     hp: dict[str, Any] = {"outer": entry.name, "lr": optim.lr, "weight_decay": optim.weight_decay}
     hp.update(betas=[optim.beta1, optim.beta2], settings=optim.table(entry.name))
-    hp.update(accum=optim.accum, micro_batch=optim.micro_batch, schedule=optim.schedule, grad_clip=optim.grad_clip)
+    hp.update(batch_hparams(optim), grad_clip=optim.grad_clip)
     return hp
 
 
