@@ -78,9 +78,9 @@ ablations:
 	SEEDS="$(ABLATION_SEEDS)" OPTIMIZERS="$(ABLATION_OPTIMIZERS)" TOLERANCE=$(ABLATION_TOLERANCE) NAME=ablations \
 	  bash scripts/study.sh
 
-# AdamW, Nexus, Muon and Nexus∘Muon on the study's micro-batch stream, each at the lr of its own sweep (five lrs,
+# AdamW, Nexus, Muon and Nexus∘Muon on the study's micro-batch stream, each at the lr of its own sweep (six lrs,
 # two seeds, 100 steps), 5 seeds each, compared at equal loss against AdamW → leaderboards/optimizers.{md,json,png}.
-# Every stage resumes: a re-run does only what is missing (scripts/optimizers.sh; ~1 h of sweep, ~3 h of study).
+# Every stage resumes: a re-run does only what is missing (scripts/optimizers.sh; ~1 h of sweep, ~70 min of study).
 optimizers:
 	bash scripts/optimizers.sh
 
