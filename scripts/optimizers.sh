@@ -125,7 +125,8 @@ nexus-eval compare "${runs[@]}" --interpolate --targets "${TARGETS:-5.5,5.0}" \
   --allow-mismatch optim.lr --lr-sweep "$OUT/sweep.json" --out "reports/$NAME" --leaderboard "$NAME"
 # 4. Nexus around Muon against Muon itself: the one pair of series that share their lr (the sweep chose the same for
 #    both), so Nexus's effect on Muon stands apart from the lr's
-if [ "$(python3 -c 'import json, sys; c = json.load(open(sys.argv[1]))["chosen"]; print(c.get("muon") == c.get("nexus:muon"))' "$OUT/sweep.json")" = True ]; then
+same_lr='import json, sys; c = json.load(open(sys.argv[1]))["chosen"]; print("muon" in c and c["muon"] == c.get("nexus:muon"))'
+if [ "$(python3 -c "$same_lr" "$OUT/sweep.json")" = True ]; then
   muon_runs=()
   for seed in $SEEDS; do muon_runs+=("$OUT/runs/$PREFIX-muon-s$seed" "$OUT/runs/$PREFIX-nexus+muon-s$seed"); done
   nexus-eval compare "${muon_runs[@]}" --interpolate --targets "${TARGETS:-5.5,5.0}" --reference muon \
