@@ -116,21 +116,22 @@ for seed in $SEEDS; do
 done
 wait_pending
 
-# 3. equal loss against AdamW at the study's targets, both sides interpolated to the target: not the study's
-#    `--tolerance auto` (half the smallest seed SD of held-out loss), because Muon's seeds end within 0.01-0.02 nats of
-#    each other (a tolerance of 0.006) while its loss falls 0.02 nats a step near the targets, so no checkpoint,
-#    not even the one written at the crossing, lands that close to a target
-nexus-eval compare "${runs[@]}" --interpolate --targets "${TARGETS:-5.5,5.0}" \
-  --evaluate-all --tasks "$TASKS" --limit "$LIMIT" --backend hf --cache "$CACHE" --data "$DATA" \
-  --allow-mismatch optim.lr --lr-sweep "$OUT/sweep.json" --out "reports/$NAME" --leaderboard "$NAME"
+compare_at_targets() {  # RUN... [FLAG...]: the runs at the study's targets, both sides interpolated to the target
+  nexus-eval compare "$@" --interpolate --targets "${TARGETS:-5.5,5.0}" \
+    --evaluate-all --tasks "$TASKS" --limit "$LIMIT" --backend hf --cache "$CACHE" --data "$DATA"
+}
+
+# 3. equal loss against AdamW. Interpolated, not the study's `--tolerance auto` (half the smallest seed SD of held-out
+#    loss): Muon's seeds end within 0.01-0.02 nats of each other (a tolerance of 0.006) while its loss falls 0.02 nats
+#    a step near the targets, so no checkpoint, not even the one written at the crossing, lands that close to a target
+compare_at_targets "${runs[@]}" --allow-mismatch optim.lr --lr-sweep "$OUT/sweep.json" \
+  --out "reports/$NAME" --leaderboard "$NAME"
 # 4. Nexus around Muon against Muon itself: the one pair of series that share their lr (the sweep chose the same for
 #    both), so Nexus's effect on Muon stands apart from the lr's
 same_lr='import json, sys; c = json.load(open(sys.argv[1]))["chosen"]; print("muon" in c and c["muon"] == c.get("nexus:muon"))'
 if [ "$(python3 -c "$same_lr" "$OUT/sweep.json")" = True ]; then
   muon_runs=()
   for seed in $SEEDS; do muon_runs+=("$OUT/runs/$PREFIX-muon-s$seed" "$OUT/runs/$PREFIX-nexus+muon-s$seed"); done
-  nexus-eval compare "${muon_runs[@]}" --interpolate --targets "${TARGETS:-5.5,5.0}" --reference muon \
-    --evaluate-all --tasks "$TASKS" --limit "$LIMIT" --backend hf --cache "$CACHE" --data "$DATA" \
-    --out "reports/$NAME-muon" --leaderboard "$NAME-muon"
+  compare_at_targets "${muon_runs[@]}" --reference muon --out "reports/$NAME-muon" --leaderboard "$NAME-muon"
 fi
 echo "optimizer study finished in $(( $(date +%s) - start )) s"
